@@ -1,0 +1,97 @@
+//! Postgres access shared by every service: pools, the embedded migrations, and
+//! [`begin_org`], which opens a transaction bound to one org so row-level security scopes every
+//! query in it.
+//!
+//! This crate owns no tables; each service owns its own schema and its own queries.
+
+use std::time::Duration;
+
+use oa_domain::ApiError;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+pub use sqlx;
+
+/// Every migration of the plane, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database url: {0}")]
+    Url(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                tracing::warn!(%error, "database unreachable");
+                ApiError::unavailable("database")
+            }
+            _ => ApiError::internal_from("store", &error),
+        }
+    }
+}
+
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    url.parse::<PgConnectOptions>()
+        .map_err(|e| StoreError::Url(e.to_string()))
+        .map(|o| o.application_name("one-agents"))
+}
+
+/// The app-role pool. It connects lazily so a process starts (and answers `/readyz` with the
+/// truth) while the database is still down.
+pub fn app_pool(config: &oa_config::DatabaseConfig) -> Result<PgPool, StoreError> {
+    let options = connect_options(config.url.expose_secret())?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .connect_lazy_with(options))
+}
+
+/// A pool on the admin URL, for migrations and tenancy administration.
+pub async fn admin_pool(url: &str) -> Result<PgPool, StoreError> {
+    let options = connect_options(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?)
+}
+
+pub async fn migrate(admin: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(admin).await?;
+    Ok(())
+}
+
+/// Opens a transaction in which row-level security sees only `org_id`'s rows.
+/// Every org-scoped query runs inside one of these.
+pub async fn begin_org<'p>(pool: &'p PgPool, org_id: &str) -> Result<Transaction<'p, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.org_id', $1, true)")
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Whether the database answers a trivial query within the pool's acquire timeout.
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// True when `error` is a unique-key violation (an idempotent insert that lost a race).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// True when `error` was raised by a row-level security policy.
+pub fn is_rls_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"))
+}

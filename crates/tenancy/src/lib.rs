@@ -1,0 +1,128 @@
+//! Orgs, their subscription tier, and integration keys: schema `tenancy`.
+//!
+//! An integration key is `oak_<prefix>_<secret>`; it is printed once at creation and stored as its
+//! prefix plus a SHA-256 of the secret (the secret is 240 bits of randomness, so a fast hash is
+//! enough and lets every request be checked cheaply). This crate touches no other schema.
+
+pub mod keys;
+
+use chrono::{DateTime, Utc};
+use oa_domain::ids;
+use oa_store::{StoreError, begin_org};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, ResolvedKey};
+
+pub const TIERS: [&str; 3] = ["starter", "pro", "enterprise"];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub monthly_credits_override: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenancyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("org {0} already exists")]
+    OrgExists(String),
+    #[error("org {0} not found")]
+    OrgNotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TenancyError {
+    fn from(error: sqlx::Error) -> Self {
+        TenancyError::Store(StoreError::Database(error))
+    }
+}
+
+fn org_from_row(row: &sqlx::postgres::PgRow) -> Result<Org, sqlx::Error> {
+    Ok(Org {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        tier: row.try_get("tier")?,
+        monthly_credits_override: row.try_get("monthly_credits_override")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+#[derive(Clone)]
+pub struct OrgStore {
+    pool: PgPool,
+}
+
+impl OrgStore {
+    pub fn new(pool: PgPool) -> Self {
+        OrgStore { pool }
+    }
+
+    /// Creates an org. Needs the admin pool: the app role cannot insert orgs.
+    pub async fn create(&self, id: Option<&str>, name: &str, tier: &str) -> Result<Org, TenancyError> {
+        let id = id.map(str::to_owned).unwrap_or_else(|| ids::new_id("org").to_lowercase());
+        if !ids::has_prefix(&id, "org") {
+            return Err(TenancyError::Invalid(format!(
+                "org id {id:?} must look like org_<letters, digits, _ or ->"
+            )));
+        }
+        if !TIERS.contains(&tier) {
+            return Err(TenancyError::Invalid(format!("tier must be one of {}", TIERS.join(", "))));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(TenancyError::Invalid("org name must have 1 to 200 characters".into()));
+        }
+        let row = sqlx::query(
+            "INSERT INTO tenancy.orgs (id, name, tier) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, name, tier, monthly_credits_override, created_at",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(tier)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(org_from_row(&row)?),
+            None => Err(TenancyError::OrgExists(id)),
+        }
+    }
+
+    /// Reads an org inside its own org scope.
+    pub async fn get(&self, org_id: &str) -> Result<Option<Org>, TenancyError> {
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        let row = sqlx::query(
+            "SELECT id, name, tier, monthly_credits_override, created_at FROM tenancy.orgs WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.as_ref().map(org_from_row).transpose()?)
+    }
+
+    /// Sets or clears the per-org monthly credit override. Admin pool.
+    pub async fn set_credit_override(&self, org_id: &str, credits: Option<i64>) -> Result<Org, TenancyError> {
+        if credits.is_some_and(|c| c < 0) {
+            return Err(TenancyError::Invalid("a credit allocation cannot be negative".into()));
+        }
+        let row = sqlx::query(
+            "UPDATE tenancy.orgs SET monthly_credits_override = $2 WHERE id = $1
+             RETURNING id, name, tier, monthly_credits_override, created_at",
+        )
+        .bind(org_id)
+        .bind(credits)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(org_from_row(&row)?),
+            None => Err(TenancyError::OrgNotFound(org_id.to_owned())),
+        }
+    }
+}

