@@ -14,6 +14,7 @@ pub enum ErrorCode {
     CreditInsufficient,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     AgentNotFound,
     ExecutionNotFound,
     ApprovalNotFound,
@@ -30,12 +31,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::CreditInsufficient,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::AgentNotFound,
         ErrorCode::ExecutionNotFound,
         ErrorCode::ApprovalNotFound,
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::CreditInsufficient => "credit_insufficient",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::AgentNotFound => "agent_not_found",
             ErrorCode::ExecutionNotFound => "execution_not_found",
             ErrorCode::ApprovalNotFound => "approval_not_found",
@@ -91,6 +94,7 @@ impl ErrorCode {
             | ErrorCode::ApprovalNotFound
             | ErrorCode::TemplateNotFound
             | ErrorCode::EventTypeNotFound => S::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => S::CONFLICT,
             ErrorCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
@@ -107,6 +111,7 @@ impl ErrorCode {
             | ErrorCode::InvalidAgentConfig
             | ErrorCode::PayloadTooLarge
             | ErrorCode::UnsupportedMediaType => C::InvalidArgument,
+            ErrorCode::MethodNotAllowed => C::Unimplemented,
             ErrorCode::Unauthorized => C::Unauthenticated,
             ErrorCode::Forbidden => C::PermissionDenied,
             ErrorCode::NotFound

@@ -1,1 +1,182 @@
-//! wip
+//! The REST gateway (axum): resolves each `/api/*` request to its org and caller, applies the
+//! viewer rule and the per-org and per-key rate limits, maps every error to the API's body, and
+//! forwards work to the services over gRPC.
+//!
+//! It owns the `tenancy` schema through `oa-tenancy` (orgs and integration keys) and no other
+//! table; everything else goes through a service.
+
+pub mod auth;
+pub mod error;
+mod health;
+mod me;
+pub mod ratelimit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::header;
+use oa_auth::HubVerifier;
+use oa_config::Config;
+use oa_tenancy::{KeyStore, OrgStore};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::Failure;
+use crate::ratelimit::RateLimiter;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub pool: PgPool,
+    pub keys: KeyStore,
+    pub orgs: OrgStore,
+    pub verifier: Option<HubVerifier>,
+    pub known_orgs: auth::KnownOrgs,
+    pub limiter: RateLimiter,
+    pub nats: Option<async_nats::Client>,
+    redis_client: redis::Client,
+    redis: OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The shared Redis connection, opened on first use so the gateway starts while Redis is down.
+    pub async fn redis(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        self.redis
+            .get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(self.redis_client.clone(), config))
+            .await
+            .cloned()
+    }
+}
+
+pub struct Gateway {
+    listener: TcpListener,
+    router: Router,
+}
+
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+impl Gateway {
+    /// Connects (lazily where it can) and binds `config.gateway.listen`; port 0 picks a free one.
+    pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
+        let pool = oa_store::app_pool(&config.database)?;
+        let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(config.nats.url.as_str())
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "cannot reach NATS yet"))
+            .ok();
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("binding the gateway on {}", config.gateway.listen))?;
+        let state = AppState(Arc::new(Inner {
+            keys: KeyStore::new(pool.clone()),
+            orgs: OrgStore::new(pool.clone()),
+            verifier: HubVerifier::from_config(&config.auth),
+            known_orgs: auth::KnownOrgs::default(),
+            limiter: RateLimiter::new(config.gateway.rate_limit.clone(), &config.redis.key_prefix),
+            nats,
+            redis_client,
+            redis: OnceCell::new(),
+            pool,
+            config,
+        }));
+        Ok(Gateway { listener, router: router(state) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "gateway listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("gateway server")
+    }
+}
+
+/// Runs the gateway until `shutdown` fires.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Gateway::bind(config).await?.run(shutdown).await
+}
+
+/// Refuses bodies whose declared length is over the limit before reading them; bodies without a
+/// length are capped by `DefaultBodyLimit` and refused by the extractors with the same 413 body.
+async fn limit_declared_body(limit: usize, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Failure(error::too_large()).into_response();
+    }
+    next.run(request).await
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new().route("/me", get(me::me))
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.gateway.body_limit_bytes;
+    let api = api_routes()
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        // `layer`, not `route_layer`: unknown routes are authenticated too, so routes cannot be probed.
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let span = tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id,
+            org_id = tracing::field::Empty,
+        );
+        oa_telemetry::adopt_remote_parent(&span, oa_telemetry::extract_http(request.headers()));
+        span
+    });
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest("/api", api)
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |request: Request, next: Next| limit_declared_body(body_limit, request, next)))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

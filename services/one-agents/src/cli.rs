@@ -1,0 +1,259 @@
+//! The command line: `serve`, `migrate`, `orgs`, `keys`, `dev-token`, `dev-jwks`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use oa_config::Config;
+use oa_domain::Scope;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "one-agents", version, about = "The One Agents control plane")]
+pub struct Args {
+    /// A TOML config file; `ONE_AGENTS_*` environment variables override it.
+    #[arg(long, global = true, env = "ONE_AGENTS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs services of the plane: `all`, or a comma-separated list such as `gateway`.
+    Serve {
+        #[arg(long, default_value = "all")]
+        services: String,
+    },
+    /// Applies the database migrations (needs `database.admin_url`).
+    Migrate,
+    /// Manages orgs (needs `database.admin_url`).
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Manages integration keys (needs `database.admin_url`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Prints a Hub-style JWT signed with the local dev key. Development only.
+    DevToken {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value = "admin")]
+        role: String,
+        #[arg(long, default_value = "dev-user")]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 12 * 3600)]
+        ttl: i64,
+    },
+    /// Prints the JWKS of the local dev key, for the gateway's `auth.jwks_file`. Development only.
+    DevJwks,
+}
+
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Creates an org on a subscription tier.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "starter")]
+        tier: String,
+        /// A fixed id (`org_...`); a new one is generated when omitted.
+        #[arg(long)]
+        id: Option<String>,
+        /// Succeed without change when the org already exists.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Overrides (or, with no value, clears) an org's monthly credit allocation.
+    SetCredits {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        credits: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates a key and prints it once; only its hash is stored.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        name: String,
+        /// Repeat for several: agents:read, agents:write, executions:read, executions:write,
+        /// approvals:read, approvals:decide, credits:read, catalog:write, events:publish.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Lists an org's keys (never their secrets).
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Revokes a key at once.
+    Revoke {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+const ROLES: [&str; 1] = ["gateway"];
+
+async fn admin_pool(config: &Config) -> anyhow::Result<oa_store::sqlx::PgPool> {
+    let url = config
+        .database
+        .admin_url
+        .as_ref()
+        .context("database.admin_url (ONE_AGENTS_DATABASE__ADMIN_URL) is required for this command")?;
+    Ok(oa_store::admin_pool(url.expose_secret()).await?)
+}
+
+fn dev_key(config: &Config) -> anyhow::Result<String> {
+    let path = config
+        .auth
+        .dev_signing_key_file
+        .as_ref()
+        .context("no dev signing key is configured (auth.dev_signing_key_file); dev tokens exist only in development")?;
+    Ok(oa_auth::dev::read_pem(path)?)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    match args.command {
+        Command::Serve { services } => serve(config, &services).await,
+        Command::Migrate => {
+            let pool = admin_pool(&config).await?;
+            oa_store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Orgs { command } => orgs(config, command).await,
+        Command::Keys { command } => keys(config, command).await,
+        Command::DevToken { org, role, sub, ttl } => {
+            if oa_domain::Role::parse(&role).is_none() {
+                bail!("role must be admin, technician or viewer");
+            }
+            let pem = dev_key(&config)?;
+            let claims = oa_auth::dev::claims(&config.auth, &org, &role, &sub, ttl);
+            println!("{}", oa_auth::dev::sign(&pem, &config.auth.dev_signing_kid, &claims)?);
+            Ok(())
+        }
+        Command::DevJwks => {
+            let pem = dev_key(&config)?;
+            let jwks = oa_auth::dev::jwks_for_private_pem(&pem, &config.auth.dev_signing_kid)?;
+            println!("{}", serde_json::to_string_pretty(&jwks)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, services: &str) -> anyhow::Result<()> {
+    let roles: Vec<&str> = if services == "all" {
+        ROLES.to_vec()
+    } else {
+        services.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    };
+    if roles.is_empty() {
+        bail!("--services needs `all` or a list of: {}", ROLES.join(", "));
+    }
+    for role in &roles {
+        if !ROLES.contains(role) {
+            bail!("unknown service {role:?}; this build runs: {}", ROLES.join(", "));
+        }
+    }
+    let _telemetry = oa_telemetry::init(&config.telemetry)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for role in roles {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        match role {
+            "gateway" => tasks.spawn(async move { oa_gateway::serve(config, shutdown).await }),
+            _ => unreachable!("roles are checked above"),
+        };
+    }
+    tracing::info!("the plane is up; Ctrl-C or SIGTERM stops it");
+    let signal = shutdown_signal();
+    tokio::select! {
+        () = signal => tracing::info!("shutting down"),
+        Some(result) = tasks.join_next() => {
+            shutdown.cancel();
+            result??;
+            bail!("a service stopped unexpectedly");
+        }
+    }
+    shutdown.cancel();
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
+    let store = oa_tenancy::OrgStore::new(admin_pool(&config).await?);
+    match command {
+        OrgsCommand::Create { name, tier, id, if_absent } => match store.create(id.as_deref(), &name, &tier).await {
+            Ok(org) => println!("{}", serde_json::to_string_pretty(&org)?),
+            Err(oa_tenancy::TenancyError::OrgExists(id)) if if_absent => println!("org {id} already exists"),
+            Err(error) => return Err(error.into()),
+        },
+        OrgsCommand::SetCredits { org, credits } => {
+            let org = store.set_credit_override(&org, credits).await?;
+            println!("{}", serde_json::to_string_pretty(&org)?);
+        }
+    }
+    Ok(())
+}
+
+async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
+    let store = oa_tenancy::KeyStore::new(admin_pool(&config).await?);
+    match command {
+        KeysCommand::Create { org, name, scopes } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s).with_context(|| format!("unknown scope {s:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let created = store.create(&org, &name, &scopes, "cli").await?;
+            println!("{}", serde_json::to_string_pretty(&created.key)?);
+            eprintln!("The key is shown this once; store it now:");
+            println!("{}", created.plaintext);
+        }
+        KeysCommand::List { org } => {
+            println!("{}", serde_json::to_string_pretty(&store.list(&org).await?)?);
+        }
+        KeysCommand::Revoke { org, key } => {
+            if !store.revoke(&org, &key).await? {
+                bail!("org {org} has no key {key}");
+            }
+            println!("key {key} revoked");
+        }
+    }
+    Ok(())
+}
