@@ -21,14 +21,23 @@ wait_port() {
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 PG_DATA="$L/pg"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" -eq 0 ] && [ ! -e "$PG_DATA" ]; then
+  # Postgres runs as the postgres user, which may not reach a clone under /root, and its socket
+  # path must stay short: then the data lives in a folder of its own, linked from .local/pg.
+  if ! runuser -u postgres -- test -x "$L" 2>/dev/null || [ ${#PG_DATA} -gt 80 ]; then
+    ALT="/var/lib/one-agents/$(printf '%s' "$L" | sha256sum | cut -c1-12)/pg"
+    mkdir -p "$ALT"
+    ln -sfn "$ALT" "$PG_DATA"
+  fi
+fi
+PG_DATA="$(readlink -f "$PG_DATA")"
 if ! port_open "$PG_PORT"; then
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     mkdir -p "$PG_DATA"
-    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PG_DATA" && chmod 700 "$PG_DATA"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$PG_DATA"; fi
+    chmod 700 "$PG_DATA"
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
-  # A data folder is owned by whoever created it; postgres must be able to reach it from /.
-  [ "$(id -u)" -eq 0 ] && chmod o+x "$L" "$(dirname "$L")" 2>/dev/null || true
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/pg.log" -w start -o \
     "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DATA -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
 fi

@@ -23,10 +23,11 @@ stop_pidfile s3 "$L/s3.pid"
 stop_pidfile nats "$L/nats.pid"
 stop_pidfile redis "$L/redis.pid"
 if [ -f "$L/pg/postmaster.pid" ]; then
+  PG_DATA="$(readlink -f "$L/pg")"
   PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$L/pg" -m fast -w stop >/dev/null && echo "stop: postgres"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && echo "stop: postgres"
   else
-    "$PG_BIN/pg_ctl" -D "$L/pg" -m fast -w stop >/dev/null && echo "stop: postgres"
+    "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && echo "stop: postgres"
   fi
 fi

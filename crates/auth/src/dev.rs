@@ -31,8 +31,10 @@ fn private_key(pem: &str) -> Result<rsa::RsaPrivateKey, DevKeyError> {
 }
 
 pub fn read_pem(path: &Path) -> Result<String, DevKeyError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| DevKeyError::Read { path: path.display().to_string(), reason: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| DevKeyError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// The JWKS (`{"keys":[...]}`) holding the public half of an RSA private key in PEM.
@@ -51,16 +53,32 @@ pub fn jwks_for_private_pem(pem: &str, kid: &str) -> Result<serde_json::Value, D
     }))
 }
 
+/// The public half of an RSA private key, as SubjectPublicKeyInfo PEM.
+pub fn public_pem_for_private_pem(pem: &str) -> Result<String, DevKeyError> {
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    private_key(pem)?
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| DevKeyError::Parse(e.to_string()))
+}
+
 /// Signs `claims` with RS256 under `kid`.
 pub fn sign(pem: &str, kid: &str, claims: &HubClaims) -> Result<String, DevKeyError> {
-    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| DevKeyError::Parse(e.to_string()))?;
+    let key =
+        EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| DevKeyError::Parse(e.to_string()))?;
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &key).map_err(|e| DevKeyError::Sign(e.to_string()))
 }
 
 /// Claims for a token valid from now for `ttl_seconds`.
-pub fn claims(config: &oa_config::AuthConfig, org_id: &str, role: &str, sub: &str, ttl_seconds: i64) -> HubClaims {
+pub fn claims(
+    config: &oa_config::AuthConfig,
+    org_id: &str,
+    role: &str,
+    sub: &str,
+    ttl_seconds: i64,
+) -> HubClaims {
     let now = chrono::Utc::now().timestamp();
     HubClaims {
         sub: sub.to_owned(),

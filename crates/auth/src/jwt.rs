@@ -97,16 +97,24 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         ) => true,
         (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
         (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => p.curve == EllipticCurve::P384,
-        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => p.curve == EllipticCurve::Ed25519,
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
+            p.curve == EllipticCurve::Ed25519
+        }
         _ => false,
     };
     let algorithm = match (&jwk.common.key_algorithm, declared) {
         (Some(_), declared) => declared?,
         (None, _) => match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Algorithm::ES384,
-            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                Algorithm::ES384
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
             // Symmetric and unknown keys never verify Hub tokens.
             _ => return None,
         },
@@ -123,7 +131,11 @@ fn keys_from_set(set: &JwkSet) -> HashMap<String, Arc<VerificationKey>> {
         };
         match DecodingKey::from_jwk(jwk) {
             Ok(key) => {
-                let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{index}"));
+                let kid = jwk
+                    .common
+                    .key_id
+                    .clone()
+                    .unwrap_or_else(|| format!("#{index}"));
                 keys.insert(kid, Arc::new(VerificationKey { key, algorithm }));
             }
             Err(error) => tracing::warn!(%error, "ignoring a malformed JWKS key"),
@@ -141,7 +153,10 @@ impl HubVerifier {
             leeway_seconds: config.leeway_seconds,
             cache_ttl: Duration::from_secs(config.jwks_cache_seconds.max(1)),
             min_refresh: Duration::from_secs(config.jwks_min_refresh_seconds),
-            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+            cache: RwLock::new(KeyCache {
+                keys: HashMap::new(),
+                fetched_at: None,
+            }),
             last_forced_refresh: Mutex::new(None),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -166,11 +181,18 @@ impl HubVerifier {
         match &self.source {
             JwksSource::Static(set) => Ok(set.clone()),
             JwksSource::File(path) => {
-                let text = tokio::fs::read_to_string(path).await.map_err(|e| unavailable(&e))?;
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 serde_json::from_str(&text).map_err(|e| unavailable(&e))
             }
             JwksSource::Url(url) => {
-                let response = self.http.get(url).send().await.map_err(|e| unavailable(&e))?;
+                let response = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 let response = response.error_for_status().map_err(|e| unavailable(&e))?;
                 response.json().await.map_err(|e| unavailable(&e))
             }
@@ -188,7 +210,9 @@ impl HubVerifier {
 
     async fn lookup(&self, kid: &str) -> Option<Arc<VerificationKey>> {
         let cache = self.cache.read().await;
-        let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.cache_ttl);
+        let fresh = cache
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.cache_ttl);
         fresh.then(|| cache.keys.get(kid).cloned()).flatten()
     }
 
@@ -200,11 +224,11 @@ impl HubVerifier {
         }
         let stale = {
             let cache = self.cache.read().await;
-            !cache.fetched_at.is_some_and(|at| at.elapsed() < self.cache_ttl)
+            cache.fetched_at.is_none_or(|at| at.elapsed() >= self.cache_ttl)
         };
         let may_refresh = {
             let mut last = self.last_forced_refresh.lock().await;
-            let allowed = stale || !last.is_some_and(|at| at.elapsed() < self.min_refresh);
+            let allowed = stale || last.is_none_or(|at| at.elapsed() >= self.min_refresh);
             if allowed {
                 *last = Some(Instant::now());
             }
@@ -224,7 +248,8 @@ impl HubVerifier {
     /// Verifies a Hub token and resolves its caller.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let refused = |m: String| AuthError::Refused(m);
-        let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("header: {e}")))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| refused(format!("header: {e}")))?;
         let kid = match header.kid {
             Some(kid) => kid,
             None => {
@@ -234,7 +259,10 @@ impl HubVerifier {
         };
         let key = self.key_for(&kid).await?;
         if header.alg != key.algorithm {
-            return Err(refused(format!("alg {:?} does not match the key's {:?}", header.alg, key.algorithm)));
+            return Err(refused(format!(
+                "alg {:?} does not match the key's {:?}",
+                header.alg, key.algorithm
+            )));
         }
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
@@ -245,13 +273,20 @@ impl HubVerifier {
         let data = jsonwebtoken::decode::<HubClaims>(token, &key.key, &validation)
             .map_err(|e| refused(format!("token: {e}")))?;
         let claims = data.claims;
-        let role = Role::parse(&claims.role).ok_or_else(|| refused(format!("unknown role {:?}", claims.role)))?;
+        let role = Role::parse(&claims.role)
+            .ok_or_else(|| refused(format!("unknown role {:?}", claims.role)))?;
         if !ids::is_valid_org_id(&claims.org_id) || claims.org_id == "system" {
             return Err(refused("malformed org_id".into()));
         }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(refused("malformed sub".into()));
         }
-        Ok(Caller { org_id: claims.org_id, principal: Principal::User { sub: claims.sub, role } })
+        Ok(Caller {
+            org_id: claims.org_id,
+            principal: Principal::User {
+                sub: claims.sub,
+                role,
+            },
+        })
     }
 }

@@ -6,7 +6,9 @@
 //! refused as `unauthenticated`, and the caller is placed in the request's extensions for
 //! [`caller_of`].
 
-use oa_domain::{ApiError, Caller};
+use oa_domain::{ApiError, Caller, Principal};
+use oa_proto::common::diagnostics_server::DiagnosticsServer;
+use oa_proto::common::{WhoAmIRequest, WhoAmIResponse};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
@@ -23,6 +25,7 @@ pub fn outgoing<T>(message: T, caller: &Caller, token: &SecretString) -> tonic::
     }
     let caller_json = serde_json::to_vec(caller).unwrap_or_default();
     metadata.insert_bin(CALLER_KEY, MetadataValue::from_bytes(&caller_json));
+    oa_telemetry::inject_grpc(metadata);
     request
 }
 
@@ -38,7 +41,10 @@ impl ServiceGuard {
     }
 
     fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, tonic::Status> {
-        let presented = metadata.get(SERVICE_TOKEN_KEY).map(|v| v.as_bytes()).unwrap_or_default();
+        let presented = metadata
+            .get(SERVICE_TOKEN_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         let expected = self.token.expose_secret().as_bytes();
         if !bool::from(presented.ct_eq(expected)) {
             return Err(ApiError::new(
@@ -51,13 +57,18 @@ impl ServiceGuard {
             .get_bin(CALLER_KEY)
             .and_then(|v| v.to_bytes().ok())
             .and_then(|bytes| serde_json::from_slice::<Caller>(&bytes).ok())
-            .ok_or_else(|| ApiError::bad_request("The call carries no caller identity").to_status())?;
+            .ok_or_else(|| {
+                ApiError::bad_request("The call carries no caller identity").to_status()
+            })?;
         Ok(caller)
     }
 }
 
 impl tonic::service::Interceptor for ServiceGuard {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = self.check(request.metadata())?;
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -70,5 +81,67 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| ApiError::internal_from("service guard", &"no caller in extensions").to_status())
+        .ok_or_else(|| {
+            ApiError::internal_from("service guard", &"no caller in extensions").to_status()
+        })
+}
+
+/// A lazily connected channel to a service of the plane.
+pub fn channel(
+    endpoint: &str,
+    grpc: &oa_config::GrpcConfig,
+) -> Result<tonic::transport::Channel, ApiError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| ApiError::internal_from("grpc endpoint", &e))?
+        .connect_timeout(std::time::Duration::from_millis(grpc.connect_timeout_ms))
+        .timeout(std::time::Duration::from_millis(grpc.request_timeout_ms))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// `oneagents.common.v1.Diagnostics`, served by every service: answers with the identity the
+/// service received, so an operator can check the gateway-to-service plumbing.
+pub struct Diagnostics {
+    service: &'static str,
+}
+
+impl Diagnostics {
+    pub fn new(service: &'static str) -> Self {
+        Diagnostics { service }
+    }
+
+    /// The Diagnostics service behind a [`ServiceGuard`].
+    pub fn guarded(service: &'static str, token: SecretString) -> GuardedDiagnostics {
+        DiagnosticsServer::with_interceptor(Diagnostics::new(service), ServiceGuard::new(token))
+    }
+}
+
+pub type GuardedDiagnostics =
+    tonic::service::interceptor::InterceptedService<DiagnosticsServer<Diagnostics>, ServiceGuard>;
+
+#[tonic::async_trait]
+impl oa_proto::common::diagnostics_server::Diagnostics for Diagnostics {
+    async fn who_am_i(
+        &self,
+        request: tonic::Request<WhoAmIRequest>,
+    ) -> Result<tonic::Response<WhoAmIResponse>, tonic::Status> {
+        let caller = caller_of(&request)?;
+        let (principal_type, principal_id, role, scopes) = match caller.principal {
+            Principal::User { sub, role } => ("user", sub, role.as_str().to_owned(), Vec::new()),
+            Principal::IntegrationKey { key_id, scopes } => (
+                "integration_key",
+                key_id,
+                String::new(),
+                scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            ),
+        };
+        Ok(tonic::Response::new(WhoAmIResponse {
+            service: self.service.to_owned(),
+            org_id: caller.org_id,
+            principal_type: principal_type.to_owned(),
+            principal_id,
+            role,
+            scopes,
+        }))
+    }
 }

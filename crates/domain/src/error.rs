@@ -121,9 +121,9 @@ impl ErrorCode {
             | ErrorCode::TemplateNotFound
             | ErrorCode::EventTypeNotFound => C::NotFound,
             ErrorCode::Conflict => C::Aborted,
-            ErrorCode::CreditInsufficient | ErrorCode::AgentLimitReached | ErrorCode::RateLimited => {
-                C::ResourceExhausted
-            }
+            ErrorCode::CreditInsufficient
+            | ErrorCode::AgentLimitReached
+            | ErrorCode::RateLimited => C::ResourceExhausted,
             ErrorCode::ServiceUnavailable => C::Unavailable,
             ErrorCode::InternalError => C::Internal,
         }
@@ -169,7 +169,11 @@ const CODE_METADATA_KEY: &str = "x-oneagents-error-code";
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), details: None }
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -191,7 +195,10 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        ApiError::new(ErrorCode::InternalError, "An internal error occurred; it has been logged")
+        ApiError::new(
+            ErrorCode::InternalError,
+            "An internal error occurred; it has been logged",
+        )
     }
 
     /// Logs the cause with context and answers the generic internal error.
@@ -248,12 +255,16 @@ impl ApiError {
                     .get_bin(DETAILS_METADATA_KEY)
                     .and_then(|v| v.to_bytes().ok())
                     .and_then(|b| serde_json::from_slice(&b).ok());
-                ApiError { code, message: status.message().to_owned(), details }
+                ApiError {
+                    code,
+                    message: status.message().to_owned(),
+                    details,
+                }
             }
             None => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    ApiError::unavailable("service")
-                }
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => ApiError::unavailable("service"),
                 tonic::Code::Unauthenticated => ApiError::unauthorized(),
                 _ => ApiError::internal_from("grpc call", &status),
             },
@@ -299,8 +310,11 @@ mod tests {
 
     #[test]
     fn an_api_error_survives_a_grpc_round_trip_with_its_details() {
-        let error = ApiError::new(ErrorCode::InvalidAgentConfig, "Agent definition failed validation")
-            .with_details(serde_json::json!([{"path": "steps[0].id", "message": "missing"}]));
+        let error = ApiError::new(
+            ErrorCode::InvalidAgentConfig,
+            "Agent definition failed validation",
+        )
+        .with_details(serde_json::json!([{"path": "steps[0].id", "message": "missing"}]));
         let restored = ApiError::from_status(&error.to_status());
         assert_eq!(restored, error);
     }

@@ -13,7 +13,9 @@ pub fn has_prefix(id: &str, prefix: &str) -> bool {
         .is_some_and(|rest| {
             !rest.is_empty()
                 && rest.len() <= 120
-                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         })
 }
 

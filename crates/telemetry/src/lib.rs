@@ -36,7 +36,9 @@ pub fn init(config: &oa_config::TelemetryConfig) -> anyhow::Result<TelemetryGuar
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -46,7 +48,10 @@ pub fn init(config: &oa_config::TelemetryConfig) -> anyhow::Result<TelemetryGuar
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new(config.log_filter.clone()));
     let logs = if config.log_format == "json" {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed()
     } else {
         tracing_subscriber::fmt::layer().compact().boxed()
     };
@@ -142,7 +147,9 @@ pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let context = tracing::Span::current().context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }
 
 #[cfg(test)]
@@ -157,8 +164,12 @@ mod tests {
         let context = extract_http(&headers);
 
         let mut metadata = tonic::metadata::MetadataMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(&mut metadata));
-        assert_eq!(metadata.get("traceparent").unwrap().to_str().unwrap(), traceparent);
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut MetadataInjector(&mut metadata));
+        assert_eq!(
+            metadata.get("traceparent").unwrap().to_str().unwrap(),
+            traceparent
+        );
 
         let back = extract_grpc(&metadata);
         let mut out = http::HeaderMap::new();

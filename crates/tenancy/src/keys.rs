@@ -49,8 +49,11 @@ fn parse_presented(presented: &str) -> Option<(&str, &str)> {
     let rest = presented.strip_prefix("oak_")?;
     let (prefix, secret) = rest.split_once('_')?;
     let prefix_ok = prefix.len() == KEY_PREFIX_LEN
-        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let secret_ok = secret.len() == KEY_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok =
+        secret.len() == KEY_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
     (prefix_ok && secret_ok).then_some((prefix, secret))
 }
 
@@ -63,7 +66,11 @@ fn random_string(len: usize, lowercase_only: bool) -> String {
     (0..len)
         .map(|_| {
             let c = rng.sample(Alphanumeric) as char;
-            if lowercase_only { c.to_ascii_lowercase() } else { c }
+            if lowercase_only {
+                c.to_ascii_lowercase()
+            } else {
+                c
+            }
         })
         .collect()
 }
@@ -106,11 +113,15 @@ impl KeyStore {
         created_by: &str,
     ) -> Result<NewIntegrationKey, TenancyError> {
         if scopes.is_empty() {
-            return Err(TenancyError::Invalid("a key needs at least one scope".into()));
+            return Err(TenancyError::Invalid(
+                "a key needs at least one scope".into(),
+            ));
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(TenancyError::Invalid("key name must have 1 to 200 characters".into()));
+            return Err(TenancyError::Invalid(
+                "key name must have 1 to 200 characters".into(),
+            ));
         }
         let prefix = random_string(KEY_PREFIX_LEN, true);
         let secret = random_string(KEY_SECRET_LEN, false);
@@ -136,7 +147,10 @@ impl KeyStore {
         };
         let key = key_from_row(&row)?;
         tx.commit().await?;
-        Ok(NewIntegrationKey { key, plaintext: format!("oak_{prefix}_{secret}") })
+        Ok(NewIntegrationKey {
+            key,
+            plaintext: format!("oak_{prefix}_{secret}"),
+        })
     }
 
     pub async fn list(&self, org_id: &str) -> Result<Vec<IntegrationKey>, TenancyError> {
@@ -212,7 +226,11 @@ impl KeyStore {
         .await?;
         tx.commit().await?;
         let scopes = scope_names.iter().filter_map(|s| Scope::parse(s)).collect();
-        Ok(Some(ResolvedKey { key_id, org_id, scopes }))
+        Ok(Some(ResolvedKey {
+            key_id,
+            org_id,
+            scopes,
+        }))
     }
 }
 

@@ -1,1 +1,230 @@
-//! wip
+//! The test harness. Every test gets its own Postgres database (migrated, with the app role under
+//! row-level security), its own Redis key prefix and, through [`TestPlane`], its own gateway on a
+//! free port, all against the real servers that `deploy/local/start.sh` runs. Nothing here fakes
+//! Postgres, Redis or NATS.
+//!
+//! Server addresses come from `ONE_AGENTS_TEST_*` variables (see `deploy/local/env.sh`), with the
+//! local stack's ports as defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use oa_config::Config;
+use oa_domain::Scope;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+
+pub const HUB_TEST_KEY_PEM: &str = include_str!("../fixtures/hub-test-key.pem");
+pub const ATTACKER_KEY_PEM: &str = include_str!("../fixtures/attacker-key.pem");
+pub const HUB_TEST_KID: &str = "hub-test-1";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn admin_url() -> String {
+    env_or(
+        "ONE_AGENTS_TEST_ADMIN_URL",
+        "postgres://postgres@127.0.0.1:55432/postgres",
+    )
+}
+
+pub fn redis_url() -> String {
+    env_or("ONE_AGENTS_TEST_REDIS_URL", "redis://127.0.0.1:56379")
+}
+
+pub fn nats_url() -> String {
+    env_or("ONE_AGENTS_TEST_NATS_URL", "nats://127.0.0.1:54222")
+}
+
+/// A short random name for per-test resources.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh, migrated database.
+pub struct TestDb {
+    pub name: String,
+    /// Superuser pool on this database: bypasses row-level security, for setup and inspection.
+    pub admin: PgPool,
+    /// The plane's own role: owns no table, subject to row-level security.
+    pub app: PgPool,
+    pub app_url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<TestDb> {
+        let server: PgConnectOptions = admin_url().parse().context("ONE_AGENTS_TEST_ADMIN_URL")?;
+        let name = unique("oat_");
+        let root = oa_store::admin_pool(&admin_url())
+            .await
+            .context("connecting to the test Postgres (is `make stack` running?)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&root)
+            .await?;
+        root.close().await;
+        let admin_options = server.clone().database(&name);
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(admin_options)
+            .await?;
+        oa_store::migrate(&admin).await?;
+        let app_url = format!(
+            "postgres://one_agents_app@{}:{}/{name}",
+            server.get_host(),
+            server.get_port()
+        );
+        let app_config = oa_config::DatabaseConfig {
+            url: SecretString::from(app_url.clone()),
+            admin_url: None,
+            max_connections: 10,
+            acquire_timeout_ms: 5_000,
+        };
+        let app = oa_store::app_pool(&app_config)?;
+        Ok(TestDb {
+            name,
+            admin,
+            app,
+            app_url,
+        })
+    }
+
+    pub async fn create_org(&self, tier: &str) -> anyhow::Result<String> {
+        let org = oa_tenancy::OrgStore::new(self.admin.clone())
+            .create(Some(&unique("org_")), "Test MSP", tier)
+            .await?;
+        Ok(org.id)
+    }
+
+    /// Creates an integration key and returns `(key id, plaintext)`.
+    pub async fn create_key(
+        &self,
+        org_id: &str,
+        scopes: &[Scope],
+    ) -> anyhow::Result<(String, String)> {
+        let created = oa_tenancy::KeyStore::new(self.admin.clone())
+            .create(org_id, "test key", scopes, "test")
+            .await?;
+        Ok((created.key.id, created.plaintext))
+    }
+}
+
+/// A running gateway on its own database and Redis prefix, trusting the test Hub key.
+pub struct TestPlane {
+    pub db: TestDb,
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(unique("oa-test-"));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for TestPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A config for tests: every server from the test environment, a free port, its own Redis prefix.
+pub fn test_config(db: &TestDb, jwks_file: Option<PathBuf>) -> Config {
+    let mut config = Config::default();
+    config.database.url = SecretString::from(db.app_url.clone());
+    config.database.max_connections = 10;
+    config.redis.url = SecretString::from(redis_url());
+    config.redis.key_prefix = unique("oat:");
+    config.nats.url = nats_url();
+    config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.auth.jwks_file = jwks_file;
+    config.auth.jwks_min_refresh_seconds = 0;
+    config
+}
+
+impl TestPlane {
+    pub async fn start() -> anyhow::Result<TestPlane> {
+        TestPlane::start_with(|_| {}).await
+    }
+
+    /// Starts a plane after `adjust` has changed its config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestPlane> {
+        let db = TestDb::create().await?;
+        let dir = TempDir::new()?;
+        let jwks_path = dir.0.join("jwks.json");
+        let jwks = oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID)?;
+        std::fs::write(&jwks_path, serde_json::to_vec(&jwks)?)?;
+        let mut config = test_config(&db, Some(jwks_path));
+        adjust(&mut config);
+        config.validate()?;
+        let gateway = oa_gateway::Gateway::bind(config.clone()).await?;
+        let addr = gateway.local_addr();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = gateway.run(stop).await {
+                eprintln!("test gateway stopped: {error:#}");
+            }
+        });
+        Ok(TestPlane {
+            db,
+            config,
+            addr,
+            http: reqwest::Client::new(),
+            shutdown,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A Hub token for `org_id` with `role`, signed by the test Hub key.
+    pub fn token(&self, org_id: &str, role: &str) -> String {
+        let claims = oa_auth::dev::claims(&self.config.auth, org_id, role, "user-1", 3600);
+        oa_auth::dev::sign(HUB_TEST_KEY_PEM, HUB_TEST_KID, &claims).expect("the test key signs")
+    }
+
+    /// Sends `method path` as a Hub user of `org_id` with `role`.
+    pub fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        org_id: &str,
+        role: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(self.token(org_id, role))
+    }
+
+    /// Sends `method path` with an integration key.
+    pub fn as_key(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .header("x-integration-key", key)
+    }
+}

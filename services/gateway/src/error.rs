@@ -48,10 +48,13 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::bad_request(format!("The request body does not have the expected shape: {}", e.body_text()))
+        JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
+            "The request body does not have the expected shape: {}",
+            e.body_text()
+        )),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("The request body is not valid JSON")
         }
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("The request body is not valid JSON"),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "The request body must be sent with Content-Type: application/json",
@@ -59,12 +62,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
             too_large()
         }
-        other => ApiError::bad_request(format!("The request body could not be read: {}", other.body_text())),
+        other => ApiError::bad_request(format!(
+            "The request body could not be read: {}",
+            other.body_text()
+        )),
     }
 }
 
 pub fn too_large() -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, "The request body is larger than this API accepts")
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        "The request body is larger than this API accepts",
+    )
 }
 
 /// Query strings: unknown values and bad types are 400 `bad_request` with the API's body.
@@ -80,9 +89,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(Failure(ApiError::bad_request(
-                format!("Invalid query string: {}", e.body_text()),
-            ))),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(Failure(
+                ApiError::bad_request(format!("Invalid query string: {}", e.body_text())),
+            )),
             Err(other) => Err(Failure(ApiError::bad_request(other.body_text()))),
         }
     }
@@ -93,5 +102,90 @@ pub async fn not_found() -> Failure {
 }
 
 pub async fn method_not_allowed() -> Failure {
-    Failure(ApiError::new(ErrorCode::MethodNotAllowed, "This route does not accept that method"))
+    Failure(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "This route does not accept that method",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    use http::Request;
+    use serde::Deserialize;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Named {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    async fn echo(ApiJson(_): ApiJson<Named>) -> &'static str {
+        "ok"
+    }
+
+    async fn send(content_type: Option<&str>, body: Body) -> (u16, serde_json::Value) {
+        let app = Router::new()
+            .route("/echo", post(echo))
+            .layer(DefaultBodyLimit::max(64));
+        let mut request = Request::post("/echo");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = app.oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400_bad_request_with_the_api_body() {
+        let (status, body) = send(Some("application/json"), Body::from("{\"name\": ")).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "bad_request");
+        assert_eq!(body["status"], 400);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_the_wrong_shape_is_400_naming_the_problem() {
+        let (status, body) = send(Some("application/json"), Body::from("{\"name\": 5}")).await;
+        assert_eq!(status, 400);
+        assert!(body["message"].as_str().unwrap().contains("name"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_content_type_is_415() {
+        let (status, body) = send(None, Body::from("{\"name\": \"x\"}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (415, Some("unsupported_media_type"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_is_413() {
+        let chunks = futures_chunks(vec![vec![b' '; 50], vec![b' '; 50]]);
+        let (status, body) = send(Some("application/json"), Body::from_stream(chunks)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (413, Some("payload_too_large"))
+        );
+    }
+
+    fn futures_chunks(
+        chunks: Vec<Vec<u8>>,
+    ) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+        tokio_stream::iter(chunks.into_iter().map(Ok))
+    }
 }

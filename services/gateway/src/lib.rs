@@ -68,7 +68,9 @@ impl AppState {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         self.redis
-            .get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(self.redis_client.clone(), config))
+            .get_or_try_init(|| {
+                redis::aio::ConnectionManager::new_with_config(self.redis_client.clone(), config)
+            })
             .await
             .cloned()
     }
@@ -85,7 +87,8 @@ impl Gateway {
     /// Connects (lazily where it can) and binds `config.gateway.listen`; port 0 picks a free one.
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         let pool = oa_store::app_pool(&config.database)?;
-        let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
+        let redis_client =
+            redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
@@ -108,11 +111,16 @@ impl Gateway {
             pool,
             config,
         }));
-        Ok(Gateway { listener, router: router(state) })
+        Ok(Gateway {
+            listener,
+            router: router(state),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -153,10 +161,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // `layer`, not `route_layer`: unknown routes are authenticated too, so routes cannot be probed.
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
 
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
-        let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let span = tracing::info_span!(
             "http",
             method = %request.method(),
@@ -174,7 +189,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(move |request: Request, next: Next| limit_declared_body(body_limit, request, next)))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            limit_declared_body(body_limit, request, next)
+        }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::ApiResult;
 
-pub async fn me(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+pub async fn me(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
     let org = state
         .orgs
         .get(&caller.org_id)
@@ -18,7 +21,9 @@ pub async fn me(State(state): State<AppState>, Extension(caller): Extension<Call
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Org not found"))?;
     let tier = state.config.tiers.get(&org.tier);
     let principal = match &caller.principal {
-        Principal::User { sub, role } => json!({ "type": "user", "sub": sub, "role": role.as_str() }),
+        Principal::User { sub, role } => {
+            json!({ "type": "user", "sub": sub, "role": role.as_str() })
+        }
         Principal::IntegrationKey { key_id, scopes } => json!({
             "type": "integration_key",
             "key_id": key_id,

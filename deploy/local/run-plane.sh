@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `make run`: starts the stack, migrates, seeds a demo org, starts the whole plane in the
+# background (logs in .local/plane.log) and prints a dev token and a curl line that works.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/env.sh"
+L="$ONE_AGENTS_LOCAL_DIR"
+BIN="$ROOT/target/debug/one-agents"
+CONFIG="$L/one-agents.toml"
+oa() { "$BIN" --config "$CONFIG" "$@"; }
+
+bash "$HERE/start.sh"
+oa migrate
+oa orgs create --id org_demo --name "Demo MSP" --tier pro --if-absent >/dev/null
+oa dev-jwks >"$L/jwks.json"
+
+if [ -f "$L/plane.pid" ] && kill -0 "$(cat "$L/plane.pid")" 2>/dev/null; then
+  kill "$(cat "$L/plane.pid")"
+  while kill -0 "$(cat "$L/plane.pid")" 2>/dev/null; do sleep 0.1; done
+fi
+nohup "$BIN" --config "$CONFIG" serve --services all >"$L/plane.log" 2>&1 &
+echo $! >"$L/plane.pid"
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+if ! curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null; then
+  echo "run: the plane did not become ready; see $L/plane.log" >&2
+  tail -20 "$L/plane.log" >&2
+  exit 1
+fi
+
+TOKEN="$(oa dev-token --org org_demo --role admin)"
+cat <<TXT
+
+One Agents is running on http://127.0.0.1:$GATEWAY_PORT (logs: $L/plane.log; stop: make stop)
+Demo org: org_demo (tier pro). A 12-hour admin token for it, signed by the local dev key:
+
+export TOKEN=$TOKEN
+
+curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/me
+
+TXT
