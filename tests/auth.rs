@@ -17,12 +17,7 @@ fn claims(plane: &TestPlane, org_id: &str) -> HubClaims {
 fn sign_rs256(pem: &str, kid: &str, claims: &HubClaims) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
 }
 
 fn unsigned_token(header: serde_json::Value, claims: &HubClaims) -> String {
@@ -37,33 +32,22 @@ fn hs256_with_public_key(claims: &HubClaims) -> Vec<String> {
     let public_pem = oa_auth::dev::public_pem_for_private_pem(HUB_TEST_KEY_PEM).unwrap();
     let jwks = oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID).unwrap();
     let modulus = jwks["keys"][0]["n"].as_str().unwrap().to_owned();
-    [
-        public_pem.into_bytes(),
-        modulus.into_bytes(),
-        jwks.to_string().into_bytes(),
-    ]
-    .into_iter()
-    .map(|secret| {
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(HUB_TEST_KID.to_owned());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&secret)).unwrap()
-    })
-    .collect()
+    [public_pem.into_bytes(), modulus.into_bytes(), jwks.to_string().into_bytes()]
+        .into_iter()
+        .map(|secret| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(HUB_TEST_KID.to_owned());
+            jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&secret)).unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn every_bad_credential_gets_one_identical_401_body() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (revoked_key_id, revoked_key) = plane
-        .db
-        .create_key(&org, &[Scope::AgentsRead])
-        .await
-        .unwrap();
-    oa_tenancy::KeyStore::new(plane.db.admin.clone())
-        .revoke(&org, &revoked_key_id)
-        .await
-        .unwrap();
+    let (revoked_key_id, revoked_key) = plane.db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
+    oa_tenancy::KeyStore::new(plane.db.admin.clone()).revoke(&org, &revoked_key_id).await.unwrap();
     let now = chrono::Utc::now().timestamp();
 
     let mut expired = claims(&plane, &org);
@@ -84,56 +68,19 @@ async fn every_bad_credential_gets_one_identical_401_body() {
     let mut bearer_tokens = vec![
         ("malformed", "not-a-jwt".to_owned()),
         ("three garbage parts", "a.b.c".to_owned()),
-        (
-            "expired",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &expired),
-        ),
-        (
-            "not yet valid",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &not_yet_valid),
-        ),
-        (
-            "wrong issuer",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &wrong_issuer),
-        ),
-        (
-            "wrong audience",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &wrong_audience),
-        ),
-        (
-            "wrongly signed",
-            sign_rs256(ATTACKER_KEY_PEM, HUB_TEST_KID, &good),
-        ),
-        (
-            "unknown kid",
-            sign_rs256(ATTACKER_KEY_PEM, "attacker", &good),
-        ),
-        (
-            "org not served",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &unknown_org),
-        ),
-        (
-            "unknown role",
-            sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &bad_role),
-        ),
-        (
-            "alg none",
-            unsigned_token(
-                json!({"alg": "none", "typ": "JWT", "kid": HUB_TEST_KID}),
-                &good,
-            ),
-        ),
-        (
-            "alg None",
-            unsigned_token(json!({"alg": "None", "kid": HUB_TEST_KID}), &good),
-        ),
+        ("expired", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &expired)),
+        ("not yet valid", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &not_yet_valid)),
+        ("wrong issuer", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &wrong_issuer)),
+        ("wrong audience", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &wrong_audience)),
+        ("wrongly signed", sign_rs256(ATTACKER_KEY_PEM, HUB_TEST_KID, &good)),
+        ("unknown kid", sign_rs256(ATTACKER_KEY_PEM, "attacker", &good)),
+        ("org not served", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &unknown_org)),
+        ("unknown role", sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &bad_role)),
+        ("alg none", unsigned_token(json!({"alg": "none", "typ": "JWT", "kid": HUB_TEST_KID}), &good)),
+        ("alg None", unsigned_token(json!({"alg": "None", "kid": HUB_TEST_KID}), &good)),
     ];
     for (i, token) in hs256_with_public_key(&good).into_iter().enumerate() {
-        bearer_tokens.push(if i == 0 {
-            ("hs256 with public key", token)
-        } else {
-            ("hs256 variant", token)
-        });
+        bearer_tokens.push(if i == 0 { ("hs256 with public key", token) } else { ("hs256 variant", token) });
     }
 
     let (status, reference) =
@@ -144,13 +91,7 @@ async fn every_bad_credential_gets_one_identical_401_body() {
     assert_eq!(body["status"], 401);
 
     for (name, token) in &bearer_tokens {
-        let response = plane
-            .http
-            .get(plane.url("/api/me"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = plane.http.get(plane.url("/api/me")).bearer_auth(token).send().await.unwrap();
         let (status, body) = status_and_body(response).await;
         assert_eq!(status, 401, "{name}");
         assert_eq!(body, reference, "{name}: the body must not reveal why");
@@ -158,10 +99,7 @@ async fn every_bad_credential_gets_one_identical_401_body() {
         let response = plane
             .http
             .get(plane.url("/api/me"))
-            .header(
-                "cookie",
-                format!("{}={token}", plane.config.auth.session_cookie),
-            )
+            .header("cookie", format!("{}={token}", plane.config.auth.session_cookie))
             .send()
             .await
             .unwrap();
@@ -171,34 +109,19 @@ async fn every_bad_credential_gets_one_identical_401_body() {
 
     let keys = [
         ("revoked key", revoked_key.clone()),
-        (
-            "unknown key",
-            format!("oak_abcdefgh1234_{}", "x".repeat(40)),
-        ),
+        ("unknown key", format!("oak_abcdefgh1234_{}", "x".repeat(40))),
         ("malformed key", "oak_nope".to_owned()),
-        (
-            "right prefix, wrong secret",
-            format!("{}{}", &revoked_key[..17], "Z".repeat(40)),
-        ),
+        ("right prefix, wrong secret", format!("{}{}", &revoked_key[..17], "Z".repeat(40))),
     ];
     for (name, key) in &keys {
-        let (status, body) = status_and_body(
-            plane
-                .as_key(Method::GET, "/api/me", key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) =
+            status_and_body(plane.as_key(Method::GET, "/api/me", key).send().await.unwrap()).await;
         assert_eq!((status, &body), (401, &reference), "{name}");
     }
 
     // And the valid token of the same shape is accepted, so the refusals above are meaningful.
-    let response = plane.http.get(plane.url("/api/me")).bearer_auth(sign_rs256(
-        HUB_TEST_KEY_PEM,
-        HUB_TEST_KID,
-        &good,
-    ));
+    let response =
+        plane.http.get(plane.url("/api/me")).bearer_auth(sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &good));
     assert_eq!(response.send().await.unwrap().status(), 200);
 }
 
@@ -208,33 +131,16 @@ async fn a_hub_user_is_resolved_from_the_bearer_header_or_the_session_cookie() {
     let org = plane.db.create_org("pro").await.unwrap();
     let token = plane.token(&org, "technician");
 
-    let (status, me) = status_and_json(
-        plane
-            .http
-            .get(plane.url("/api/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, me) =
+        status_and_json(plane.http.get(plane.url("/api/me")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(me["org_id"], org.as_str());
     assert_eq!(me["org"]["tier"], "pro");
     assert_eq!(me["org"]["max_active_agents"], 25);
-    assert_eq!(
-        me["principal"],
-        json!({"type": "user", "sub": "user-1", "role": "technician"})
-    );
+    assert_eq!(me["principal"], json!({"type": "user", "sub": "user-1", "role": "technician"}));
 
     let cookie = format!("other=1; {}={token}", plane.config.auth.session_cookie);
-    let response = plane
-        .http
-        .get(plane.url("/api/me"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = plane.http.get(plane.url("/api/me")).header("cookie", cookie).send().await.unwrap();
     let (status, by_cookie) = status_and_json(response).await;
     assert_eq!(status, 200);
     assert_eq!(by_cookie, me);
@@ -244,20 +150,10 @@ async fn a_hub_user_is_resolved_from_the_bearer_header_or_the_session_cookie() {
 async fn an_integration_key_resolves_to_its_org_and_scopes_and_records_its_use() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("starter").await.unwrap();
-    let (key_id, key) = plane
-        .db
-        .create_key(&org, &[Scope::AgentsRead, Scope::EventsPublish])
-        .await
-        .unwrap();
+    let (key_id, key) = plane.db.create_key(&org, &[Scope::AgentsRead, Scope::EventsPublish]).await.unwrap();
 
-    let (status, me) = status_and_json(
-        plane
-            .as_key(Method::GET, "/api/me", &key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, me) =
+        status_and_json(plane.as_key(Method::GET, "/api/me", &key).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(me["org_id"], org.as_str());
     assert_eq!(
@@ -277,32 +173,12 @@ async fn an_integration_key_resolves_to_its_org_and_scopes_and_records_its_use()
 async fn a_revoked_key_is_refused_from_the_next_request_on() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("starter").await.unwrap();
-    let (key_id, key) = plane
-        .db
-        .create_key(&org, &[Scope::AgentsRead])
-        .await
-        .unwrap();
-    assert_eq!(
-        plane
-            .as_key(Method::GET, "/api/me", &key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let (key_id, key) = plane.db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
+    assert_eq!(plane.as_key(Method::GET, "/api/me", &key).send().await.unwrap().status(), 200);
 
     let keys = oa_tenancy::KeyStore::new(plane.db.admin.clone());
     assert!(keys.revoke(&org, &key_id).await.unwrap());
-    assert_eq!(
-        plane
-            .as_key(Method::GET, "/api/me", &key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(plane.as_key(Method::GET, "/api/me", &key).send().await.unwrap().status(), 401);
     // Revoking through another org is refused and changes nothing.
     let other = plane.db.create_org("starter").await.unwrap();
     assert!(!keys.revoke(&other, &key_id).await.unwrap());
@@ -323,22 +199,12 @@ async fn a_viewer_cannot_write_anywhere() {
         assert_eq!(status, 403, "{method}");
         assert_eq!(body["error"], "forbidden");
     }
-    assert_eq!(
-        plane
-            .as_user(Method::GET, "/api/me", &org, "viewer")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(plane.as_user(Method::GET, "/api/me", &org, "viewer").send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_with_the_api_body() {
-    let plane = TestPlane::start_with(|c| c.gateway.body_limit_bytes = 1024)
-        .await
-        .unwrap();
+    let plane = TestPlane::start_with(|c| c.gateway.body_limit_bytes = 1024).await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
     let big = format!("{{\"name\":\"{}\"}}", "x".repeat(4096));
     let response = plane
@@ -350,47 +216,23 @@ async fn a_body_over_the_limit_is_413_with_the_api_body() {
         .unwrap();
     let (status, body) = status_and_json(response).await;
     assert_eq!(status, 413);
-    assert_eq!(
-        body,
-        json!({"error": "payload_too_large", "message": body["message"], "status": 413})
-    );
+    assert_eq!(body, json!({"error": "payload_too_large", "message": body["message"], "status": 413}));
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_with_the_api_body() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (status, body) = status_and_json(
-        plane
-            .as_user(Method::GET, "/api/nothing-here", &org, "admin")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) =
+        status_and_json(plane.as_user(Method::GET, "/api/nothing-here", &org, "admin").send().await.unwrap())
+            .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, body) = status_and_json(
-        plane
-            .as_user(Method::DELETE, "/api/me", &org, "admin")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    let (status, body) =
+        status_and_json(plane.as_user(Method::DELETE, "/api/me", &org, "admin").send().await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (405, Some("method_not_allowed")));
     // Unauthenticated callers cannot probe which routes exist.
-    let (status, _) = status_and_body(
-        plane
-            .http
-            .get(plane.url("/api/nothing-here"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) =
+        status_and_body(plane.http.get(plane.url("/api/nothing-here")).send().await.unwrap()).await;
     assert_eq!(status, 401);
 }
 
@@ -399,22 +241,16 @@ async fn every_response_carries_a_request_id() {
     let plane = TestPlane::start().await.unwrap();
     let response = plane.http.get(plane.url("/healthz")).send().await.unwrap();
     assert!(response.headers().get("x-request-id").is_some());
-    let response = plane
-        .http
-        .get(plane.url("/healthz"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        plane.http.get(plane.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(response.headers().get("x-request-id").unwrap(), "abc-123");
 }
 
 #[tokio::test]
 async fn a_rotated_hub_key_is_fetched_when_a_token_names_an_unknown_kid() {
     use std::sync::{Arc, Mutex};
-    let served = Arc::new(Mutex::new(
-        oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID).unwrap(),
-    ));
+    let served =
+        Arc::new(Mutex::new(oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID).unwrap()));
     let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = {
         let served = served.clone();
@@ -441,47 +277,15 @@ async fn a_rotated_hub_key_is_fetched_when_a_token_names_an_unknown_kid() {
     let org = plane.db.create_org("pro").await.unwrap();
     let good = claims(&plane, &org);
     let first = sign_rs256(HUB_TEST_KEY_PEM, HUB_TEST_KID, &good);
-    assert_eq!(
-        plane
-            .http
-            .get(plane.url("/api/me"))
-            .bearer_auth(&first)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        plane
-            .http
-            .get(plane.url("/api/me"))
-            .bearer_auth(&first)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        fetches.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "keys are cached"
-    );
+    assert_eq!(plane.http.get(plane.url("/api/me")).bearer_auth(&first).send().await.unwrap().status(), 200);
+    assert_eq!(plane.http.get(plane.url("/api/me")).bearer_auth(&first).send().await.unwrap().status(), 200);
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "keys are cached");
 
     // The Hub rotates to a new key; a token naming it is accepted without a restart.
-    *served.lock().unwrap() =
-        oa_auth::dev::jwks_for_private_pem(ATTACKER_KEY_PEM, "hub-test-2").unwrap();
+    *served.lock().unwrap() = oa_auth::dev::jwks_for_private_pem(ATTACKER_KEY_PEM, "hub-test-2").unwrap();
     let rotated = sign_rs256(ATTACKER_KEY_PEM, "hub-test-2", &good);
     assert_eq!(
-        plane
-            .http
-            .get(plane.url("/api/me"))
-            .bearer_auth(&rotated)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        plane.http.get(plane.url("/api/me")).bearer_auth(&rotated).send().await.unwrap().status(),
         200
     );
 }

@@ -23,26 +23,16 @@ async fn start_guarded_service() -> String {
 }
 
 fn client(endpoint: &str) -> DiagnosticsClient<tonic::transport::Channel> {
-    DiagnosticsClient::new(
-        oa_auth::service::channel(endpoint, &oa_config::GrpcConfig::default()).unwrap(),
-    )
+    DiagnosticsClient::new(oa_auth::service::channel(endpoint, &oa_config::GrpcConfig::default()).unwrap())
 }
 
 #[tokio::test]
 async fn a_service_refuses_calls_without_the_internal_credential() {
     let endpoint = start_guarded_service().await;
-    let caller = Caller {
-        org_id: "org_a".into(),
-        principal: Principal::User {
-            sub: "u1".into(),
-            role: Role::Admin,
-        },
-    };
+    let caller =
+        Caller { org_id: "org_a".into(), principal: Principal::User { sub: "u1".into(), role: Role::Admin } };
 
-    let status = client(&endpoint)
-        .who_am_i(WhoAmIRequest {})
-        .await
-        .unwrap_err();
+    let status = client(&endpoint).who_am_i(WhoAmIRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let forged = oa_auth::service::outgoing(
@@ -52,10 +42,7 @@ async fn a_service_refuses_calls_without_the_internal_credential() {
     );
     let status = client(&endpoint).who_am_i(forged).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    assert_eq!(
-        oa_domain::ApiError::from_status(&status).code,
-        oa_domain::ErrorCode::Unauthorized
-    );
+    assert_eq!(oa_domain::ApiError::from_status(&status).code, oa_domain::ErrorCode::Unauthorized);
 }
 
 #[tokio::test]
@@ -64,10 +51,7 @@ async fn the_callers_identity_reaches_the_service_in_metadata() {
     let token = SecretString::from(TOKEN);
     let user = Caller {
         org_id: "org_a".into(),
-        principal: Principal::User {
-            sub: "u1".into(),
-            role: Role::Technician,
-        },
+        principal: Principal::User { sub: "u1".into(), role: Role::Technician },
     };
     let answer = client(&endpoint)
         .who_am_i(oa_auth::service::outgoing(WhoAmIRequest {}, &user, &token))
@@ -87,19 +71,13 @@ async fn the_callers_identity_reaches_the_service_in_metadata() {
 
     let key = Caller {
         org_id: "org_b".into(),
-        principal: Principal::IntegrationKey {
-            key_id: "key_1".into(),
-            scopes: vec![Scope::EventsPublish],
-        },
+        principal: Principal::IntegrationKey { key_id: "key_1".into(), scopes: vec![Scope::EventsPublish] },
     };
     let answer = client(&endpoint)
         .who_am_i(oa_auth::service::outgoing(WhoAmIRequest {}, &key, &token))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (answer.org_id.as_str(), answer.principal_type.as_str()),
-        ("org_b", "integration_key")
-    );
+    assert_eq!((answer.org_id.as_str(), answer.principal_type.as_str()), ("org_b", "integration_key"));
     assert_eq!(answer.scopes, vec!["events:publish".to_owned()]);
 }

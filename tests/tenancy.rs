@@ -11,11 +11,7 @@ async fn an_integration_key_is_stored_only_as_prefix_and_hash() {
     let db = TestDb::create().await.unwrap();
     let org = db.create_org("pro").await.unwrap();
     let (key_id, plaintext) = db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
-    let (prefix, secret) = plaintext
-        .strip_prefix("oak_")
-        .unwrap()
-        .split_once('_')
-        .unwrap();
+    let (prefix, secret) = plaintext.strip_prefix("oak_").unwrap().split_once('_').unwrap();
 
     let row = sqlx::query("SELECT to_jsonb(k)::text AS everything, prefix, secret_hash FROM tenancy.integration_keys k WHERE id = $1")
         .bind(&key_id)
@@ -23,20 +19,14 @@ async fn an_integration_key_is_stored_only_as_prefix_and_hash() {
         .await
         .unwrap();
     let everything: String = row.get("everything");
-    assert!(
-        !everything.contains(secret),
-        "the secret must not be stored in any column"
-    );
+    assert!(!everything.contains(secret), "the secret must not be stored in any column");
     assert!(!everything.contains(&plaintext));
     assert_eq!(row.get::<String, _>("prefix"), prefix);
     let expected: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
     assert_eq!(row.get::<Vec<u8>, _>("secret_hash"), expected.to_vec());
 
     // The listing shows the key without its secret.
-    let listed = oa_tenancy::KeyStore::new(db.app.clone())
-        .list(&org)
-        .await
-        .unwrap();
+    let listed = oa_tenancy::KeyStore::new(db.app.clone()).list(&org).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(!serde_json::to_string(&listed).unwrap().contains(secret));
 }
@@ -53,14 +43,9 @@ async fn the_app_role_sees_no_rows_without_an_org_in_its_transaction() {
     assert_eq!(admin_count, 1);
 
     // A query that forgot its org scope sees nothing.
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.integration_keys")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-    let orgs: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.orgs")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenancy.integration_keys").fetch_one(&db.app).await.unwrap();
+    let orgs: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.orgs").fetch_one(&db.app).await.unwrap();
     assert_eq!((keys, orgs), (0, 0));
 
     // Scoped to the org, it sees that org's rows.
@@ -73,11 +58,10 @@ async fn the_app_role_sees_no_rows_without_an_org_in_its_transaction() {
     tx.rollback().await.unwrap();
 
     // The app role owns no table.
-    let owned: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'one_agents_app'")
-            .fetch_one(&db.admin)
-            .await
-            .unwrap();
+    let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = 'one_agents_app'")
+        .fetch_one(&db.admin)
+        .await
+        .unwrap();
     assert_eq!(owned, 0);
 }
 
@@ -102,32 +86,26 @@ async fn row_level_security_refuses_a_cross_org_insert_and_hides_other_orgs() {
     tx.rollback().await.unwrap();
 
     let mut tx = oa_store::begin_org(&db.app, &org_a).await.unwrap();
-    let visible: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM tenancy.integration_keys WHERE org_id = $1")
-            .bind(&org_b)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    assert_eq!(
-        visible, 0,
-        "org A cannot see org B's keys even when it asks for them"
-    );
-    let updated =
-        sqlx::query("UPDATE tenancy.integration_keys SET revoked_at = now() WHERE org_id = $1")
-            .bind(&org_b)
-            .execute(&mut *tx)
-            .await
-            .unwrap()
-            .rows_affected();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.integration_keys WHERE org_id = $1")
+        .bind(&org_b)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0, "org A cannot see org B's keys even when it asks for them");
+    let updated = sqlx::query("UPDATE tenancy.integration_keys SET revoked_at = now() WHERE org_id = $1")
+        .bind(&org_b)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
     assert_eq!(updated, 0, "nor revoke them");
     tx.commit().await.unwrap();
 
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tenancy.integration_keys WHERE revoked_at IS NULL",
-    )
-    .fetch_one(&db.admin)
-    .await
-    .unwrap();
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenancy.integration_keys WHERE revoked_at IS NULL")
+            .fetch_one(&db.admin)
+            .await
+            .unwrap();
     assert_eq!(total, 1, "nothing was written");
 }
 
@@ -139,11 +117,7 @@ async fn the_org_scope_ends_with_its_transaction() {
     let mut connection = db.app.acquire().await.unwrap();
     {
         let mut tx = sqlx::Acquire::begin(&mut *connection).await.unwrap();
-        sqlx::query("SELECT set_config('app.org_id', $1, true)")
-            .bind(&org)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(&org).execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
     }
     // The same pooled connection, after the transaction: the org no longer applies.
@@ -162,14 +136,8 @@ async fn org_creation_rejects_bad_ids_tiers_and_duplicates() {
         orgs.create(Some("acme"), "Acme", "pro").await,
         Err(oa_tenancy::TenancyError::Invalid(_))
     ));
-    assert!(matches!(
-        orgs.create(None, "Acme", "platinum").await,
-        Err(oa_tenancy::TenancyError::Invalid(_))
-    ));
-    assert!(matches!(
-        orgs.create(None, "  ", "pro").await,
-        Err(oa_tenancy::TenancyError::Invalid(_))
-    ));
+    assert!(matches!(orgs.create(None, "Acme", "platinum").await, Err(oa_tenancy::TenancyError::Invalid(_))));
+    assert!(matches!(orgs.create(None, "  ", "pro").await, Err(oa_tenancy::TenancyError::Invalid(_))));
     let org = orgs.create(Some("org_acme"), "Acme", "pro").await.unwrap();
     assert!(matches!(
         orgs.create(Some(&org.id), "Acme", "pro").await,
@@ -181,9 +149,6 @@ async fn org_creation_rejects_bad_ids_tiers_and_duplicates() {
     ));
     let updated = orgs.set_credit_override(&org.id, Some(500)).await.unwrap();
     assert_eq!(updated.monthly_credits_override, Some(500));
-    let row = sqlx::query("SELECT count(*) AS n FROM tenancy.orgs")
-        .fetch_one(&db.admin)
-        .await
-        .unwrap();
+    let row = sqlx::query("SELECT count(*) AS n FROM tenancy.orgs").fetch_one(&db.admin).await.unwrap();
     assert_eq!(row.get::<i64, _>("n"), 1);
 }

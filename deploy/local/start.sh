@@ -20,7 +20,7 @@ wait_port() {
 # --- PostgreSQL -----------------------------------------------------------------------------
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 PG_DATA="$L/pg"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+as_pg() { if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 if [ "$(id -u)" -eq 0 ] && [ ! -e "$PG_DATA" ]; then
   # Postgres runs as the postgres user, which may not reach a clone under /root, and its socket
   # path must stay short: then the data lives in a folder of its own, linked from .local/pg.

@@ -26,8 +26,8 @@ if [ -f "$L/pg/postmaster.pid" ]; then
   PG_DATA="$(readlink -f "$L/pg")"
   PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && echo "stop: postgres"
+    (cd / && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null) && echo "stop: postgres"
   else
-    "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && echo "stop: postgres"
+    "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null) && echo "stop: postgres"
   fi
 fi

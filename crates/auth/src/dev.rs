@@ -31,10 +31,8 @@ fn private_key(pem: &str) -> Result<rsa::RsaPrivateKey, DevKeyError> {
 }
 
 pub fn read_pem(path: &Path) -> Result<String, DevKeyError> {
-    std::fs::read_to_string(path).map_err(|e| DevKeyError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+    std::fs::read_to_string(path)
+        .map_err(|e| DevKeyError::Read { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// The JWKS (`{"keys":[...]}`) holding the public half of an RSA private key in PEM.
@@ -64,8 +62,7 @@ pub fn public_pem_for_private_pem(pem: &str) -> Result<String, DevKeyError> {
 
 /// Signs `claims` with RS256 under `kid`.
 pub fn sign(pem: &str, kid: &str, claims: &HubClaims) -> Result<String, DevKeyError> {
-    let key =
-        EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| DevKeyError::Parse(e.to_string()))?;
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| DevKeyError::Parse(e.to_string()))?;
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &key).map_err(|e| DevKeyError::Sign(e.to_string()))

@@ -97,24 +97,16 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         ) => true,
         (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
         (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => p.curve == EllipticCurve::P384,
-        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
-            p.curve == EllipticCurve::Ed25519
-        }
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => p.curve == EllipticCurve::Ed25519,
         _ => false,
     };
     let algorithm = match (&jwk.common.key_algorithm, declared) {
         (Some(_), declared) => declared?,
         (None, _) => match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
-            }
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
-                Algorithm::ES384
-            }
-            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                Algorithm::EdDSA
-            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Algorithm::ES384,
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
             // Symmetric and unknown keys never verify Hub tokens.
             _ => return None,
         },
@@ -131,11 +123,7 @@ fn keys_from_set(set: &JwkSet) -> HashMap<String, Arc<VerificationKey>> {
         };
         match DecodingKey::from_jwk(jwk) {
             Ok(key) => {
-                let kid = jwk
-                    .common
-                    .key_id
-                    .clone()
-                    .unwrap_or_else(|| format!("#{index}"));
+                let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{index}"));
                 keys.insert(kid, Arc::new(VerificationKey { key, algorithm }));
             }
             Err(error) => tracing::warn!(%error, "ignoring a malformed JWKS key"),
@@ -153,15 +141,9 @@ impl HubVerifier {
             leeway_seconds: config.leeway_seconds,
             cache_ttl: Duration::from_secs(config.jwks_cache_seconds.max(1)),
             min_refresh: Duration::from_secs(config.jwks_min_refresh_seconds),
-            cache: RwLock::new(KeyCache {
-                keys: HashMap::new(),
-                fetched_at: None,
-            }),
+            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
             last_forced_refresh: Mutex::new(None),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
         }
     }
 
@@ -181,18 +163,11 @@ impl HubVerifier {
         match &self.source {
             JwksSource::Static(set) => Ok(set.clone()),
             JwksSource::File(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| unavailable(&e))?;
                 serde_json::from_str(&text).map_err(|e| unavailable(&e))
             }
             JwksSource::Url(url) => {
-                let response = self
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable(&e))?;
+                let response = self.http.get(url).send().await.map_err(|e| unavailable(&e))?;
                 let response = response.error_for_status().map_err(|e| unavailable(&e))?;
                 response.json().await.map_err(|e| unavailable(&e))
             }
@@ -210,9 +185,7 @@ impl HubVerifier {
 
     async fn lookup(&self, kid: &str) -> Option<Arc<VerificationKey>> {
         let cache = self.cache.read().await;
-        let fresh = cache
-            .fetched_at
-            .is_some_and(|at| at.elapsed() < self.cache_ttl);
+        let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.cache_ttl);
         fresh.then(|| cache.keys.get(kid).cloned()).flatten()
     }
 
@@ -238,18 +211,13 @@ impl HubVerifier {
             self.refresh().await?;
         }
         let cache = self.cache.read().await;
-        cache
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| AuthError::Refused(format!("unknown kid {kid:?}")))
+        cache.keys.get(kid).cloned().ok_or_else(|| AuthError::Refused(format!("unknown kid {kid:?}")))
     }
 
     /// Verifies a Hub token and resolves its caller.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let refused = |m: String| AuthError::Refused(m);
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| refused(format!("header: {e}")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("header: {e}")))?;
         let kid = match header.kid {
             Some(kid) => kid,
             None => {
@@ -273,20 +241,14 @@ impl HubVerifier {
         let data = jsonwebtoken::decode::<HubClaims>(token, &key.key, &validation)
             .map_err(|e| refused(format!("token: {e}")))?;
         let claims = data.claims;
-        let role = Role::parse(&claims.role)
-            .ok_or_else(|| refused(format!("unknown role {:?}", claims.role)))?;
+        let role =
+            Role::parse(&claims.role).ok_or_else(|| refused(format!("unknown role {:?}", claims.role)))?;
         if !ids::is_valid_org_id(&claims.org_id) || claims.org_id == "system" {
             return Err(refused("malformed org_id".into()));
         }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(refused("malformed sub".into()));
         }
-        Ok(Caller {
-            org_id: claims.org_id,
-            principal: Principal::User {
-                sub: claims.sub,
-                role,
-            },
-        })
+        Ok(Caller { org_id: claims.org_id, principal: Principal::User { sub: claims.sub, role } })
     }
 }

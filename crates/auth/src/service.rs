@@ -41,10 +41,7 @@ impl ServiceGuard {
     }
 
     fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, tonic::Status> {
-        let presented = metadata
-            .get(SERVICE_TOKEN_KEY)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
+        let presented = metadata.get(SERVICE_TOKEN_KEY).map(|v| v.as_bytes()).unwrap_or_default();
         let expected = self.token.expose_secret().as_bytes();
         if !bool::from(presented.ct_eq(expected)) {
             return Err(ApiError::new(
@@ -57,18 +54,13 @@ impl ServiceGuard {
             .get_bin(CALLER_KEY)
             .and_then(|v| v.to_bytes().ok())
             .and_then(|bytes| serde_json::from_slice::<Caller>(&bytes).ok())
-            .ok_or_else(|| {
-                ApiError::bad_request("The call carries no caller identity").to_status()
-            })?;
+            .ok_or_else(|| ApiError::bad_request("The call carries no caller identity").to_status())?;
         Ok(caller)
     }
 }
 
 impl tonic::service::Interceptor for ServiceGuard {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = self.check(request.metadata())?;
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -81,16 +73,11 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| {
-            ApiError::internal_from("service guard", &"no caller in extensions").to_status()
-        })
+        .ok_or_else(|| ApiError::internal_from("service guard", &"no caller in extensions").to_status())
 }
 
 /// A lazily connected channel to a service of the plane.
-pub fn channel(
-    endpoint: &str,
-    grpc: &oa_config::GrpcConfig,
-) -> Result<tonic::transport::Channel, ApiError> {
+pub fn channel(endpoint: &str, grpc: &oa_config::GrpcConfig) -> Result<tonic::transport::Channel, ApiError> {
     let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| ApiError::internal_from("grpc endpoint", &e))?
         .connect_timeout(std::time::Duration::from_millis(grpc.connect_timeout_ms))

@@ -178,18 +178,13 @@ impl Default for DatabaseConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:56379".into(),
-            key_prefix: "oa".into(),
-        }
+        RedisConfig { url: "redis://127.0.0.1:56379".into(), key_prefix: "oa".into() }
     }
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        NatsConfig {
-            url: "nats://127.0.0.1:54222".into(),
-        }
+        NatsConfig { url: "nats://127.0.0.1:54222".into() }
     }
 }
 
@@ -206,12 +201,7 @@ impl Default for GatewayConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig {
-            enabled: true,
-            window_seconds: 60,
-            per_org: 6_000,
-            per_key: 1_200,
-        }
+        RateLimitConfig { enabled: true, window_seconds: 60, per_org: 6_000, per_key: 1_200 }
     }
 }
 
@@ -258,18 +248,9 @@ impl Default for TierConfig {
 impl Default for TiersConfig {
     fn default() -> Self {
         TiersConfig {
-            starter: TierConfig {
-                monthly_credits: 10_000,
-                max_active_agents: 5,
-            },
-            pro: TierConfig {
-                monthly_credits: 100_000,
-                max_active_agents: 25,
-            },
-            enterprise: TierConfig {
-                monthly_credits: 1_000_000,
-                max_active_agents: 200,
-            },
+            starter: TierConfig { monthly_credits: 10_000, max_active_agents: 5 },
+            pro: TierConfig { monthly_credits: 100_000, max_active_agents: 25 },
+            enterprise: TierConfig { monthly_credits: 1_000_000, max_active_agents: 200 },
         }
     }
 }
@@ -298,9 +279,7 @@ impl TiersConfig {
 impl Config {
     /// Loads defaults, then `file` if given, then the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let config = Config::figment(file)
-            .extract::<Config>()
-            .map_err(Box::new)?;
+        let config = Config::figment(file).extract::<Config>().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
@@ -340,9 +319,7 @@ impl Config {
             ("enterprise", &self.tiers.enterprise),
         ] {
             if tier.monthly_credits < 0 {
-                return invalid(&format!(
-                    "tiers.{name}.monthly_credits must not be negative"
-                ));
+                return invalid(&format!("tiers.{name}.monthly_credits must not be negative"));
             }
         }
         if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
@@ -355,9 +332,7 @@ impl Config {
                 );
             }
             if self.grpc.service_token.expose_secret() == DEV_SERVICE_TOKEN {
-                return invalid(
-                    "grpc.service_token must be set to a secret of your own in production",
-                );
+                return invalid("grpc.service_token must be set to a secret of your own in production");
             }
             if self.auth.jwks_file.is_none() && self.auth.jwks_url.is_none() {
                 return invalid("auth.jwks_url (or auth.jwks_file) is required in production");
@@ -403,10 +378,7 @@ mod tests {
             jail.set_env("ONE_AGENTS_ENVIRONMENT", "production");
             jail.set_env("ONE_AGENTS_AUTH__JWKS_URL", "https://hub.example/jwks.json");
             jail.set_env("ONE_AGENTS_AUTH__DEV_SIGNING_KEY_FILE", "/tmp/dev.pem");
-            jail.set_env(
-                "ONE_AGENTS_GRPC__SERVICE_TOKEN",
-                "a-real-secret-of-32-characters-xx",
-            );
+            jail.set_env("ONE_AGENTS_GRPC__SERVICE_TOKEN", "a-real-secret-of-32-characters-xx");
             let error = Config::load(None).unwrap_err().to_string();
             assert!(error.contains("dev_signing_key_file"), "{error}");
             Ok(())

@@ -121,11 +121,7 @@ impl Permission {
             ),
             Role::Viewer => matches!(
                 self,
-                P::ReadAgents
-                    | P::ReadExecutions
-                    | P::ReadApprovals
-                    | P::ReadCredits
-                    | P::ReadCatalog
+                P::ReadAgents | P::ReadExecutions | P::ReadApprovals | P::ReadCredits | P::ReadCatalog
             ),
         }
     }
@@ -167,10 +163,9 @@ impl Caller {
     pub fn may(&self, permission: Permission) -> bool {
         match &self.principal {
             Principal::User { role, .. } => permission.allows_role(*role),
-            Principal::IntegrationKey { scopes, .. } => permission
-                .allowing_scopes()
-                .iter()
-                .any(|s| scopes.contains(s)),
+            Principal::IntegrationKey { scopes, .. } => {
+                permission.allowing_scopes().iter().any(|s| scopes.contains(s))
+            }
         }
     }
 
@@ -178,9 +173,7 @@ impl Caller {
         if self.may(permission) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                "Insufficient permissions for this operation",
-            ))
+            Err(ApiError::forbidden("Insufficient permissions for this operation"))
         }
     }
 
@@ -193,13 +186,7 @@ impl Caller {
     }
 
     pub fn is_viewer(&self) -> bool {
-        matches!(
-            self.principal,
-            Principal::User {
-                role: Role::Viewer,
-                ..
-            }
-        )
+        matches!(self.principal, Principal::User { role: Role::Viewer, .. })
     }
 }
 
@@ -208,13 +195,7 @@ mod tests {
     use super::*;
 
     fn user(role: Role) -> Caller {
-        Caller {
-            org_id: "org_a".into(),
-            principal: Principal::User {
-                sub: "u".into(),
-                role,
-            },
-        }
+        Caller { org_id: "org_a".into(), principal: Principal::User { sub: "u".into(), role } }
     }
 
     #[test]
@@ -238,10 +219,7 @@ mod tests {
     fn keys_get_exactly_their_scopes() {
         let key = Caller {
             org_id: "org_a".into(),
-            principal: Principal::IntegrationKey {
-                key_id: "key_1".into(),
-                scopes: vec![Scope::AgentsRead],
-            },
+            principal: Principal::IntegrationKey { key_id: "key_1".into(), scopes: vec![Scope::AgentsRead] },
         };
         assert!(key.may(Permission::ReadAgents));
         assert!(!key.may(Permission::WriteAgents));

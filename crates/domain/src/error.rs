@@ -121,9 +121,9 @@ impl ErrorCode {
             | ErrorCode::TemplateNotFound
             | ErrorCode::EventTypeNotFound => C::NotFound,
             ErrorCode::Conflict => C::Aborted,
-            ErrorCode::CreditInsufficient
-            | ErrorCode::AgentLimitReached
-            | ErrorCode::RateLimited => C::ResourceExhausted,
+            ErrorCode::CreditInsufficient | ErrorCode::AgentLimitReached | ErrorCode::RateLimited => {
+                C::ResourceExhausted
+            }
             ErrorCode::ServiceUnavailable => C::Unavailable,
             ErrorCode::InternalError => C::Internal,
         }
@@ -131,10 +131,7 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if sent again unchanged.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RateLimited | ErrorCode::ServiceUnavailable | ErrorCode::InternalError
-        )
+        matches!(self, ErrorCode::RateLimited | ErrorCode::ServiceUnavailable | ErrorCode::InternalError)
     }
 }
 
@@ -169,11 +166,7 @@ const CODE_METADATA_KEY: &str = "x-oneagents-error-code";
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-            details: None,
-        }
+        ApiError { code, message: message.into(), details: None }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -195,10 +188,7 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        ApiError::new(
-            ErrorCode::InternalError,
-            "An internal error occurred; it has been logged",
-        )
+        ApiError::new(ErrorCode::InternalError, "An internal error occurred; it has been logged")
     }
 
     /// Logs the cause with context and answers the generic internal error.
@@ -208,10 +198,7 @@ impl ApiError {
     }
 
     pub fn unavailable(what: &str) -> Self {
-        ApiError::new(
-            ErrorCode::ServiceUnavailable,
-            format!("The {what} is unavailable; retry shortly"),
-        )
+        ApiError::new(ErrorCode::ServiceUnavailable, format!("The {what} is unavailable; retry shortly"))
     }
 
     pub fn body(&self) -> ErrorBody {
@@ -232,10 +219,9 @@ impl ApiError {
         }
         if let Some(details) = &self.details {
             let bytes = serde_json::to_vec(details).unwrap_or_default();
-            status.metadata_mut().insert_bin(
-                DETAILS_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_bytes(&bytes),
-            );
+            status
+                .metadata_mut()
+                .insert_bin(DETAILS_METADATA_KEY, tonic::metadata::MetadataValue::from_bytes(&bytes));
         }
         status
     }
@@ -243,11 +229,8 @@ impl ApiError {
     /// Restores an `ApiError` from a gRPC status. A status that did not come from a service of
     /// the plane (transport failure, timeout) becomes `service_unavailable` or `internal_error`.
     pub fn from_status(status: &tonic::Status) -> Self {
-        let code = status
-            .metadata()
-            .get(CODE_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ErrorCode::parse);
+        let code =
+            status.metadata().get(CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::parse);
         match code {
             Some(code) => {
                 let details = status
@@ -255,16 +238,12 @@ impl ApiError {
                     .get_bin(DETAILS_METADATA_KEY)
                     .and_then(|v| v.to_bytes().ok())
                     .and_then(|b| serde_json::from_slice(&b).ok());
-                ApiError {
-                    code,
-                    message: status.message().to_owned(),
-                    details,
-                }
+                ApiError { code, message: status.message().to_owned(), details }
             }
             None => match status.code() {
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => ApiError::unavailable("service"),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    ApiError::unavailable("service")
+                }
                 tonic::Code::Unauthenticated => ApiError::unauthorized(),
                 _ => ApiError::internal_from("grpc call", &status),
             },
@@ -310,11 +289,8 @@ mod tests {
 
     #[test]
     fn an_api_error_survives_a_grpc_round_trip_with_its_details() {
-        let error = ApiError::new(
-            ErrorCode::InvalidAgentConfig,
-            "Agent definition failed validation",
-        )
-        .with_details(serde_json::json!([{"path": "steps[0].id", "message": "missing"}]));
+        let error = ApiError::new(ErrorCode::InvalidAgentConfig, "Agent definition failed validation")
+            .with_details(serde_json::json!([{"path": "steps[0].id", "message": "missing"}]));
         let restored = ApiError::from_status(&error.to_status());
         assert_eq!(restored, error);
     }

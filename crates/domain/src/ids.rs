@@ -8,15 +8,11 @@ pub fn new_id(prefix: &str) -> String {
 /// Whether `id` has the shape `<prefix>_<rest>` with a non-empty rest of id-safe characters.
 /// Used to answer malformed ids with the same 404 as missing ones, without a lookup.
 pub fn has_prefix(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 120
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
+    id.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('_')).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 120
+            && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 /// An org id as accepted from the CLI and tokens: `org_` then letters, digits, `_` or `-`.

@@ -71,15 +71,9 @@ pub async fn migrate(admin: &PgPool) -> Result<(), StoreError> {
 
 /// Opens a transaction in which row-level security sees only `org_id`'s rows.
 /// Every org-scoped query runs inside one of these.
-pub async fn begin_org<'p>(
-    pool: &'p PgPool,
-    org_id: &str,
-) -> Result<Transaction<'p, Postgres>, StoreError> {
+pub async fn begin_org<'p>(pool: &'p PgPool, org_id: &str) -> Result<Transaction<'p, Postgres>, StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.org_id', $1, true)")
-        .bind(org_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(org_id).execute(&mut *tx).await?;
     Ok(tx)
 }
 

@@ -31,27 +31,21 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(config: &oa_config::TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(config.service_name.clone())
-        .build();
+    let resource =
+        opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
     let tracer = provider.tracer("one-agents");
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(config.log_filter.clone()));
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(config.log_filter.clone()));
     let logs = if config.log_format == "json" {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
     } else {
         tracing_subscriber::fmt::layer().compact().boxed()
     };
@@ -68,10 +62,9 @@ struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) =
+            (http::header::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
             self.0.insert(name, value);
         }
     }
@@ -147,9 +140,7 @@ pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let context = tracing::Span::current().context();
     let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
 #[cfg(test)]
@@ -164,12 +155,8 @@ mod tests {
         let context = extract_http(&headers);
 
         let mut metadata = tonic::metadata::MetadataMap::new();
-        TraceContextPropagator::new()
-            .inject_context(&context, &mut MetadataInjector(&mut metadata));
-        assert_eq!(
-            metadata.get("traceparent").unwrap().to_str().unwrap(),
-            traceparent
-        );
+        TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(&mut metadata));
+        assert_eq!(metadata.get("traceparent").unwrap().to_str().unwrap(), traceparent);
 
         let back = extract_grpc(&metadata);
         let mut out = http::HeaderMap::new();

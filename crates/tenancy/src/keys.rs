@@ -49,11 +49,8 @@ fn parse_presented(presented: &str) -> Option<(&str, &str)> {
     let rest = presented.strip_prefix("oak_")?;
     let (prefix, secret) = rest.split_once('_')?;
     let prefix_ok = prefix.len() == KEY_PREFIX_LEN
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let secret_ok =
-        secret.len() == KEY_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok = secret.len() == KEY_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
     (prefix_ok && secret_ok).then_some((prefix, secret))
 }
 
@@ -66,11 +63,7 @@ fn random_string(len: usize, lowercase_only: bool) -> String {
     (0..len)
         .map(|_| {
             let c = rng.sample(Alphanumeric) as char;
-            if lowercase_only {
-                c.to_ascii_lowercase()
-            } else {
-                c
-            }
+            if lowercase_only { c.to_ascii_lowercase() } else { c }
         })
         .collect()
 }
@@ -113,15 +106,11 @@ impl KeyStore {
         created_by: &str,
     ) -> Result<NewIntegrationKey, TenancyError> {
         if scopes.is_empty() {
-            return Err(TenancyError::Invalid(
-                "a key needs at least one scope".into(),
-            ));
+            return Err(TenancyError::Invalid("a key needs at least one scope".into()));
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(TenancyError::Invalid(
-                "key name must have 1 to 200 characters".into(),
-            ));
+            return Err(TenancyError::Invalid("key name must have 1 to 200 characters".into()));
         }
         let prefix = random_string(KEY_PREFIX_LEN, true);
         let secret = random_string(KEY_SECRET_LEN, false);
@@ -147,10 +136,7 @@ impl KeyStore {
         };
         let key = key_from_row(&row)?;
         tx.commit().await?;
-        Ok(NewIntegrationKey {
-            key,
-            plaintext: format!("oak_{prefix}_{secret}"),
-        })
+        Ok(NewIntegrationKey { key, plaintext: format!("oak_{prefix}_{secret}") })
     }
 
     pub async fn list(&self, org_id: &str) -> Result<Vec<IntegrationKey>, TenancyError> {
@@ -190,10 +176,7 @@ impl KeyStore {
             return Ok(None);
         };
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.key_prefix', $1, true)")
-            .bind(prefix)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT set_config('app.key_prefix', $1, true)").bind(prefix).execute(&mut *tx).await?;
         let row = sqlx::query(
             "SELECT id, org_id, secret_hash, scopes, revoked_at IS NOT NULL AS revoked
              FROM tenancy.integration_keys WHERE prefix = $1",
@@ -213,10 +196,7 @@ impl KeyStore {
         let key_id: String = row.try_get("id")?;
         let org_id: String = row.try_get("org_id")?;
         let scope_names: Vec<String> = row.try_get("scopes")?;
-        sqlx::query("SELECT set_config('app.org_id', $1, true)")
-            .bind(&org_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(&org_id).execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE tenancy.integration_keys SET last_used_at = now()
              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
@@ -226,11 +206,7 @@ impl KeyStore {
         .await?;
         tx.commit().await?;
         let scopes = scope_names.iter().filter_map(|s| Scope::parse(s)).collect();
-        Ok(Some(ResolvedKey {
-            key_id,
-            org_id,
-            scopes,
-        }))
+        Ok(Some(ResolvedKey { key_id, org_id, scopes }))
     }
 }
 

@@ -64,31 +64,19 @@ impl OrgStore {
     }
 
     /// Creates an org. Needs the admin pool: the app role cannot insert orgs.
-    pub async fn create(
-        &self,
-        id: Option<&str>,
-        name: &str,
-        tier: &str,
-    ) -> Result<Org, TenancyError> {
-        let id = id
-            .map(str::to_owned)
-            .unwrap_or_else(|| ids::new_id("org").to_lowercase());
+    pub async fn create(&self, id: Option<&str>, name: &str, tier: &str) -> Result<Org, TenancyError> {
+        let id = id.map(str::to_owned).unwrap_or_else(|| ids::new_id("org").to_lowercase());
         if !ids::has_prefix(&id, "org") {
             return Err(TenancyError::Invalid(format!(
                 "org id {id:?} must look like org_<letters, digits, _ or ->"
             )));
         }
         if !TIERS.contains(&tier) {
-            return Err(TenancyError::Invalid(format!(
-                "tier must be one of {}",
-                TIERS.join(", ")
-            )));
+            return Err(TenancyError::Invalid(format!("tier must be one of {}", TIERS.join(", "))));
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(TenancyError::Invalid(
-                "org name must have 1 to 200 characters".into(),
-            ));
+            return Err(TenancyError::Invalid("org name must have 1 to 200 characters".into()));
         }
         let row = sqlx::query(
             "INSERT INTO tenancy.orgs (id, name, tier) VALUES ($1, $2, $3)
@@ -120,15 +108,9 @@ impl OrgStore {
     }
 
     /// Sets or clears the per-org monthly credit override. Admin pool.
-    pub async fn set_credit_override(
-        &self,
-        org_id: &str,
-        credits: Option<i64>,
-    ) -> Result<Org, TenancyError> {
+    pub async fn set_credit_override(&self, org_id: &str, credits: Option<i64>) -> Result<Org, TenancyError> {
         if credits.is_some_and(|c| c < 0) {
-            return Err(TenancyError::Invalid(
-                "a credit allocation cannot be negative".into(),
-            ));
+            return Err(TenancyError::Invalid("a credit allocation cannot be negative".into()));
         }
         let row = sqlx::query(
             "UPDATE tenancy.orgs SET monthly_credits_override = $2 WHERE id = $1

@@ -26,10 +26,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 pub fn admin_url() -> String {
-    env_or(
-        "ONE_AGENTS_TEST_ADMIN_URL",
-        "postgres://postgres@127.0.0.1:55432/postgres",
-    )
+    env_or("ONE_AGENTS_TEST_ADMIN_URL", "postgres://postgres@127.0.0.1:55432/postgres")
 }
 
 pub fn redis_url() -> String {
@@ -62,21 +59,13 @@ impl TestDb {
         let root = oa_store::admin_pool(&admin_url())
             .await
             .context("connecting to the test Postgres (is `make stack` running?)")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&root)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&root).await?;
         root.close().await;
         let admin_options = server.clone().database(&name);
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(admin_options)
-            .await?;
+        let admin =
+            sqlx::postgres::PgPoolOptions::new().max_connections(4).connect_with(admin_options).await?;
         oa_store::migrate(&admin).await?;
-        let app_url = format!(
-            "postgres://one_agents_app@{}:{}/{name}",
-            server.get_host(),
-            server.get_port()
-        );
+        let app_url = format!("postgres://one_agents_app@{}:{}/{name}", server.get_host(), server.get_port());
         let app_config = oa_config::DatabaseConfig {
             url: SecretString::from(app_url.clone()),
             admin_url: None,
@@ -84,12 +73,7 @@ impl TestDb {
             acquire_timeout_ms: 5_000,
         };
         let app = oa_store::app_pool(&app_config)?;
-        Ok(TestDb {
-            name,
-            admin,
-            app,
-            app_url,
-        })
+        Ok(TestDb { name, admin, app, app_url })
     }
 
     pub async fn create_org(&self, tier: &str) -> anyhow::Result<String> {
@@ -100,14 +84,9 @@ impl TestDb {
     }
 
     /// Creates an integration key and returns `(key id, plaintext)`.
-    pub async fn create_key(
-        &self,
-        org_id: &str,
-        scopes: &[Scope],
-    ) -> anyhow::Result<(String, String)> {
-        let created = oa_tenancy::KeyStore::new(self.admin.clone())
-            .create(org_id, "test key", scopes, "test")
-            .await?;
+    pub async fn create_key(&self, org_id: &str, scopes: &[Scope]) -> anyhow::Result<(String, String)> {
+        let created =
+            oa_tenancy::KeyStore::new(self.admin.clone()).create(org_id, "test key", scopes, "test").await?;
         Ok((created.key.id, created.plaintext))
     }
 }
@@ -183,14 +162,7 @@ impl TestPlane {
                 eprintln!("test gateway stopped: {error:#}");
             }
         });
-        Ok(TestPlane {
-            db,
-            config,
-            addr,
-            http: reqwest::Client::new(),
-            shutdown,
-            _dir: dir,
-        })
+        Ok(TestPlane { db, config, addr, http: reqwest::Client::new(), shutdown, _dir: dir })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -211,20 +183,11 @@ impl TestPlane {
         org_id: &str,
         role: &str,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(self.token(org_id, role))
+        self.http.request(method, self.url(path)).bearer_auth(self.token(org_id, role))
     }
 
     /// Sends `method path` with an integration key.
-    pub fn as_key(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-    ) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .header("x-integration-key", key)
+    pub fn as_key(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).header("x-integration-key", key)
     }
 }

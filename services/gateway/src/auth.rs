@@ -30,8 +30,7 @@ pub struct KnownOrgs {
 impl KnownOrgs {
     fn contains(&self, org_id: &str) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(org_id)
-            .is_some_and(|at| at.elapsed() < KNOWN_ORG_TTL)
+        seen.get(org_id).is_some_and(|at| at.elapsed() < KNOWN_ORG_TTL)
     }
 
     fn insert(&self, org_id: &str) {
@@ -62,10 +61,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         };
         return Ok(Caller {
             org_id: key.org_id,
-            principal: Principal::IntegrationKey {
-                key_id: key.key_id,
-                scopes: key.scopes,
-            },
+            principal: Principal::IntegrationKey { key_id: key.key_id, scopes: key.scopes },
         });
     }
 
@@ -107,11 +103,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
 
 /// Authenticates, applies the viewer rule and the rate limits, then hands the request on with
 /// its [`Caller`] in the extensions.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let caller = match resolve(&state, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => return Failure(error).into_response(),
@@ -119,10 +111,7 @@ pub async fn authenticate(
     tracing::Span::current().record("org_id", caller.org_id.as_str());
 
     // Viewers are read-only everywhere; routes check finer permissions themselves.
-    let safe = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if caller.is_viewer() && !safe {
         return Failure(ApiError::forbidden("Viewers have read-only access")).into_response();
     }
@@ -132,9 +121,7 @@ pub async fn authenticate(
         match state.redis().await {
             Ok(mut redis) => match state.limiter.check(&mut redis, &caller).await {
                 Ok(Decision::Allowed { remaining: left }) => remaining = Some(left),
-                Ok(Decision::Limited {
-                    retry_after_seconds,
-                }) => {
+                Ok(Decision::Limited { retry_after_seconds }) => {
                     let mut response = Failure(ApiError::new(
                         oa_domain::ErrorCode::RateLimited,
                         format!("Too many requests; retry in {retry_after_seconds} seconds"),
@@ -154,9 +141,7 @@ pub async fn authenticate(
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
     if let Some(left) = remaining {
-        response
-            .headers_mut()
-            .insert("x-ratelimit-remaining", HeaderValue::from(left));
+        response.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from(left));
     }
     response
 }

@@ -52,28 +52,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "The request body does not have the expected shape: {}",
             e.body_text()
         )),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::bad_request("The request body is not valid JSON")
-        }
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("The request body is not valid JSON"),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "The request body must be sent with Content-Type: application/json",
         ),
-        JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
-            too_large()
-        }
-        other => ApiError::bad_request(format!(
-            "The request body could not be read: {}",
-            other.body_text()
-        )),
+        JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        other => ApiError::bad_request(format!("The request body could not be read: {}", other.body_text())),
     }
 }
 
 pub fn too_large() -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        "The request body is larger than this API accepts",
-    )
+    ApiError::new(ErrorCode::PayloadTooLarge, "The request body is larger than this API accepts")
 }
 
 /// Query strings: unknown values and bad types are 400 `bad_request` with the API's body.
@@ -89,9 +79,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(Failure(
-                ApiError::bad_request(format!("Invalid query string: {}", e.body_text())),
-            )),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(Failure(ApiError::bad_request(format!("Invalid query string: {}", e.body_text()))))
+            }
             Err(other) => Err(Failure(ApiError::bad_request(other.body_text()))),
         }
     }
@@ -102,10 +92,7 @@ pub async fn not_found() -> Failure {
 }
 
 pub async fn method_not_allowed() -> Failure {
-    Failure(ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        "This route does not accept that method",
-    ))
+    Failure(ApiError::new(ErrorCode::MethodNotAllowed, "This route does not accept that method"))
 }
 
 #[cfg(test)]
@@ -131,22 +118,15 @@ mod tests {
     }
 
     async fn send(content_type: Option<&str>, body: Body) -> (u16, serde_json::Value) {
-        let app = Router::new()
-            .route("/echo", post(echo))
-            .layer(DefaultBodyLimit::max(64));
+        let app = Router::new().route("/echo", post(echo)).layer(DefaultBodyLimit::max(64));
         let mut request = Request::post("/echo");
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
         let response = app.oneshot(request.body(body).unwrap()).await.unwrap();
         let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        )
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
     #[tokio::test]
@@ -167,20 +147,14 @@ mod tests {
     #[tokio::test]
     async fn a_missing_content_type_is_415() {
         let (status, body) = send(None, Body::from("{\"name\": \"x\"}")).await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (415, Some("unsupported_media_type"))
-        );
+        assert_eq!((status, body["error"].as_str()), (415, Some("unsupported_media_type")));
     }
 
     #[tokio::test]
     async fn a_streamed_body_over_the_limit_is_413() {
         let chunks = futures_chunks(vec![vec![b' '; 50], vec![b' '; 50]]);
         let (status, body) = send(Some("application/json"), Body::from_stream(chunks)).await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (413, Some("payload_too_large"))
-        );
+        assert_eq!((status, body["error"].as_str()), (413, Some("payload_too_large")));
     }
 
     fn futures_chunks(

@@ -32,10 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let postgres = check(oa_store::ping(&state.pool));
     let redis = check(async {
         let mut connection = state.redis().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
+        redis::cmd("PING").query_async::<String>(&mut connection).await.map(|_| ())
     });
     let nats = check(async {
         match &state.nats {
@@ -51,14 +48,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             json!("unavailable")
         }
     };
-    let checks =
-        json!({ "postgres": report(&postgres), "redis": report(&redis), "nats": report(&nats) });
+    let checks = json!({ "postgres": report(&postgres), "redis": report(&redis), "nats": report(&nats) });
     if postgres.is_ok() && redis.is_ok() && nats.is_ok() {
-        (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": checks })),
-        )
-            .into_response()
+        (StatusCode::OK, Json(json!({ "status": "ready", "checks": checks }))).into_response()
     } else {
         let error = oa_domain::ApiError::unavailable("plane").with_details(checks);
         crate::error::Failure(oa_domain::ApiError {

@@ -87,8 +87,7 @@ impl Gateway {
     /// Connects (lazily where it can) and binds `config.gateway.listen`; port 0 picks a free one.
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         let pool = oa_store::app_pool(&config.database)?;
-        let redis_client =
-            redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
+        let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
@@ -111,16 +110,11 @@ impl Gateway {
             pool,
             config,
         }));
-        Ok(Gateway {
-            listener,
-            router: router(state),
-        })
+        Ok(Gateway { listener, router: router(state) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -161,17 +155,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // `layer`, not `route_layer`: unknown routes are authenticated too, so routes cannot be probed.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
 
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
-        let request_id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
         let span = tracing::info_span!(
             "http",
             method = %request.method(),

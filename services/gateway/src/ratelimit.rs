@@ -34,11 +34,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig, key_prefix: &str) -> Self {
-        RateLimiter {
-            config,
-            key_prefix: key_prefix.to_owned(),
-            script: redis::Script::new(SCRIPT),
-        }
+        RateLimiter { config, key_prefix: key_prefix.to_owned(), script: redis::Script::new(SCRIPT) }
     }
 
     pub fn enabled(&self) -> bool {
@@ -52,25 +48,16 @@ impl RateLimiter {
         caller: &Caller,
     ) -> redis::RedisResult<Decision> {
         let window = self.config.window_seconds;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let window_index = now / window;
         let retry_after_seconds = ((window_index + 1) * window).saturating_sub(now).max(1);
 
         let mut keys = vec![(
-            format!(
-                "{}:rl:org:{}:{window_index}",
-                self.key_prefix, caller.org_id
-            ),
+            format!("{}:rl:org:{}:{window_index}", self.key_prefix, caller.org_id),
             self.config.per_org,
         )];
         if let Principal::IntegrationKey { key_id, .. } = &caller.principal {
-            keys.push((
-                format!("{}:rl:key:{key_id}:{window_index}", self.key_prefix),
-                self.config.per_key,
-            ));
+            keys.push((format!("{}:rl:key:{key_id}:{window_index}", self.key_prefix), self.config.per_key));
         }
         let mut invocation = self.script.prepare_invoke();
         for (key, _) in &keys {
@@ -82,9 +69,7 @@ impl RateLimiter {
         let mut remaining = u64::MAX;
         for ((_, limit), count) in keys.iter().zip(counts) {
             if count > *limit {
-                return Ok(Decision::Limited {
-                    retry_after_seconds,
-                });
+                return Ok(Decision::Limited { retry_after_seconds });
             }
             remaining = remaining.min(limit - count);
         }

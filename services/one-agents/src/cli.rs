@@ -108,18 +108,18 @@ enum KeysCommand {
 const ROLES: [&str; 1] = ["gateway"];
 
 async fn admin_pool(config: &Config) -> anyhow::Result<oa_store::sqlx::PgPool> {
-    let url = config.database.admin_url.as_ref().context(
-        "database.admin_url (ONE_AGENTS_DATABASE__ADMIN_URL) is required for this command",
-    )?;
+    let url = config
+        .database
+        .admin_url
+        .as_ref()
+        .context("database.admin_url (ONE_AGENTS_DATABASE__ADMIN_URL) is required for this command")?;
     Ok(oa_store::admin_pool(url.expose_secret()).await?)
 }
 
 fn dev_key(config: &Config) -> anyhow::Result<String> {
-    let path = config
-        .auth
-        .dev_signing_key_file
-        .as_ref()
-        .context("no dev signing key is configured (auth.dev_signing_key_file); dev tokens exist only in development")?;
+    let path = config.auth.dev_signing_key_file.as_ref().context(
+        "no dev signing key is configured (auth.dev_signing_key_file); dev tokens exist only in development",
+    )?;
     Ok(oa_auth::dev::read_pem(path)?)
 }
 
@@ -135,21 +135,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Orgs { command } => orgs(config, command).await,
         Command::Keys { command } => keys(config, command).await,
-        Command::DevToken {
-            org,
-            role,
-            sub,
-            ttl,
-        } => {
+        Command::DevToken { org, role, sub, ttl } => {
             if oa_domain::Role::parse(&role).is_none() {
                 bail!("role must be admin, technician or viewer");
             }
             let pem = dev_key(&config)?;
             let claims = oa_auth::dev::claims(&config.auth, &org, &role, &sub, ttl);
-            println!(
-                "{}",
-                oa_auth::dev::sign(&pem, &config.auth.dev_signing_kid, &claims)?
-            );
+            println!("{}", oa_auth::dev::sign(&pem, &config.auth.dev_signing_kid, &claims)?);
             Ok(())
         }
         Command::DevJwks => {
@@ -165,21 +157,14 @@ async fn serve(config: Config, services: &str) -> anyhow::Result<()> {
     let roles: Vec<&str> = if services == "all" {
         ROLES.to_vec()
     } else {
-        services
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
+        services.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
     };
     if roles.is_empty() {
         bail!("--services needs `all` or a list of: {}", ROLES.join(", "));
     }
     for role in &roles {
         if !ROLES.contains(role) {
-            bail!(
-                "unknown service {role:?}; this build runs: {}",
-                ROLES.join(", ")
-            );
+            bail!("unknown service {role:?}; this build runs: {}", ROLES.join(", "));
         }
     }
     let _telemetry = oa_telemetry::init(&config.telemetry)?;
@@ -214,11 +199,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -233,18 +217,15 @@ async fn shutdown_signal() {
 async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
     let store = oa_tenancy::OrgStore::new(admin_pool(&config).await?);
     match command {
-        OrgsCommand::Create {
-            name,
-            tier,
-            id,
-            if_absent,
-        } => match store.create(id.as_deref(), &name, &tier).await {
-            Ok(org) => println!("{}", serde_json::to_string_pretty(&org)?),
-            Err(oa_tenancy::TenancyError::OrgExists(id)) if if_absent => {
-                println!("org {id} already exists")
+        OrgsCommand::Create { name, tier, id, if_absent } => {
+            match store.create(id.as_deref(), &name, &tier).await {
+                Ok(org) => println!("{}", serde_json::to_string_pretty(&org)?),
+                Err(oa_tenancy::TenancyError::OrgExists(id)) if if_absent => {
+                    println!("org {id} already exists")
+                }
+                Err(error) => return Err(error.into()),
             }
-            Err(error) => return Err(error.into()),
-        },
+        }
         OrgsCommand::SetCredits { org, credits } => {
             let org = store.set_credit_override(&org, credits).await?;
             println!("{}", serde_json::to_string_pretty(&org)?);
@@ -267,10 +248,7 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             println!("{}", created.plaintext);
         }
         KeysCommand::List { org } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&store.list(&org).await?)?
-            );
+            println!("{}", serde_json::to_string_pretty(&store.list(&org).await?)?);
         }
         KeysCommand::Revoke { org, key } => {
             if !store.revoke(&org, &key).await? {
