@@ -28,6 +28,6 @@ if [ -f "$L/pg/postmaster.pid" ]; then
   if [ "$(id -u)" -eq 0 ]; then
     (cd / && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null) && echo "stop: postgres"
   else
-    "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null) && echo "stop: postgres"
+    "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && echo "stop: postgres"
   fi
 fi
