@@ -29,8 +29,11 @@ fn client(endpoint: &str) -> DiagnosticsClient<tonic::transport::Channel> {
 #[tokio::test]
 async fn a_service_refuses_calls_without_the_internal_credential() {
     let endpoint = start_guarded_service().await;
-    let caller =
-        Caller { org_id: "org_a".into(), principal: Principal::User { sub: "u1".into(), role: Role::Admin } };
+    let caller = Caller {
+        org_id: "org_a".into(),
+        tier: "pro".into(),
+        principal: Principal::User { sub: "u1".into(), role: Role::Admin },
+    };
 
     let status = client(&endpoint).who_am_i(WhoAmIRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
@@ -51,6 +54,7 @@ async fn the_callers_identity_reaches_the_service_in_metadata() {
     let token = SecretString::from(TOKEN);
     let user = Caller {
         org_id: "org_a".into(),
+        tier: "pro".into(),
         principal: Principal::User { sub: "u1".into(), role: Role::Technician },
     };
     let answer = client(&endpoint)
@@ -71,6 +75,7 @@ async fn the_callers_identity_reaches_the_service_in_metadata() {
 
     let key = Caller {
         org_id: "org_b".into(),
+        tier: "starter".into(),
         principal: Principal::IntegrationKey { key_id: "key_1".into(), scopes: vec![Scope::EventsPublish] },
     };
     let answer = client(&endpoint)

@@ -249,6 +249,11 @@ impl HubVerifier {
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(refused("malformed sub".into()));
         }
-        Ok(Caller { org_id: claims.org_id, principal: Principal::User { sub: claims.sub, role } })
+        // The tier is the plane's to know, not the Hub's: the gateway fills it in.
+        Ok(Caller {
+            org_id: claims.org_id,
+            tier: String::new(),
+            principal: Principal::User { sub: claims.sub, role },
+        })
     }
 }

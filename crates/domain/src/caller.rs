@@ -156,6 +156,10 @@ pub enum Principal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     pub org_id: String,
+    /// The org's subscription tier (starter, pro, enterprise), resolved with the org; services
+    /// read limits such as the active-agent cap from it.
+    #[serde(default)]
+    pub tier: String,
     pub principal: Principal,
 }
 
@@ -195,7 +199,11 @@ mod tests {
     use super::*;
 
     fn user(role: Role) -> Caller {
-        Caller { org_id: "org_a".into(), principal: Principal::User { sub: "u".into(), role } }
+        Caller {
+            org_id: "org_a".into(),
+            tier: "pro".into(),
+            principal: Principal::User { sub: "u".into(), role },
+        }
     }
 
     #[test]
@@ -219,6 +227,7 @@ mod tests {
     fn keys_get_exactly_their_scopes() {
         let key = Caller {
             org_id: "org_a".into(),
+            tier: "pro".into(),
             principal: Principal::IntegrationKey { key_id: "key_1".into(), scopes: vec![Scope::AgentsRead] },
         };
         assert!(key.may(Permission::ReadAgents));

@@ -3,7 +3,9 @@
 //!
 //! This crate owns no I/O: no database, no network. It must not depend on any service crate.
 
+pub mod agent;
 pub mod caller;
+pub mod catalog;
 pub mod error;
 pub mod ids;
 

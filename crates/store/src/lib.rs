@@ -38,6 +38,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<StoreError> for tonic::Status {
+    fn from(error: StoreError) -> Self {
+        ApiError::from(error).to_status()
+    }
+}
+
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     url.parse::<PgConnectOptions>()
         .map_err(|e| StoreError::Url(e.to_string()))

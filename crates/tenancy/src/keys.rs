@@ -41,6 +41,7 @@ pub struct NewIntegrationKey {
 pub struct ResolvedKey {
     pub key_id: String,
     pub org_id: String,
+    pub tier: String,
     pub scopes: Vec<Scope>,
 }
 
@@ -197,6 +198,10 @@ impl KeyStore {
         let org_id: String = row.try_get("org_id")?;
         let scope_names: Vec<String> = row.try_get("scopes")?;
         sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(&org_id).execute(&mut *tx).await?;
+        let tier: String = sqlx::query_scalar("SELECT tier FROM tenancy.orgs WHERE id = $1")
+            .bind(&org_id)
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE tenancy.integration_keys SET last_used_at = now()
              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
@@ -206,7 +211,7 @@ impl KeyStore {
         .await?;
         tx.commit().await?;
         let scopes = scope_names.iter().filter_map(|s| Scope::parse(s)).collect();
-        Ok(Some(ResolvedKey { key_id, org_id, scopes }))
+        Ok(Some(ResolvedKey { key_id, org_id, tier, scopes }))
     }
 }
 

@@ -21,24 +21,24 @@ use crate::ratelimit::Decision;
 pub const INTEGRATION_KEY_HEADER: &str = "x-integration-key";
 const KNOWN_ORG_TTL: Duration = Duration::from_secs(60);
 
-/// Orgs recently seen to exist, so a Hub token costs no query per request.
+/// Orgs recently seen to exist, with their tier, so a Hub token costs no query per request.
 #[derive(Default)]
 pub struct KnownOrgs {
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl KnownOrgs {
-    fn contains(&self, org_id: &str) -> bool {
+    fn tier(&self, org_id: &str) -> Option<String> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(org_id).is_some_and(|at| at.elapsed() < KNOWN_ORG_TTL)
+        seen.get(org_id).filter(|(at, _)| at.elapsed() < KNOWN_ORG_TTL).map(|(_, tier)| tier.clone())
     }
 
-    fn insert(&self, org_id: &str) {
+    fn insert(&self, org_id: &str, tier: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() > 100_000 {
             seen.clear();
         }
-        seen.insert(org_id.to_owned(), Instant::now());
+        seen.insert(org_id.to_owned(), (Instant::now(), tier.to_owned()));
     }
 }
 
@@ -61,6 +61,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         };
         return Ok(Caller {
             org_id: key.org_id,
+            tier: key.tier,
             principal: Principal::IntegrationKey { key_id: key.key_id, scopes: key.scopes },
         });
     }
@@ -77,7 +78,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         tracing::info!("refused a Hub token: no JWKS is configured");
         return Err(ApiError::unauthorized());
     };
-    let caller = verifier.verify(&token).await.map_err(|e| match e {
+    let mut caller = verifier.verify(&token).await.map_err(|e| match e {
         AuthError::Refused(reason) => {
             tracing::info!(%reason, "refused a Hub token");
             ApiError::unauthorized()
@@ -87,17 +88,21 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
             ApiError::unavailable("identity provider")
         }
     })?;
-    if !state.known_orgs.contains(&caller.org_id) {
-        let org = state.orgs.get(&caller.org_id).await.map_err(|e| match e {
-            oa_tenancy::TenancyError::Store(store) => ApiError::from(store),
-            other => ApiError::internal_from("org lookup", &other),
-        })?;
-        if org.is_none() {
-            tracing::info!(org_id = %caller.org_id, "refused a Hub token for an org this plane does not serve");
-            return Err(ApiError::unauthorized());
+    caller.tier = match state.known_orgs.tier(&caller.org_id) {
+        Some(tier) => tier,
+        None => {
+            let org = state.orgs.get(&caller.org_id).await.map_err(|e| match e {
+                oa_tenancy::TenancyError::Store(store) => ApiError::from(store),
+                other => ApiError::internal_from("org lookup", &other),
+            })?;
+            let Some(org) = org else {
+                tracing::info!(org_id = %caller.org_id, "refused a Hub token for an org this plane does not serve");
+                return Err(ApiError::unauthorized());
+            };
+            state.known_orgs.insert(&org.id, &org.tier);
+            org.tier
         }
-        state.known_orgs.insert(&caller.org_id);
-    }
+    };
     Ok(caller)
 }
 

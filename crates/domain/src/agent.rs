@@ -1,0 +1,261 @@
+//! The agent definition: trigger, conditions, steps, conflict behavior and client scope, as stored
+//! and as the worker reads it. Validation against the catalog lives in the agents service.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const AGENT_STATUSES: [&str; 4] = ["draft", "active", "paused", "error"];
+pub const AGENT_TYPES: [&str; 4] = ["system", "template", "custom", "cloned"];
+pub const MODEL_TIERS: [&str; 4] = ["quick", "standard", "premium", "expert"];
+pub const CHANNELS: [&str; 5] = ["sms", "email", "slack", "teams", "webhook"];
+pub const STEP_TYPES: [&str; 5] = ["ai_reason", "notification", "approval", "transform", "action"];
+pub const OPERATORS: [&str; 10] =
+    ["eq", "neq", "in", "not_in", "contains", "gt", "gte", "lt", "lte", "exists"];
+pub const CONFLICT_BEHAVIORS: [&str; 3] = ["additive", "override", "exclusive"];
+pub const TEMPLATE_CATEGORIES: [&str; 5] = ["operations", "security", "billing", "hr", "custom"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trigger {
+    BusEvent {
+        source_product: String,
+        event_type: String,
+        #[serde(default)]
+        filters: Vec<Filter>,
+    },
+    Schedule {
+        cron: String,
+        #[serde(default = "utc")]
+        timezone: String,
+    },
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    Eq,
+    Neq,
+    In,
+    NotIn,
+    Contains,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Exists,
+}
+
+/// `{field, operator, value}`: `field` is a dotted path into the event payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    pub field: String,
+    pub operator: Operator,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientScope {
+    All,
+    Clients(Vec<String>),
+}
+
+impl Serialize for ClientScope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClientScope::All => serializer.serialize_str("all"),
+            ClientScope::Clients(ids) => ids.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(s) if s == "all" => Ok(ClientScope::All),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.is_empty() => Ok(s),
+                    _ => Err(serde::de::Error::custom("client ids are non-empty strings")),
+                })
+                .collect::<Result<_, _>>()
+                .map(ClientScope::Clients),
+            _ => Err(serde::de::Error::custom("client_scope is \"all\" or a list of client ids")),
+        }
+    }
+}
+
+impl ClientScope {
+    pub fn admits(&self, client_id: Option<&str>) -> bool {
+        match self {
+            ClientScope::All => true,
+            ClientScope::Clients(ids) => client_id.is_some_and(|c| ids.iter().any(|id| id == c)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictBehavior {
+    #[default]
+    Additive,
+    Override,
+    Exclusive,
+}
+
+/// A step: its id, its optional `when`, and the fields of its type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Deny,
+    Approve,
+    Escalate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepKind {
+    AiReason {
+        model_tier: String,
+        prompt: String,
+        output_schema: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system_prompt: Option<String>,
+    },
+    Notification {
+        channel: String,
+        recipients: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        body: String,
+    },
+    Approval {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approvers: Option<Vec<String>>,
+        expires_in: String,
+        #[serde(default = "deny")]
+        on_timeout: OnTimeout,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalate_to: Option<String>,
+    },
+    Transform {
+        output: Map<String, Value>,
+    },
+    Action {
+        action: String,
+        #[serde(default)]
+        params: Map<String, Value>,
+    },
+}
+
+fn deny() -> OnTimeout {
+    OnTimeout::Deny
+}
+
+impl StepKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StepKind::AiReason { .. } => "ai_reason",
+            StepKind::Notification { .. } => "notification",
+            StepKind::Approval { .. } => "approval",
+            StepKind::Transform { .. } => "transform",
+            StepKind::Action { .. } => "action",
+        }
+    }
+}
+
+/// What an org writes: everything of an agent but its identity, status and stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub category: String,
+    pub trigger: Trigger,
+    #[serde(default)]
+    pub conditions: Vec<Filter>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub conflict_behavior: ConflictBehavior,
+    pub client_scope: ClientScope,
+}
+
+/// Parses a duration such as `30m`, `2h`, `1d`, `45s` or a number of seconds.
+pub fn parse_duration_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(seconds);
+    }
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_reference_example_parses() {
+        let definition: AgentDefinition = serde_json::from_value(json!({
+            "name": "P1 Escalation Notify",
+            "description": "SMS notify senior technicians when a ticket is escalated to P1",
+            "category": "service_desk",
+            "trigger": {"type": "bus_event", "event_type": "ticket.escalated", "source_product": "psa",
+                        "filters": [{"field": "escalated_to", "operator": "eq", "value": "p1"}]},
+            "conditions": [],
+            "steps": [{"type": "notification", "id": "notify_senior", "channel": "sms",
+                       "recipients": ["+15551234567"], "body": "P1 escalation: {{event_payload.ticket_id}}"}],
+            "conflict_behavior": "additive",
+            "client_scope": "all"
+        }))
+        .unwrap();
+        assert_eq!(definition.steps[0].kind.type_name(), "notification");
+        assert_eq!(definition.client_scope, ClientScope::All);
+        let back = serde_json::to_value(&definition).unwrap();
+        assert_eq!(back["steps"][0]["type"], "notification");
+        assert_eq!(back["client_scope"], "all");
+    }
+
+    #[test]
+    fn client_scope_admits_only_its_clients() {
+        let scope: ClientScope = serde_json::from_value(json!(["cl_1", "cl_2"])).unwrap();
+        assert!(scope.admits(Some("cl_1")));
+        assert!(!scope.admits(Some("cl_3")));
+        assert!(!scope.admits(None));
+        assert!(serde_json::from_value::<ClientScope>(json!("some")).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_seconds("2h"), Some(7200));
+        assert_eq!(parse_duration_seconds("30m"), Some(1800));
+        assert_eq!(parse_duration_seconds("90"), Some(90));
+        assert_eq!(parse_duration_seconds("2w"), None);
+        assert_eq!(parse_duration_seconds(""), None);
+    }
+}

@@ -1,0 +1,436 @@
+//! The agents service (`oneagents.agents.v1.Agents`): an org's agents and their versions, the
+//! system agents every org sees (with each org's own paused/active override), templates, and the
+//! active-agent cap of the org's tier.
+//!
+//! Owns schema `agents`. It validates definitions against the event catalog through the catalog
+//! service and touches no other schema.
+
+mod convert;
+mod seed;
+mod store;
+pub mod validate;
+
+use std::collections::HashMap;
+
+use oa_domain::agent::{AGENT_STATUSES, AGENT_TYPES, AgentDefinition, TEMPLATE_CATEGORIES};
+use oa_domain::catalog::EVENT_CATEGORIES;
+use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
+use oa_proto::agents as pb;
+use oa_proto::agents::agents_server::{Agents, AgentsServer};
+use oa_proto::catalog::catalog_client::CatalogClient;
+use oa_store::{StoreError, begin_org};
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
+
+pub struct AgentsService {
+    pool: PgPool,
+    catalog: CatalogClient<Channel>,
+    service_token: SecretString,
+    tiers: oa_config::TiersConfig,
+}
+
+pub type GuardedAgents = tonic::service::interceptor::InterceptedService<
+    AgentsServer<AgentsService>,
+    oa_auth::service::ServiceGuard,
+>;
+
+type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+fn db(error: sqlx::Error) -> ApiError {
+    ApiError::from(StoreError::Database(error))
+}
+
+fn agent_not_found(id: &str, caller: &Caller) -> ApiError {
+    // The same body for a missing id and another org's: ids cannot be probed.
+    ApiError::new(ErrorCode::AgentNotFound, format!("Agent {id} not found in org {}", caller.org_id))
+}
+
+fn invalid(problems: Vec<validate::Problem>) -> ApiError {
+    let details = problems.iter().map(validate::Problem::to_json).collect();
+    ApiError::new(ErrorCode::InvalidAgentConfig, "Agent definition failed validation")
+        .with_details(Value::Array(details))
+}
+
+fn invalid_at(path: &str, message: &str) -> ApiError {
+    invalid(vec![validate::Problem { path: path.to_owned(), message: message.to_owned() }])
+}
+
+fn one_of(name: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if value.is_empty() || allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("{name} must be one of {}", allowed.join(", "))))
+    }
+}
+
+fn parse_json(text: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(text).map_err(|_| ApiError::bad_request("The request body is not valid JSON"))
+}
+
+fn respond_agent(view: &store::AgentView) -> GrpcResult<pb::Agent> {
+    Ok(tonic::Response::new(pb::Agent { agent_json: convert::agent_json(view).to_string() }))
+}
+
+fn clone_name(requested: &str, fallback: String) -> Result<String, ApiError> {
+    let name = if requested.trim().is_empty() { fallback } else { requested.trim().to_owned() };
+    if name.chars().count() > 200 {
+        return Err(invalid_at("name", "name is a string of 1 to 200 characters"));
+    }
+    Ok(name)
+}
+
+impl AgentsService {
+    pub fn build(pool: PgPool, config: &oa_config::Config) -> Result<GuardedAgents, ApiError> {
+        let catalog = CatalogClient::new(oa_auth::service::channel(
+            config.endpoint("catalog").map_err(|e| ApiError::internal_from("config", &e))?,
+            &config.grpc,
+        )?);
+        let service = AgentsService {
+            pool,
+            catalog,
+            service_token: config.grpc.service_token.clone(),
+            tiers: config.tiers.clone(),
+        };
+        Ok(AgentsServer::with_interceptor(
+            service,
+            oa_auth::service::ServiceGuard::new(config.grpc.service_token.clone()),
+        ))
+    }
+
+    /// The catalog entries a raw definition names, fetched before validation.
+    async fn event_types_for(
+        &self,
+        caller: &Caller,
+        definition: &Value,
+    ) -> Result<HashMap<String, oa_domain::catalog::EventType>, ApiError> {
+        let mut found = HashMap::new();
+        if let Some(id) = validate::trigger_event_id(definition)
+            && oa_domain::catalog::split_event_type_id(&id).is_some()
+            && let Some(event_type) =
+                oa_catalog::fetch_event_type(&mut self.catalog.clone(), caller, &self.service_token, &id)
+                    .await?
+        {
+            found.insert(id, event_type);
+        }
+        Ok(found)
+    }
+
+    async fn validated(&self, caller: &Caller, definition: &Value) -> Result<AgentDefinition, ApiError> {
+        let catalog = self.event_types_for(caller, definition).await?;
+        validate::validate_definition(definition, &catalog).map_err(invalid)
+    }
+
+    fn active_agent_cap(&self, caller: &Caller) -> u32 {
+        self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_active_agents
+    }
+
+    async fn view(&self, caller: &Caller, id: &str) -> Result<store::AgentView, ApiError> {
+        if !ids::has_prefix(id, "agent") {
+            return Err(agent_not_found(id, caller));
+        }
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let view = store::get(&mut tx, &caller.org_id, id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        view.ok_or_else(|| agent_not_found(id, caller))
+    }
+
+    async fn insert_new(
+        &self,
+        caller: &Caller,
+        agent_type: &str,
+        definition: &AgentDefinition,
+        cloned_from: Option<&str>,
+        template_id: Option<&str>,
+    ) -> Result<store::AgentView, ApiError> {
+        let id = ids::new_id("agent");
+        let created_by = caller.principal_label();
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let new = store::NewAgent {
+            id: &id,
+            org_id: &caller.org_id,
+            agent_type,
+            definition,
+            cloned_from,
+            template_id,
+            created_by: &created_by,
+        };
+        store::insert(&mut tx, &new).await.map_err(db)?;
+        let view = store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        view.ok_or_else(|| ApiError::internal_from("agents", &"a created agent could not be read back"))
+    }
+
+    /// A system agent accepts only the org's own pause or resume.
+    async fn update_system_agent(
+        &self,
+        caller: &Caller,
+        id: &str,
+        patch: &Map<String, Value>,
+    ) -> Result<store::AgentView, ApiError> {
+        let status = match (patch.len(), patch.get("status").and_then(Value::as_str)) {
+            (1, Some(status @ ("active" | "paused"))) => status,
+            _ => {
+                return Err(ApiError::forbidden(
+                    "System agents cannot be modified; pause or resume it with {\"status\": \"paused\"}, or clone it",
+                ));
+            }
+        };
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        store::set_override(&mut tx, &caller.org_id, id, status, &caller.principal_label())
+            .await
+            .map_err(db)?;
+        let view = store::get(&mut tx, &caller.org_id, id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        view.ok_or_else(|| agent_not_found(id, caller))
+    }
+
+    async fn update_own_agent(
+        &self,
+        caller: &Caller,
+        current: store::AgentView,
+        patch: Map<String, Value>,
+    ) -> Result<store::AgentView, ApiError> {
+        if patch.is_empty() {
+            return Err(invalid_at("", "the update changes nothing; send the fields to change"));
+        }
+        let new_status = match patch.get("status") {
+            None => current.status.clone(),
+            Some(Value::String(s)) if matches!(s.as_str(), "draft" | "active" | "paused") => s.clone(),
+            Some(_) => return Err(invalid_at("status", "status is draft, active or paused")),
+        };
+        let mut merged = match serde_json::to_value(&current.definition) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(ApiError::internal_from("agents", &"a stored definition is not an object")),
+        };
+        for (key, value) in patch {
+            if key != "status" {
+                merged.insert(key, value);
+            }
+        }
+        let definition = self.validated(caller, &Value::Object(merged)).await?;
+
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let Some((stored_status, stored_version)) =
+            store::lock_own(&mut tx, &caller.org_id, &current.id).await.map_err(db)?
+        else {
+            return Err(agent_not_found(&current.id, caller));
+        };
+        if stored_version != current.version {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "The agent changed while this update was prepared; retry it",
+            ));
+        }
+        if new_status == "active" && stored_status != "active" {
+            store::lock_org_activations(&mut tx, &caller.org_id).await.map_err(db)?;
+            let active = store::count_active(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+            let cap = self.active_agent_cap(caller);
+            if active >= i64::from(cap) {
+                return Err(ApiError::new(
+                    ErrorCode::AgentLimitReached,
+                    format!(
+                        "The org already has {active} active agents, the limit of its {} tier",
+                        caller.tier
+                    ),
+                ));
+            }
+        }
+        let by = caller.principal_label();
+        store::update(
+            &mut tx,
+            &caller.org_id,
+            &current.id,
+            &new_status,
+            &definition,
+            stored_version + 1,
+            &by,
+        )
+        .await
+        .map_err(db)?;
+        let view = store::get(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        view.ok_or_else(|| agent_not_found(&current.id, caller))
+    }
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsService {
+    async fn list_agents(
+        &self,
+        request: tonic::Request<pb::ListAgentsRequest>,
+    ) -> GrpcResult<pb::ListAgentsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadAgents)?;
+        let filter = request.into_inner();
+        one_of("status", &filter.status, &AGENT_STATUSES)?;
+        one_of("type", &filter.r#type, &AGENT_TYPES)?;
+        one_of("category", &filter.category, &EVENT_CATEGORIES)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let list_filter = store::ListFilter {
+            status: &filter.status,
+            agent_type: &filter.r#type,
+            category: &filter.category,
+        };
+        let views = store::list(&mut tx, &caller.org_id, &list_filter).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ListAgentsResponse {
+            total: views.len() as u64,
+            agents: views
+                .iter()
+                .map(|v| pb::Agent { agent_json: convert::agent_json(v).to_string() })
+                .collect(),
+        }))
+    }
+
+    async fn get_agent(&self, request: tonic::Request<pb::GetAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadAgents)?;
+        respond_agent(&self.view(&caller, &request.into_inner().id).await?)
+    }
+
+    async fn create_agent(&self, request: tonic::Request<pb::CreateAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let body = parse_json(&request.into_inner().definition_json)?;
+        if let Some(status) = body.get("status")
+            && status != "draft"
+        {
+            return Err(invalid_at(
+                "status",
+                "agents are created in draft; activate with PUT {\"status\": \"active\"}",
+            )
+            .into());
+        }
+        let definition = self.validated(&caller, &body).await?;
+        respond_agent(&self.insert_new(&caller, "custom", &definition, None, None).await?)
+    }
+
+    async fn update_agent(&self, request: tonic::Request<pb::UpdateAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let request = request.into_inner();
+        let Value::Object(patch) = parse_json(&request.patch_json)? else {
+            return Err(ApiError::bad_request("The update is a JSON object of the fields to change").into());
+        };
+        let current = self.view(&caller, &request.id).await?;
+        let view = if current.agent_type == "system" {
+            self.update_system_agent(&caller, &current.id, &patch).await?
+        } else {
+            self.update_own_agent(&caller, current, patch).await?
+        };
+        respond_agent(&view)
+    }
+
+    async fn delete_agent(
+        &self,
+        request: tonic::Request<pb::DeleteAgentRequest>,
+    ) -> GrpcResult<pb::DeleteAgentResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let current = self.view(&caller, &request.into_inner().id).await?;
+        if current.agent_type == "system" {
+            return Err(ApiError::forbidden(
+                "System agents cannot be deleted; pause it for your org with {\"status\": \"paused\"}",
+            )
+            .into());
+        }
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        if store::lock_own(&mut tx, &caller.org_id, &current.id).await.map_err(db)?.is_none() {
+            return Err(agent_not_found(&current.id, &caller).into());
+        }
+        store::soft_delete(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::DeleteAgentResponse {}))
+    }
+
+    async fn clone_agent(&self, request: tonic::Request<pb::CloneAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let request = request.into_inner();
+        let source = self.view(&caller, &request.id).await?;
+        let mut definition = source.definition.clone();
+        definition.name = clone_name(&request.name, format!("{} (copy)", source.definition.name))?;
+        respond_agent(&self.insert_new(&caller, "cloned", &definition, Some(&source.id), None).await?)
+    }
+
+    async fn list_agent_versions(
+        &self,
+        request: tonic::Request<pb::ListAgentVersionsRequest>,
+    ) -> GrpcResult<pb::ListAgentVersionsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadAgents)?;
+        let request = request.into_inner();
+        let agent = self.view(&caller, &request.id).await?;
+        let limit = request.page.map(|p| p.limit).filter(|l| *l > 0).unwrap_or(100).min(500);
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let versions = store::versions(&mut tx, &agent.id, i64::from(limit)).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ListAgentVersionsResponse {
+            versions: versions
+                .iter()
+                .map(|v| pb::AgentVersion {
+                    version: v.version as u32,
+                    definition_json: convert::version_json(v).to_string(),
+                    created_by: v.created_by.clone(),
+                    created_at: v.created_at.to_rfc3339(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        request: tonic::Request<pb::ListTemplatesRequest>,
+    ) -> GrpcResult<pb::ListTemplatesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadAgents)?;
+        let category = request.into_inner().category;
+        one_of("category", &category, &TEMPLATE_CATEGORIES)?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let templates = store::templates(&mut tx, &category).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ListTemplatesResponse {
+            templates: templates
+                .iter()
+                .map(|t| pb::Template { template_json: convert::template_json(t).to_string() })
+                .collect(),
+        }))
+    }
+
+    async fn clone_template(
+        &self,
+        request: tonic::Request<pb::CloneTemplateRequest>,
+    ) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let request = request.into_inner();
+        let not_found =
+            || ApiError::new(ErrorCode::TemplateNotFound, format!("Template {} not found", request.id));
+        if !ids::has_prefix(&request.id, "tmpl") {
+            return Err(not_found().into());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let template = store::template(&mut tx, &request.id).await.map_err(db)?.ok_or_else(not_found)?;
+        tx.commit().await.map_err(db)?;
+        let mut definition = template.definition.clone();
+        definition.name = clone_name(&request.name, template.name.clone())?;
+        respond_agent(&self.insert_new(&caller, "template", &definition, None, Some(&template.id)).await?)
+    }
+
+    async fn fields_in_use(
+        &self,
+        request: tonic::Request<pb::FieldsInUseRequest>,
+    ) -> GrpcResult<pb::FieldsInUseResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteCatalog)?;
+        let event_type_id = request.into_inner().event_type_id;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let fields = store::fields_in_use(&mut tx, &event_type_id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::FieldsInUseResponse { fields }))
+    }
+}

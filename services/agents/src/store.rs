@@ -1,0 +1,417 @@
+//! Queries on schema `agents`. Every org-scoped query runs in a transaction from
+//! `oa_store::begin_org`, so row-level security backs up each `WHERE org_id`.
+
+use chrono::{DateTime, Utc};
+use oa_domain::agent::{AgentDefinition, Trigger};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+/// An agent row with the calling org's view of it: its own status for a system agent, and its
+/// own run counters.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub id: String,
+    pub org_id: String,
+    pub agent_type: String,
+    pub status: String,
+    pub definition: AgentDefinition,
+    pub version: i32,
+    pub cloned_from: Option<String>,
+    pub template_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub total_runs: i64,
+    pub succeeded_runs: i64,
+    pub total_duration_ms: i64,
+    pub last_run_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! view_select {
+    () => {
+        "SELECT a.id, a.org_id, a.type, COALESCE(o.status, a.status) AS effective_status, a.definition,
+                a.version, a.cloned_from, a.template_id, a.created_at, a.updated_at,
+                COALESCE(s.total_runs, 0) AS total_runs, COALESCE(s.succeeded_runs, 0) AS succeeded_runs,
+                COALESCE(s.total_duration_ms, 0) AS total_duration_ms, s.last_run_at
+         FROM agents.agents a
+         LEFT JOIN agents.org_overrides o ON o.agent_id = a.id AND o.org_id = $1
+         LEFT JOIN agents.agent_stats s ON s.agent_id = a.id AND s.org_id = $1
+         WHERE a.deleted_at IS NULL AND (a.org_id = $1 OR a.org_id = 'system') "
+    };
+}
+
+fn view_from_row(row: &sqlx::postgres::PgRow) -> Result<AgentView, sqlx::Error> {
+    Ok(AgentView {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        agent_type: row.try_get("type")?,
+        status: row.try_get("effective_status")?,
+        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
+        version: row.try_get("version")?,
+        cloned_from: row.try_get("cloned_from")?,
+        template_id: row.try_get("template_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        stats: Stats {
+            total_runs: row.try_get("total_runs")?,
+            succeeded_runs: row.try_get("succeeded_runs")?,
+            total_duration_ms: row.try_get("total_duration_ms")?,
+            last_run_at: row.try_get("last_run_at")?,
+        },
+    })
+}
+
+pub struct ListFilter<'a> {
+    pub status: &'a str,
+    pub agent_type: &'a str,
+    pub category: &'a str,
+}
+
+pub async fn list(
+    tx: &mut PgConnection,
+    org_id: &str,
+    filter: &ListFilter<'_>,
+) -> Result<Vec<AgentView>, sqlx::Error> {
+    let rows = sqlx::query(concat!(
+        view_select!(),
+        "AND ($2 = '' OR COALESCE(o.status, a.status) = $2)
+           AND ($3 = '' OR a.type = $3)
+           AND ($4 = '' OR a.category = $4)
+         ORDER BY (a.org_id = 'system') DESC, a.created_at, a.id"
+    ))
+    .bind(org_id)
+    .bind(filter.status)
+    .bind(filter.agent_type)
+    .bind(filter.category)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(view_from_row).collect()
+}
+
+pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<AgentView>, sqlx::Error> {
+    let row = sqlx::query(concat!(view_select!(), "AND a.id = $2"))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.as_ref().map(view_from_row).transpose()
+}
+
+/// Locks an org's own agent for update; `None` for system agents, other orgs' and deleted ones.
+pub async fn lock_own(
+    tx: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<(String, i32)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT status, version FROM agents.agents
+         WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL FOR UPDATE",
+    )
+    .bind(id)
+    .bind(org_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.map(|r| Ok((r.try_get("status")?, r.try_get("version")?))).transpose()
+}
+
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub org_id: &'a str,
+    pub agent_type: &'a str,
+    pub definition: &'a AgentDefinition,
+    pub cloned_from: Option<&'a str>,
+    pub template_id: Option<&'a str>,
+    pub created_by: &'a str,
+}
+
+pub async fn insert(tx: &mut PgConnection, agent: &NewAgent<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.agents
+             (id, org_id, name, description, category, type, status, definition, version,
+              cloned_from, template_id, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, 1, $8, $9, $10)",
+    )
+    .bind(agent.id)
+    .bind(agent.org_id)
+    .bind(&agent.definition.name)
+    .bind(&agent.definition.description)
+    .bind(&agent.definition.category)
+    .bind(agent.agent_type)
+    .bind(Json(agent.definition))
+    .bind(agent.cloned_from)
+    .bind(agent.template_id)
+    .bind(agent.created_by)
+    .execute(&mut *tx)
+    .await?;
+    record_version(tx, agent.id, agent.org_id, 1, "draft", agent.definition, agent.created_by).await?;
+    replace_field_usage(tx, agent.id, agent.definition).await
+}
+
+/// Writes a new version of an org's agent.
+pub async fn update(
+    tx: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    status: &str,
+    definition: &AgentDefinition,
+    version: i32,
+    updated_by: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE agents.agents SET name = $3, description = $4, category = $5, status = $6, definition = $7,
+                version = $8, updated_at = now()
+         WHERE id = $1 AND org_id = $2",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(&definition.name)
+    .bind(&definition.description)
+    .bind(&definition.category)
+    .bind(status)
+    .bind(Json(definition))
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    record_version(tx, id, org_id, version, status, definition, updated_by).await?;
+    replace_field_usage(tx, id, definition).await
+}
+
+async fn record_version(
+    tx: &mut PgConnection,
+    id: &str,
+    org_id: &str,
+    version: i32,
+    status: &str,
+    definition: &AgentDefinition,
+    created_by: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.agent_versions (agent_id, version, org_id, status, snapshot, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(org_id)
+    .bind(status)
+    .bind(Json(definition))
+    .bind(created_by)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn replace_field_usage(
+    tx: &mut PgConnection,
+    id: &str,
+    definition: &AgentDefinition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM agents.filter_field_usage WHERE agent_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if let Trigger::BusEvent { source_product, event_type, filters } = &definition.trigger {
+        let event_type_id = format!("{source_product}:{event_type}");
+        let fields: Vec<&str> = filters.iter().map(|f| f.field.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO agents.filter_field_usage (agent_id, event_type_id, field_path)
+             SELECT $1, $2, f FROM unnest($3::text[]) AS f ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(event_type_id)
+        .bind(&fields)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn soft_delete(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE agents.agents SET deleted_at = now(), status = 'paused', updated_at = now()
+         WHERE id = $1 AND org_id = $2",
+    )
+    .bind(id)
+    .bind(org_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM agents.filter_field_usage WHERE agent_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Serialises activations within one org (and only that org) until the transaction ends.
+pub async fn lock_org_activations(tx: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('agents.activations:' || $1, 0))")
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn count_active(tx: &mut PgConnection, org_id: &str, except_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM agents.agents
+         WHERE org_id = $1 AND status = 'active' AND deleted_at IS NULL AND id <> $2",
+    )
+    .bind(org_id)
+    .bind(except_id)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+pub async fn set_override(
+    tx: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    status: &str,
+    by: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.org_overrides (org_id, agent_id, status, updated_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET status = EXCLUDED.status,
+             updated_by = EXCLUDED.updated_by, updated_at = now()",
+    )
+    .bind(org_id)
+    .bind(id)
+    .bind(status)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub struct VersionRow {
+    pub version: i32,
+    pub status: String,
+    pub snapshot: Value,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn versions(tx: &mut PgConnection, id: &str, limit: i64) -> Result<Vec<VersionRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT version, status, snapshot, created_by, created_at FROM agents.agent_versions
+         WHERE agent_id = $1 ORDER BY version DESC LIMIT $2",
+    )
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(VersionRow {
+                version: r.try_get("version")?,
+                status: r.try_get("status")?,
+                snapshot: r.try_get::<Json<Value>, _>("snapshot")?.0,
+                created_by: r.try_get("created_by")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn fields_in_use(tx: &mut PgConnection, event_type_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT field_path FROM agents.filter_field_usage WHERE event_type_id = $1 ORDER BY 1",
+    )
+    .bind(event_type_id)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    pub id: String,
+    pub category: String,
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    pub definition: AgentDefinition,
+}
+
+fn template_from_row(row: &sqlx::postgres::PgRow) -> Result<TemplateRow, sqlx::Error> {
+    Ok(TemplateRow {
+        id: row.try_get("id")?,
+        category: row.try_get("category")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        version: row.try_get("version")?,
+        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
+    })
+}
+
+pub async fn templates(tx: &mut PgConnection, category: &str) -> Result<Vec<TemplateRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, category, name, description, version, definition FROM agents.templates
+         WHERE ($1 = '' OR category = $1) ORDER BY category, name",
+    )
+    .bind(category)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(template_from_row).collect()
+}
+
+pub async fn template(tx: &mut PgConnection, id: &str) -> Result<Option<TemplateRow>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, category, name, description, version, definition FROM agents.templates WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(template_from_row).transpose()
+}
+
+pub async fn upsert_template(tx: &mut PgConnection, template: &TemplateRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.templates (id, category, name, description, version, definition)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET category = EXCLUDED.category, name = EXCLUDED.name,
+             description = EXCLUDED.description, version = EXCLUDED.version,
+             definition = EXCLUDED.definition, updated_at = now()
+         WHERE agents.templates.version IS DISTINCT FROM EXCLUDED.version",
+    )
+    .bind(&template.id)
+    .bind(&template.category)
+    .bind(&template.name)
+    .bind(&template.description)
+    .bind(&template.version)
+    .bind(Json(&template.definition))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts a system agent unless present; runs in an org-`system` transaction.
+pub async fn insert_system_agent_if_absent(
+    tx: &mut PgConnection,
+    id: &str,
+    definition: &AgentDefinition,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO agents.agents
+             (id, org_id, name, description, category, type, status, definition, version, created_by)
+         VALUES ($1, 'system', $2, $3, $4, 'system', 'active', $5, 1, 'system')
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&definition.name)
+    .bind(&definition.description)
+    .bind(&definition.category)
+    .bind(Json(definition))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        record_version(tx, id, "system", 1, "active", definition, "system").await?;
+        replace_field_usage(tx, id, definition).await?;
+    }
+    Ok(inserted)
+}
