@@ -91,7 +91,8 @@ impl TestDb {
     }
 }
 
-/// A running gateway on its own database and Redis prefix, trusting the test Hub key.
+/// A running plane (gateway and every service) on its own database and Redis prefix, trusting
+/// the test Hub key.
 pub struct TestPlane {
     pub db: TestDb,
     pub config: Config,
@@ -133,6 +134,7 @@ pub fn test_config(db: &TestDb, jwks_file: Option<PathBuf>) -> Config {
     config.redis.key_prefix = unique("oat:");
     config.nats.url = nats_url();
     config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.auth.jwks_file = jwks_file;
     config.auth.jwks_min_refresh_seconds = 0;
     config
@@ -153,13 +155,14 @@ impl TestPlane {
         let mut config = test_config(&db, Some(jwks_path));
         adjust(&mut config);
         config.validate()?;
-        let gateway = oa_gateway::Gateway::bind(config.clone()).await?;
-        let addr = gateway.local_addr();
+        let plane = one_agents::Plane::bind(config, &one_agents::ROLES).await?;
+        let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
+        let config = plane.config().clone();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = gateway.run(stop).await {
-                eprintln!("test gateway stopped: {error:#}");
+            if let Err(error) = plane.run(stop).await {
+                eprintln!("test plane stopped: {error:#}");
             }
         });
         Ok(TestPlane { db, config, addr, http: reqwest::Client::new(), shutdown, _dir: dir })

@@ -10,6 +10,7 @@ pub mod error;
 mod health;
 mod me;
 pub mod ratelimit;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::catalog::catalog_client::CatalogClient;
+use tonic::transport::Channel;
+
 use crate::error::Failure;
 use crate::ratelimit::RateLimiter;
 
@@ -49,6 +54,8 @@ pub struct Inner {
     pub known_orgs: auth::KnownOrgs,
     pub limiter: RateLimiter,
     pub nats: Option<async_nats::Client>,
+    pub agents: AgentsClient<Channel>,
+    pub catalog: CatalogClient<Channel>,
     redis_client: redis::Client,
     redis: OnceCell<redis::aio::ConnectionManager>,
 }
@@ -61,6 +68,11 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// A request to a service carrying the caller, the service credential and the trace context.
+    pub fn outgoing<T>(&self, message: T, caller: &oa_domain::Caller) -> tonic::Request<T> {
+        oa_auth::service::outgoing(message, caller, &self.config.grpc.service_token)
+    }
+
     /// The shared Redis connection, opened on first use so the gateway starts while Redis is down.
     pub async fn redis(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -98,7 +110,16 @@ impl Gateway {
         let listener = TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("binding the gateway on {}", config.gateway.listen))?;
+        let channel = |service: &str| -> anyhow::Result<Channel> {
+            let endpoint = config.endpoint(service)?;
+            oa_auth::service::channel(endpoint, &config.grpc)
+                .map_err(|e| anyhow::anyhow!("{service} endpoint: {e}"))
+        };
+        let agents = AgentsClient::new(channel("agents")?);
+        let catalog = CatalogClient::new(channel("catalog")?);
         let state = AppState(Arc::new(Inner {
+            agents,
+            catalog,
             keys: KeyStore::new(pool.clone()),
             orgs: OrgStore::new(pool.clone()),
             verifier: HubVerifier::from_config(&config.auth),
@@ -146,7 +167,7 @@ async fn limit_declared_body(limit: usize, request: Request, next: Next) -> Resp
 }
 
 fn api_routes() -> Router<AppState> {
-    Router::new().route("/me", get(me::me))
+    Router::new().route("/me", get(me::me)).merge(routes::router())
 }
 
 pub fn router(state: AppState) -> Router {

@@ -105,8 +105,6 @@ enum KeysCommand {
     },
 }
 
-const ROLES: [&str; 1] = ["gateway"];
-
 async fn admin_pool(config: &Config) -> anyhow::Result<oa_store::sqlx::PgPool> {
     let url = config
         .database
@@ -154,45 +152,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, services: &str) -> anyhow::Result<()> {
-    let roles: Vec<&str> = if services == "all" {
-        ROLES.to_vec()
-    } else {
-        services.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
-    };
-    if roles.is_empty() {
-        bail!("--services needs `all` or a list of: {}", ROLES.join(", "));
-    }
-    for role in &roles {
-        if !ROLES.contains(role) {
-            bail!("unknown service {role:?}; this build runs: {}", ROLES.join(", "));
-        }
-    }
+    let roles = one_agents::parse_roles(services)?;
     let _telemetry = oa_telemetry::init(&config.telemetry)?;
+    let plane = one_agents::Plane::bind(config, &roles).await?;
     let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for role in roles {
-        let config = config.clone();
-        let shutdown = shutdown.clone();
-        match role {
-            "gateway" => tasks.spawn(async move { oa_gateway::serve(config, shutdown).await }),
-            _ => unreachable!("roles are checked above"),
-        };
-    }
-    tracing::info!("the plane is up; Ctrl-C or SIGTERM stops it");
-    let signal = shutdown_signal();
-    tokio::select! {
-        () = signal => tracing::info!("shutting down"),
-        Some(result) = tasks.join_next() => {
-            shutdown.cancel();
-            result??;
-            bail!("a service stopped unexpectedly");
-        }
-    }
-    shutdown.cancel();
-    while let Some(result) = tasks.join_next().await {
-        result??;
-    }
-    Ok(())
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    tracing::info!(?roles, "the plane is starting; Ctrl-C or SIGTERM stops it");
+    plane.run(shutdown).await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,154 @@
+//! The plane as one process: binds the gateway and the gRPC server of the services this process
+//! runs, seeds what the services ship with, and runs them until shutdown. The `one-agents` binary
+//! and the test kit both start the plane through [`Plane`], so tests run the same wiring.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use oa_config::Config;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// The roles this build runs.
+pub const ROLES: [&str; 3] = ["gateway", "agents", "catalog"];
+const GRPC_ROLES: [&str; 2] = ["agents", "catalog"];
+
+/// Parses `all` or a comma-separated list of roles.
+pub fn parse_roles(services: &str) -> anyhow::Result<Vec<&'static str>> {
+    if services.trim() == "all" {
+        return Ok(ROLES.to_vec());
+    }
+    let mut roles = Vec::new();
+    for name in services.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match ROLES.iter().find(|role| **role == name) {
+            Some(role) => roles.push(*role),
+            None => bail!("unknown service {name:?}; this build runs: {}", ROLES.join(", ")),
+        }
+    }
+    if roles.is_empty() {
+        bail!("--services needs `all` or a list of: {}", ROLES.join(", "));
+    }
+    Ok(roles)
+}
+
+pub struct Plane {
+    config: Config,
+    roles: Vec<&'static str>,
+    gateway: Option<oa_gateway::Gateway>,
+    grpc: Option<TcpListener>,
+}
+
+impl Plane {
+    /// Binds every listener. With `grpc.listen` on port 0, the services' endpoints are pointed at
+    /// the port that was picked, so a test plane talks to itself.
+    pub async fn bind(mut config: Config, roles: &[&'static str]) -> anyhow::Result<Plane> {
+        let grpc = if roles.iter().any(|r| GRPC_ROLES.contains(r)) {
+            let listener = TcpListener::bind(config.grpc.listen)
+                .await
+                .with_context(|| format!("binding the gRPC server on {}", config.grpc.listen))?;
+            if config.grpc.listen.port() == 0 {
+                let url = format!("http://{}", listener.local_addr()?);
+                for role in GRPC_ROLES {
+                    config.grpc.endpoints.insert(role.to_owned(), url.clone());
+                }
+            }
+            Some(listener)
+        } else {
+            None
+        };
+        let gateway = if roles.contains(&"gateway") {
+            Some(oa_gateway::Gateway::bind(config.clone()).await?)
+        } else {
+            None
+        };
+        Ok(Plane { config, roles: roles.to_vec(), gateway, grpc })
+    }
+
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(oa_gateway::Gateway::local_addr)
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Seeds the shipped catalog, templates and system agents, then serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = self.grpc {
+            let pool = oa_store::app_pool(&self.config.database)?;
+            let mut router = tonic::transport::Server::builder().add_service(
+                oa_auth::service::Diagnostics::guarded("plane", self.config.grpc.service_token.clone()),
+            );
+            let seed_catalog = self.roles.contains(&"catalog");
+            let seed_agents = self.roles.contains(&"agents");
+            if seed_catalog {
+                router = router.add_service(oa_catalog::CatalogService::build(pool.clone(), &self.config)?);
+            }
+            if seed_agents {
+                router = router.add_service(oa_agents::AgentsService::build(pool.clone(), &self.config)?);
+            }
+            // Seed before serving when the database answers; when it does not, serve anyway (calls
+            // answer 503 and /readyz says why) and keep trying in the background.
+            if let Err(error) = seed(&pool, seed_catalog, seed_agents).await {
+                tracing::warn!(error = %error, "cannot seed yet; retrying in the background");
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut delay = std::time::Duration::from_millis(500);
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        match seed(&pool, seed_catalog, seed_agents).await {
+                            Ok(()) => {
+                                return tracing::info!("seeded the catalog, templates and system agents");
+                            }
+                            Err(error) => tracing::warn!(error = %error, "cannot seed yet"),
+                        }
+                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                    }
+                });
+            }
+            let stop = shutdown.clone();
+            tracing::info!(addr = %listener.local_addr()?, roles = ?self.roles, "gRPC services listening");
+            tasks.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+                    .await
+                    .context("gRPC server")
+            });
+        }
+        if let Some(gateway) = self.gateway {
+            let stop = shutdown.clone();
+            tasks.spawn(async move { gateway.run(stop).await });
+        }
+        let mut outcome = Ok(());
+        while let Some(result) = tasks.join_next().await {
+            let result = result.context("a service task panicked").and_then(|r| r);
+            if !shutdown.is_cancelled() {
+                // One role ending ends the process: a half-running plane is worse than none.
+                shutdown.cancel();
+                outcome = outcome.and(result).and(Err(anyhow::anyhow!("a service stopped unexpectedly")));
+            } else {
+                outcome = outcome.and(result);
+            }
+        }
+        outcome
+    }
+}
+
+async fn seed(pool: &sqlx::PgPool, catalog: bool, agents: bool) -> anyhow::Result<()> {
+    if catalog {
+        oa_catalog::seed_catalog(pool).await.context("seeding the event catalog")?;
+    }
+    if agents {
+        oa_agents::seed_agents(pool).await.context("seeding templates and system agents")?;
+    }
+    Ok(())
+}
