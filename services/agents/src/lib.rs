@@ -7,7 +7,7 @@
 
 mod convert;
 mod seed;
-mod store;
+pub mod store;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -74,7 +74,7 @@ pub fn validate_definition(
     }
     check_name(&mut checker, object);
     if let Some(description) = object.get("description")
-        && !description.as_str().is_some_and(|d| d.len() <= 2000)
+        && description.as_str().is_none_or(|d| d.len() > 2000)
     {
         checker.problem("description", "description is a string of at most 2000 characters");
     }
@@ -86,7 +86,7 @@ pub fn validate_definition(
     check_conditions(&mut checker, object.get("conditions"), event_type.as_ref());
     check_steps(&mut checker, object.get("steps"));
     if let Some(behavior) = object.get("conflict_behavior")
-        && !behavior.as_str().is_some_and(|b| CONFLICT_BEHAVIORS.contains(&b))
+        && behavior.as_str().is_none_or(|b| !CONFLICT_BEHAVIORS.contains(&b))
     {
         checker.problem(
             "conflict_behavior",
@@ -161,7 +161,7 @@ fn check_trigger(checker: &mut Checker, trigger: Option<&Value>) -> Option<Event
                 None => checker.problem("trigger.cron", "a schedule trigger has a cron expression"),
             }
             if let Some(zone) = trigger.get("timezone")
-                && !zone.as_str().is_some_and(|z| z.parse::<chrono_tz::Tz>().is_ok())
+                && zone.as_str().is_none_or(|z| z.parse::<chrono_tz::Tz>().is_err())
             {
                 checker.problem("trigger.timezone", "timezone is an IANA time zone such as Europe/Paris");
             }

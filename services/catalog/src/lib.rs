@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
-pub use seed::seed_catalog;
+pub use seed::{seed_catalog, shipped_event_types};
 pub use store::CatalogStore;
 
 pub struct CatalogService {
