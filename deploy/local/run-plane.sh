@@ -41,4 +41,5 @@ export TOKEN=$TOKEN
 
 curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/me
 
+More to try: /api/agents (the six system agents), /api/templates, /api/events (the catalog).
 TXT
