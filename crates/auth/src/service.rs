@@ -121,6 +121,7 @@ impl oa_proto::common::diagnostics_server::Diagnostics for Diagnostics {
                 String::new(),
                 scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             ),
+            Principal::Service { name } => ("service", name, String::new(), Vec::new()),
         };
         Ok(tonic::Response::new(WhoAmIResponse {
             service: self.service.to_owned(),

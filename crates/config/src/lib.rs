@@ -71,6 +71,17 @@ pub struct RedisConfig {
 #[serde(default)]
 pub struct NatsConfig {
     pub url: String,
+    /// Prefixes every subject the plane uses, so tests and several planes share one server.
+    pub subject_prefix: String,
+    /// The JetStream stream of product events (`<prefix>bus.<org>.<product>.<event_type>`).
+    pub bus_stream: String,
+    /// The JetStream stream of execution work (`<prefix>work.executions`).
+    pub work_stream: String,
+    /// The durable consumer the workers share on each stream.
+    pub consumer: String,
+    /// Seconds a worker may hold a message without acking before it is redelivered; workers
+    /// signal progress while they run, so only a dead worker's messages come back.
+    pub ack_wait_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,7 +195,14 @@ impl Default for RedisConfig {
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        NatsConfig { url: "nats://127.0.0.1:54222".into() }
+        NatsConfig {
+            url: "nats://127.0.0.1:54222".into(),
+            subject_prefix: String::new(),
+            bus_stream: "BUS".into(),
+            work_stream: "WORK".into(),
+            consumer: "workers".into(),
+            ack_wait_seconds: 30,
+        }
     }
 }
 

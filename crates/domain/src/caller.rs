@@ -151,6 +151,8 @@ pub enum Principal {
     User { sub: String, role: Role },
     /// A server holding an integration key.
     IntegrationKey { key_id: String, scopes: Vec<Scope> },
+    /// A component of the plane acting for an org (the worker matching and running agents).
+    Service { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,12 +166,24 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The plane itself acting for `org_id`.
+    pub fn service(name: &str, org_id: &str) -> Caller {
+        Caller {
+            org_id: org_id.to_owned(),
+            tier: String::new(),
+            principal: Principal::Service { name: name.to_owned() },
+        }
+    }
+
     pub fn may(&self, permission: Permission) -> bool {
         match &self.principal {
             Principal::User { role, .. } => permission.allows_role(*role),
             Principal::IntegrationKey { scopes, .. } => {
                 permission.allowing_scopes().iter().any(|s| scopes.contains(s))
             }
+            // Only the gateway mints user and key callers; a service caller comes from inside the
+            // plane, which already holds the service credential.
+            Principal::Service { .. } => true,
         }
     }
 
@@ -186,6 +200,7 @@ impl Caller {
         match &self.principal {
             Principal::User { sub, .. } => format!("user:{sub}"),
             Principal::IntegrationKey { key_id, .. } => format!("key:{key_id}"),
+            Principal::Service { name } => format!("service:{name}"),
         }
     }
 

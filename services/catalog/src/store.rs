@@ -82,7 +82,6 @@ impl CatalogStore {
     }
 }
 
-
 fn bind_event_type<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     event_type: &'q EventType,

@@ -3,7 +3,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use oa_domain::{ApiError, Caller, ErrorCode, Principal};
+use oa_domain::{ApiError, Caller, ErrorCode};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -20,16 +20,7 @@ pub async fn me(
         .map_err(|e| ApiError::internal_from("org lookup", &e))?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "Org not found"))?;
     let tier = state.config.tiers.get(&org.tier);
-    let principal = match &caller.principal {
-        Principal::User { sub, role } => {
-            json!({ "type": "user", "sub": sub, "role": role.as_str() })
-        }
-        Principal::IntegrationKey { key_id, scopes } => json!({
-            "type": "integration_key",
-            "key_id": key_id,
-            "scopes": scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        }),
-    };
+    let principal = serde_json::to_value(&caller.principal).map_err(|e| ApiError::internal_from("me", &e))?;
     Ok(Json(json!({
         "org_id": org.id,
         "org": {
