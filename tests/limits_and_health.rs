@@ -92,7 +92,7 @@ async fn readyz_fails_when_postgres_is_down_while_healthz_stays_up() {
         .await
         .unwrap();
     let (status, body) = status_and_json(response).await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("service_unavailable")));
+    assert_eq!((status, body["error"].as_str()), (503, Some("service_unavailable")), "{body}");
 }
 
 #[tokio::test]

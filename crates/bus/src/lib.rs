@@ -102,6 +102,11 @@ impl Topology {
         format!("{}agents.changed.{org_id}", self.prefix)
     }
 
+    /// Dead letters are announced on `<root>.<org_id>`.
+    pub fn dead_letter_subject_root(&self) -> String {
+        format!("{}deadletter", self.prefix)
+    }
+
     pub fn agents_changed_wildcard(&self) -> String {
         format!("{}agents.changed.*", self.prefix)
     }

@@ -46,6 +46,159 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tiers: TiersConfig,
     pub telemetry: TelemetryConfig,
+    pub llm: LlmConfig,
+    pub credits: CreditsConfig,
+    pub channels: ChannelsConfig,
+    pub actions: ActionsConfig,
+    pub sandbox: SandboxConfig,
+}
+
+/// Which provider and model answers each model tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LlmConfig {
+    /// quick, standard, premium, expert → provider and model.
+    pub tiers: BTreeMap<String, TierModel>,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct TierModel {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    /// `openai` (OpenAI, Azure OpenAI, vLLM, Ollama, LiteLLM: chat completions) or `anthropic`
+    /// (Messages API).
+    pub kind: String,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+    /// Consecutive failures that open the circuit, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CreditsConfig {
+    /// Credits charged per ai_reason step, by model tier.
+    pub prices: BTreeMap<String, i64>,
+}
+
+/// Where notifications go: an SMS HTTP API, an SMTP relay, and default chat webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ChannelsConfig {
+    pub sms_url: String,
+    pub sms_api_key: Option<SecretString>,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub email_from: String,
+    pub slack_webhook_url: String,
+    pub teams_webhook_url: String,
+    pub timeout_ms: u64,
+}
+
+/// Product APIs that `action` steps call, by product (`rmm` for `rmm.isolate_device`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ActionsConfig {
+    pub endpoints: BTreeMap<String, String>,
+    pub timeout_ms: u64,
+}
+
+/// The local sandbox that stands in for outside services. Development and tests only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SandboxConfig {
+    pub http_listen: SocketAddr,
+    pub smtp_listen: SocketAddr,
+}
+
+pub const SANDBOX_HTTP: &str = "127.0.0.1:59100";
+pub const SANDBOX_SMTP_PORT: u16 = 59125;
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            http_listen: SANDBOX_HTTP.parse().expect("a socket address"),
+            smtp_listen: SocketAddr::from(([127, 0, 0, 1], SANDBOX_SMTP_PORT)),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        let sandbox = format!("http://{SANDBOX_HTTP}");
+        let providers =
+            [("sandbox".to_owned(), ProviderConfig { base_url: sandbox, ..ProviderConfig::default() })]
+                .into();
+        let tiers = ["quick", "standard", "premium", "expert"]
+            .into_iter()
+            .map(|tier| {
+                (tier.to_owned(), TierModel { provider: "sandbox".into(), model: format!("sandbox-{tier}") })
+            })
+            .collect();
+        LlmConfig { tiers, providers }
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: "openai".into(),
+            base_url: String::new(),
+            api_key: None,
+            timeout_ms: 30_000,
+            max_retries: 3,
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
+        }
+    }
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        CreditsConfig {
+            prices: [("quick", 1), ("standard", 5), ("premium", 20), ("expert", 50)]
+                .into_iter()
+                .map(|(tier, price)| (tier.to_owned(), price))
+                .collect(),
+        }
+    }
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        let sandbox = format!("http://{SANDBOX_HTTP}");
+        ChannelsConfig {
+            sms_url: format!("{sandbox}/sms/messages"),
+            sms_api_key: None,
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: SANDBOX_SMTP_PORT,
+            email_from: "agents@one-agents.local".into(),
+            slack_webhook_url: format!("{sandbox}/webhooks/slack"),
+            teams_webhook_url: format!("{sandbox}/webhooks/teams"),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        let sandbox = format!("http://{SANDBOX_HTTP}/products");
+        let endpoints = ["psa", "rmm", "defend", "backup", "billing", "hub"]
+            .into_iter()
+            .map(|product| (product.to_owned(), format!("{sandbox}/{product}")))
+            .collect();
+        ActionsConfig { endpoints, timeout_ms: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +325,11 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tiers: TiersConfig::default(),
             telemetry: TelemetryConfig::default(),
+            llm: LlmConfig::default(),
+            credits: CreditsConfig::default(),
+            channels: ChannelsConfig::default(),
+            actions: ActionsConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -343,6 +501,22 @@ impl Config {
         if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
             return invalid("telemetry.log_format must be json or pretty");
         }
+        for (tier, model) in &self.llm.tiers {
+            if !self.llm.providers.contains_key(&model.provider) {
+                return invalid(&format!(
+                    "llm.tiers.{tier} names provider {:?}, which llm.providers lacks",
+                    model.provider
+                ));
+            }
+        }
+        for (name, provider) in &self.llm.providers {
+            if !matches!(provider.kind.as_str(), "openai" | "anthropic") {
+                return invalid(&format!("llm.providers.{name}.kind is openai or anthropic"));
+            }
+        }
+        if self.credits.prices.values().any(|price| *price < 0) {
+            return invalid("credits.prices must not be negative");
+        }
         if self.environment == Environment::Production {
             if self.auth.dev_signing_key_file.is_some() {
                 return invalid(
@@ -354,6 +528,25 @@ impl Config {
             }
             if self.auth.jwks_file.is_none() && self.auth.jwks_url.is_none() {
                 return invalid("auth.jwks_url (or auth.jwks_file) is required in production");
+            }
+            let sandbox_port = self.sandbox.http_listen.port().to_string();
+            let urls = self
+                .llm
+                .providers
+                .values()
+                .map(|p| p.base_url.as_str())
+                .chain([
+                    self.channels.sms_url.as_str(),
+                    self.channels.slack_webhook_url.as_str(),
+                    self.channels.teams_webhook_url.as_str(),
+                ])
+                .chain(self.actions.endpoints.values().map(String::as_str));
+            for url in urls {
+                if url.contains(&format!(":{sandbox_port}")) {
+                    return invalid(&format!(
+                        "{url} points at the local sandbox, which production never uses"
+                    ));
+                }
             }
         }
         Ok(())

@@ -95,6 +95,8 @@ impl TestDb {
 /// the test Hub key.
 pub struct TestPlane {
     pub db: TestDb,
+    /// What the sandbox received: model calls, SMS, email, webhooks, product actions.
+    pub sandbox: oa_sandbox::Recorder,
     pub config: Config,
     pub addr: SocketAddr,
     pub http: reqwest::Client,
@@ -137,7 +139,29 @@ pub fn test_config(db: &TestDb, jwks_file: Option<PathBuf>) -> Config {
     config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.auth.jwks_file = jwks_file;
     config.auth.jwks_min_refresh_seconds = 0;
+    // Every plane has its own subjects, streams and consumers on the shared NATS server.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    config.nats.subject_prefix = format!("t{tag}.");
+    config.nats.bus_stream = format!("BUS_{tag}");
+    config.nats.work_stream = format!("WORK_{tag}");
+    config.nats.consumer = format!("workers_{tag}");
     config
+}
+
+/// Points every outside service of `config` at a running sandbox.
+pub fn use_sandbox(config: &mut Config, sandbox: &oa_sandbox::Sandbox) {
+    let base = format!("http://{}", sandbox.http_addr);
+    for provider in config.llm.providers.values_mut() {
+        provider.base_url = base.clone();
+    }
+    config.channels.sms_url = format!("{base}/sms/messages");
+    config.channels.slack_webhook_url = format!("{base}/webhooks/slack");
+    config.channels.teams_webhook_url = format!("{base}/webhooks/teams");
+    config.channels.smtp_host = sandbox.smtp_addr.ip().to_string();
+    config.channels.smtp_port = sandbox.smtp_addr.port();
+    for (product, endpoint) in config.actions.endpoints.iter_mut() {
+        *endpoint = format!("{base}/products/{product}");
+    }
 }
 
 impl TestPlane {
@@ -152,20 +176,31 @@ impl TestPlane {
         let jwks_path = dir.0.join("jwks.json");
         let jwks = oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID)?;
         std::fs::write(&jwks_path, serde_json::to_vec(&jwks)?)?;
+        let shutdown = CancellationToken::new();
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let sandbox = oa_sandbox::start(any_port, any_port, shutdown.clone()).await?;
         let mut config = test_config(&db, Some(jwks_path));
+        use_sandbox(&mut config, &sandbox);
         adjust(&mut config);
         config.validate()?;
         let plane = one_agents::Plane::bind(config, &one_agents::ROLES).await?;
         let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
         let config = plane.config().clone();
-        let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             if let Err(error) = plane.run(stop).await {
                 eprintln!("test plane stopped: {error:#}");
             }
         });
-        Ok(TestPlane { db, config, addr, http: reqwest::Client::new(), shutdown, _dir: dir })
+        Ok(TestPlane {
+            db,
+            sandbox: sandbox.recorder,
+            config,
+            addr,
+            http: reqwest::Client::new(),
+            shutdown,
+            _dir: dir,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -192,5 +227,50 @@ impl TestPlane {
     /// Sends `method path` with an integration key.
     pub fn as_key(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).header("x-integration-key", key)
+    }
+}
+
+impl TestPlane {
+    /// Polls `check` every 50 ms until it returns `Some`, for at most `seconds`.
+    pub async fn eventually<T, F, Fut>(&self, seconds: u64, mut check: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while std::time::Instant::now() < deadline {
+            if let Some(value) = check().await {
+                return Some(value);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Publishes an envelope straight onto the plane's bus, as a product with NATS access does.
+    pub async fn publish_on_bus(&self, envelope: &oa_bus::Envelope) -> anyhow::Result<()> {
+        let client = oa_bus::connect(&self.config.nats).await?;
+        let jetstream = oa_bus::async_nats::jetstream::new(client);
+        let topology = oa_bus::Topology::new(&self.config.nats);
+        oa_bus::ensure_streams(&jetstream, &topology).await?;
+        oa_bus::publish_event(&jetstream, &topology, envelope).await?;
+        Ok(())
+    }
+
+    /// Publishes raw bytes on an event subject of the plane (for malformed events).
+    pub async fn publish_raw_on_bus(
+        &self,
+        org_id: &str,
+        product: &str,
+        event_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let client = oa_bus::connect(&self.config.nats).await?;
+        let jetstream = oa_bus::async_nats::jetstream::new(client);
+        let topology = oa_bus::Topology::new(&self.config.nats);
+        oa_bus::ensure_streams(&jetstream, &topology).await?;
+        let subject = topology.event_subject(org_id, product, event_type);
+        oa_bus::publish_raw(&jetstream, subject, &unique("raw_"), bytes.into()).await?;
+        Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
 
 pub struct AgentsService {
     pool: PgPool,
+    /// Announces changes so workers drop their index of the org (absent when NATS is not used).
+    changes: Option<(oa_bus::async_nats::Client, oa_bus::Topology)>,
     catalog: CatalogClient<Channel>,
     service_token: SecretString,
     tiers: oa_config::TiersConfig,
@@ -84,13 +86,18 @@ fn clone_name(requested: &str, fallback: String) -> Result<String, ApiError> {
 }
 
 impl AgentsService {
-    pub fn build(pool: PgPool, config: &oa_config::Config) -> Result<GuardedAgents, ApiError> {
+    pub fn build(
+        pool: PgPool,
+        nats: Option<oa_bus::async_nats::Client>,
+        config: &oa_config::Config,
+    ) -> Result<GuardedAgents, ApiError> {
         let catalog = CatalogClient::new(oa_auth::service::channel(
             config.endpoint("catalog").map_err(|e| ApiError::internal_from("config", &e))?,
             &config.grpc,
         )?);
         let service = AgentsService {
             pool,
+            changes: nats.map(|client| (client, oa_bus::Topology::new(&config.nats))),
             catalog,
             service_token: config.grpc.service_token.clone(),
             tiers: config.tiers.clone(),
@@ -122,6 +129,16 @@ impl AgentsService {
     async fn validated(&self, caller: &Caller, definition: &Value) -> Result<AgentDefinition, ApiError> {
         let catalog = self.event_types_for(caller, definition).await?;
         validate::validate_definition(definition, &catalog).map_err(invalid)
+    }
+
+    /// Tells the workers that `org_id`'s agents changed.
+    async fn announce_change(&self, org_id: &str) {
+        if let Some((client, topology)) = &self.changes
+            && let Err(error) =
+                client.publish(topology.agents_changed_subject(org_id), "changed".into()).await
+        {
+            tracing::warn!(%error, org_id, "could not announce an agents change; workers catch up within a minute");
+        }
     }
 
     fn active_agent_cap(&self, caller: &Caller) -> u32 {
@@ -306,7 +323,9 @@ impl Agents for AgentsService {
             .into());
         }
         let definition = self.validated(&caller, &body).await?;
-        respond_agent(&self.insert_new(&caller, "custom", &definition, None, None).await?)
+        let view = self.insert_new(&caller, "custom", &definition, None, None).await?;
+        self.announce_change(&caller.org_id).await;
+        respond_agent(&view)
     }
 
     async fn update_agent(&self, request: tonic::Request<pb::UpdateAgentRequest>) -> GrpcResult<pb::Agent> {
@@ -322,6 +341,7 @@ impl Agents for AgentsService {
         } else {
             self.update_own_agent(&caller, current, patch).await?
         };
+        self.announce_change(&caller.org_id).await;
         respond_agent(&view)
     }
 
@@ -344,6 +364,7 @@ impl Agents for AgentsService {
         }
         store::soft_delete(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
+        self.announce_change(&caller.org_id).await;
         Ok(tonic::Response::new(pb::DeleteAgentResponse {}))
     }
 
@@ -432,5 +453,23 @@ impl Agents for AgentsService {
         let fields = store::fields_in_use(&mut tx, &event_type_id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(tonic::Response::new(pb::FieldsInUseResponse { fields }))
+    }
+
+    async fn record_run(
+        &self,
+        request: tonic::Request<pb::RecordRunRequest>,
+    ) -> GrpcResult<pb::RecordRunResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
+            return Err(ApiError::forbidden("Only the plane's engine records runs").into());
+        }
+        let run = request.into_inner();
+        let duration_ms = i64::try_from(run.duration_ms).unwrap_or(i64::MAX);
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        store::record_run(&mut tx, &caller.org_id, &run.agent_id, run.succeeded, duration_ms)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::RecordRunResponse {}))
     }
 }

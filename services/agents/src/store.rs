@@ -415,3 +415,29 @@ pub async fn insert_system_agent_if_absent(
     }
     Ok(inserted)
 }
+
+/// Counts one finished run in the org's stats of an agent.
+pub async fn record_run(
+    tx: &mut PgConnection,
+    org_id: &str,
+    agent_id: &str,
+    succeeded: bool,
+    duration_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.agent_stats (org_id, agent_id, total_runs, succeeded_runs, total_duration_ms, last_run_at)
+         VALUES ($1, $2, 1, $3, $4, now())
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET
+             total_runs = agents.agent_stats.total_runs + 1,
+             succeeded_runs = agents.agent_stats.succeeded_runs + EXCLUDED.succeeded_runs,
+             total_duration_ms = agents.agent_stats.total_duration_ms + EXCLUDED.total_duration_ms,
+             last_run_at = now()",
+    )
+    .bind(org_id)
+    .bind(agent_id)
+    .bind(i64::from(succeeded))
+    .bind(duration_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -36,6 +36,7 @@ use tower_http::trace::TraceLayer;
 
 use oa_proto::agents::agents_client::AgentsClient;
 use oa_proto::catalog::catalog_client::CatalogClient;
+use oa_proto::executions::executions_client::ExecutionsClient;
 use tonic::transport::Channel;
 
 use crate::error::Failure;
@@ -56,6 +57,8 @@ pub struct Inner {
     pub nats: Option<async_nats::Client>,
     pub agents: AgentsClient<Channel>,
     pub catalog: CatalogClient<Channel>,
+    pub executions: ExecutionsClient<Channel>,
+    pub topology: oa_bus::Topology,
     redis_client: redis::Client,
     redis: OnceCell<redis::aio::ConnectionManager>,
 }
@@ -117,9 +120,12 @@ impl Gateway {
         };
         let agents = AgentsClient::new(channel("agents")?);
         let catalog = CatalogClient::new(channel("catalog")?);
+        let executions = ExecutionsClient::new(channel("executions")?);
         let state = AppState(Arc::new(Inner {
             agents,
             catalog,
+            executions,
+            topology: oa_bus::Topology::new(&config.nats),
             keys: KeyStore::new(pool.clone()),
             orgs: OrgStore::new(pool.clone()),
             verifier: HubVerifier::from_config(&config.auth),

@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::StatusCode;
-use oa_domain::{ApiError, Caller};
+use oa_domain::{ApiError, Caller, Permission};
 use oa_proto::agents as agents_pb;
 use oa_proto::catalog as catalog_pb;
+use oa_proto::executions as executions_pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -28,6 +29,13 @@ pub fn router() -> Router<AppState> {
         .route("/templates/{id}/clone", post(clone_template))
         .route("/events", get(list_events))
         .route("/events/{id}", get(get_event).put(put_event))
+        .route("/events/publish", post(publish_event))
+        .route("/events/dead-letter", get(list_dead_letters))
+        .route("/events/dead-letter/{id}/replay", post(replay_dead_letter))
+        .route("/executions", get(list_executions))
+        .route("/executions/{id}", get(get_execution))
+        .route("/executions/{id}/cancel", post(cancel_execution))
+        .route("/executions/{id}/retry", post(retry_execution))
 }
 
 fn grpc(status: tonic::Status) -> Failure {
@@ -280,4 +288,193 @@ async fn put_event(
         response.event_type.ok_or_else(|| Failure(ApiError::internal_from("catalog", &"no event type")))?;
     let status = if response.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(event_json(&event)?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    source_product: String,
+    event_type: String,
+    payload: Value,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `POST /api/events/publish`: products without NATS access publish through the gateway. The
+/// event is stored by JetStream before the 202; an id the product sends makes a resend a no-op.
+async fn publish_event(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<PublishBody>,
+) -> ApiResult<Response> {
+    caller.require(Permission::PublishEvents)?;
+    let id = format!("{}:{}", body.source_product, body.event_type);
+    if oa_domain::catalog::split_event_type_id(&id).is_none() {
+        return Err(ApiError::bad_request(
+            "source_product and event_type are lowercase names such as psa and ticket.created",
+        )
+        .into());
+    }
+    if !body.payload.is_object() {
+        return Err(ApiError::bad_request("payload is a JSON object").into());
+    }
+    let mut envelope =
+        oa_bus::Envelope::new(&caller.org_id, &body.source_product, &body.event_type, body.payload);
+    if let Some(event_id) = body.id {
+        if !oa_domain::ids::has_prefix(&event_id, "evt") {
+            return Err(ApiError::bad_request("id, when given, looks like evt_<letters and digits>").into());
+        }
+        envelope.id = event_id;
+    }
+    if body.client_id.is_some() {
+        envelope.client_id = body.client_id;
+    }
+    if let Some(occurred_at) = body.occurred_at {
+        envelope.occurred_at = occurred_at;
+    }
+    let Some(nats) = &state.nats else {
+        return Err(ApiError::unavailable("event bus").into());
+    };
+    let jetstream = oa_bus::async_nats::jetstream::new(nats.clone());
+    oa_bus::publish_event(&jetstream, &state.topology, &envelope).await.map_err(|error| {
+        tracing::error!(%error, "cannot publish an event");
+        ApiError::unavailable("event bus")
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": envelope.id, "status": "accepted" }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<u32>,
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(query): ApiQuery<DeadLetterQuery>,
+) -> ApiResult<Json<Value>> {
+    let request = executions_pb::ListDeadLettersRequest { limit: query.limit.unwrap_or(0) };
+    let response = state
+        .executions
+        .clone()
+        .list_dead_letters(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let letters = response
+        .dead_letters
+        .iter()
+        .map(|l| service_json(&l.dead_letter_json))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let request = executions_pb::ReplayDeadLetterRequest { id };
+    let letter = state
+        .executions
+        .clone()
+        .replay_dead_letter(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok((StatusCode::ACCEPTED, Json(service_json(&letter.dead_letter_json)?)))
+}
+
+#[derive(Deserialize)]
+struct ExecutionsQuery {
+    agent_id: Option<String>,
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_executions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(query): ApiQuery<ExecutionsQuery>,
+) -> ApiResult<Json<Value>> {
+    let request = executions_pb::ListExecutionsRequest {
+        agent_id: query.agent_id.unwrap_or_default(),
+        status: query.status.unwrap_or_default(),
+        from: query.from.unwrap_or_default(),
+        to: query.to.unwrap_or_default(),
+        page: Some(oa_proto::common::PageRequest {
+            limit: query.limit.unwrap_or(0),
+            cursor: query.cursor.unwrap_or_default(),
+        }),
+    };
+    if query.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be between 1 and 200").into());
+    }
+    let response = state
+        .executions
+        .clone()
+        .list_executions(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let executions =
+        response.executions.iter().map(|e| service_json(&e.execution_json)).collect::<Result<Vec<_>, _>>()?;
+    let page = response.page.unwrap_or_default();
+    let next_cursor = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
+    Ok(Json(json!({ "executions": executions, "total": page.total, "next_cursor": next_cursor })))
+}
+
+async fn get_execution(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let request = executions_pb::GetExecutionRequest { id };
+    let execution = state
+        .executions
+        .clone()
+        .get_execution(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok(Json(service_json(&execution.execution_json)?))
+}
+
+async fn cancel_execution(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let request = executions_pb::CancelExecutionRequest { id };
+    let execution = state
+        .executions
+        .clone()
+        .cancel_execution(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok(Json(service_json(&execution.execution_json)?))
+}
+
+async fn retry_execution(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let request = executions_pb::RetryExecutionRequest { id };
+    let execution = state
+        .executions
+        .clone()
+        .retry_execution(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(service_json(&execution.execution_json)?)))
 }

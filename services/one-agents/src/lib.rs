@@ -11,8 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// The roles this build runs.
-pub const ROLES: [&str; 3] = ["gateway", "agents", "catalog"];
-const GRPC_ROLES: [&str; 2] = ["agents", "catalog"];
+pub const ROLES: [&str; 5] = ["gateway", "agents", "catalog", "executions", "worker"];
+const GRPC_ROLES: [&str; 3] = ["agents", "catalog", "executions"];
 
 /// Parses `all` or a comma-separated list of roles.
 pub fn parse_roles(services: &str) -> anyhow::Result<Vec<&'static str>> {
@@ -80,8 +80,21 @@ impl Plane {
     /// Seeds the shipped catalog, templates and system agents, then serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
+        let pool = oa_store::app_pool(&self.config.database)?;
+        let nats = oa_bus::async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(std::time::Duration::from_secs(3))
+            .connect(self.config.nats.url.as_str())
+            .await
+            .context("connecting to NATS")?;
+        if self.roles.iter().any(|r| matches!(*r, "gateway" | "executions" | "worker")) {
+            let topology = oa_bus::Topology::new(&self.config.nats);
+            let jetstream = oa_bus::async_nats::jetstream::new(nats.clone());
+            if let Err(error) = oa_bus::ensure_streams(&jetstream, &topology).await {
+                tracing::warn!(%error, "cannot create the streams yet; the worker retries at start");
+            }
+        }
         if let Some(listener) = self.grpc {
-            let pool = oa_store::app_pool(&self.config.database)?;
             let mut router = tonic::transport::Server::builder().add_service(
                 oa_auth::service::Diagnostics::guarded("plane", self.config.grpc.service_token.clone()),
             );
@@ -91,13 +104,25 @@ impl Plane {
                 router = router.add_service(oa_catalog::CatalogService::build(pool.clone(), &self.config)?);
             }
             if seed_agents {
-                router = router.add_service(oa_agents::AgentsService::build(pool.clone(), &self.config)?);
+                router = router.add_service(oa_agents::AgentsService::build(
+                    pool.clone(),
+                    Some(nats.clone()),
+                    &self.config,
+                )?);
+            }
+            if self.roles.contains(&"executions") {
+                router = router.add_service(oa_executions::ExecutionsService::build(
+                    pool.clone(),
+                    nats.clone(),
+                    &self.config,
+                ));
             }
             // Seed before serving when the database answers; when it does not, serve anyway (calls
             // answer 503 and /readyz says why) and keep trying in the background.
             if let Err(error) = seed(&pool, seed_catalog, seed_agents).await {
                 tracing::warn!(error = %error, "cannot seed yet; retrying in the background");
                 let stop = shutdown.clone();
+                let pool = pool.clone();
                 tokio::spawn(async move {
                     let mut delay = std::time::Duration::from_millis(500);
                     loop {
@@ -122,6 +147,38 @@ impl Plane {
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
                     .await
                     .context("gRPC server")
+            });
+        }
+        if self.roles.contains(&"worker") {
+            let worker = oa_worker::WorkerConfig {
+                pool: pool.clone(),
+                nats: nats.clone(),
+                config: self.config.clone(),
+            };
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                // The worker needs the services up; retry its start until they answer.
+                let mut delay = std::time::Duration::from_millis(200);
+                loop {
+                    match oa_worker::run(
+                        oa_worker::WorkerConfig {
+                            pool: worker.pool.clone(),
+                            nats: worker.nats.clone(),
+                            config: worker.config.clone(),
+                        },
+                        stop.clone(),
+                    )
+                    .await
+                    {
+                        Ok(()) => return Ok(()),
+                        Err(error) if !stop.is_cancelled() => {
+                            tracing::warn!(error = %format!("{error:#}"), "worker stopped; restarting");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                        Err(_) => return Ok(()),
+                    }
+                }
             });
         }
         if let Some(gateway) = self.gateway {

@@ -1,0 +1,396 @@
+//! Queries on schema `executions`. The worker writes executions and traces through these as the
+//! engine of this context; the executions service reads and controls them. Every query runs in an
+//! org-scoped transaction.
+
+use chrono::{DateTime, Utc};
+use oa_domain::agent::AgentDefinition;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+pub const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+
+#[derive(Debug, Clone)]
+pub struct ExecutionRow {
+    pub id: String,
+    pub org_id: String,
+    pub agent_id: String,
+    pub agent_version: i32,
+    pub definition: AgentDefinition,
+    pub event_id: String,
+    pub trigger_event: Value,
+    pub status: String,
+    pub error: Option<Value>,
+    pub credits_used: i64,
+    pub retry_of: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub position: i32,
+    pub step_id: String,
+    pub step_type: String,
+    pub status: String,
+    pub attempt: i32,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub credits_used: i64,
+    pub duration_ms: Option<i64>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn execution_from_row(row: &sqlx::postgres::PgRow) -> Result<ExecutionRow, sqlx::Error> {
+    Ok(ExecutionRow {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        agent_id: row.try_get("agent_id")?,
+        agent_version: row.try_get("agent_version")?,
+        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
+        event_id: row.try_get("event_id")?,
+        trigger_event: row.try_get::<Json<Value>, _>("trigger_event")?.0,
+        status: row.try_get("status")?,
+        error: row.try_get::<Option<Json<Value>>, _>("error")?.map(|j| j.0),
+        credits_used: row.try_get("credits_used")?,
+        retry_of: row.try_get("retry_of")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+fn step_from_row(row: &sqlx::postgres::PgRow) -> Result<StepRow, sqlx::Error> {
+    Ok(StepRow {
+        position: row.try_get("position")?,
+        step_id: row.try_get("step_id")?,
+        step_type: row.try_get("step_type")?,
+        status: row.try_get("status")?,
+        attempt: row.try_get("attempt")?,
+        output: row.try_get::<Option<Json<Value>>, _>("output")?.map(|j| j.0),
+        error: row.try_get::<Option<Json<Value>>, _>("error")?.map(|j| j.0),
+        credits_used: row.try_get("credits_used")?,
+        duration_ms: row.try_get("duration_ms")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+pub struct NewExecution<'a> {
+    pub id: &'a str,
+    pub org_id: &'a str,
+    pub agent_id: &'a str,
+    pub agent_version: i32,
+    pub definition: &'a AgentDefinition,
+    pub event_id: &'a str,
+    pub trigger_event: &'a Value,
+    pub retry_of: Option<&'a str>,
+}
+
+/// Inserts an execution with one pending step row per step. Returns false when this (event,
+/// agent) already has one: redeliveries create nothing.
+pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO executions.executions
+             (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status, retry_of)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)
+         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING",
+    )
+    .bind(new.id)
+    .bind(new.org_id)
+    .bind(new.agent_id)
+    .bind(new.agent_version)
+    .bind(Json(new.definition))
+    .bind(new.event_id)
+    .bind(Json(new.trigger_event))
+    .bind(new.retry_of)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        let positions: Vec<i32> = (0..new.definition.steps.len() as i32).collect();
+        let ids: Vec<&str> = new.definition.steps.iter().map(|s| s.id.as_str()).collect();
+        let types: Vec<&str> = new.definition.steps.iter().map(|s| s.kind.type_name()).collect();
+        sqlx::query(
+            "INSERT INTO executions.steps (execution_id, position, org_id, step_id, step_type, status)
+             SELECT $1, p, $2, i, t, 'pending' FROM unnest($3::int[], $4::text[], $5::text[]) AS s(p, i, t)",
+        )
+        .bind(new.id)
+        .bind(new.org_id)
+        .bind(&positions)
+        .bind(&ids)
+        .bind(&types)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(inserted)
+}
+
+pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.as_ref().map(execution_from_row).transpose()
+}
+
+/// Locks an execution for a state change.
+pub async fn lock(
+    tx: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<ExecutionRow>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2 FOR UPDATE")
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.as_ref().map(execution_from_row).transpose()
+}
+
+pub async fn steps(tx: &mut PgConnection, execution_id: &str) -> Result<Vec<StepRow>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM executions.steps WHERE execution_id = $1 ORDER BY position")
+        .bind(execution_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter().map(step_from_row).collect()
+}
+
+/// Moves an execution to `status`; terminal statuses set `completed_at`.
+pub async fn set_status(
+    tx: &mut PgConnection,
+    id: &str,
+    status: &str,
+    error: Option<&Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions.executions SET status = $2, error = COALESCE($3, error), updated_at = now(),
+                started_at = CASE WHEN $2 = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
+                completed_at = CASE WHEN $2 IN ('completed', 'failed', 'cancelled') THEN now() ELSE completed_at END,
+                credits_used = (SELECT COALESCE(sum(credits_used), 0) FROM executions.steps WHERE execution_id = $1)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error.map(Json))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn start_step(tx: &mut PgConnection, id: &str, position: i32) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        // A step found running was interrupted by a dead worker: resuming it is the same attempt,
+        // so its side effects keep their idempotency key.
+        "UPDATE executions.steps SET attempt = CASE WHEN status = 'running' THEN GREATEST(attempt, 1) ELSE attempt + 1 END,
+                status = 'running', started_at = COALESCE(started_at, now())
+         WHERE execution_id = $1 AND position = $2 RETURNING attempt",
+    )
+    .bind(id)
+    .bind(position)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+pub struct StepOutcome<'a> {
+    pub status: &'a str,
+    pub output: Option<&'a Value>,
+    pub error: Option<&'a Value>,
+    pub credits_used: i64,
+    pub duration_ms: i64,
+}
+
+pub async fn finish_step(
+    tx: &mut PgConnection,
+    id: &str,
+    position: i32,
+    outcome: &StepOutcome<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions.steps SET status = $3, output = $4, error = $5, credits_used = $6, duration_ms = $7,
+                completed_at = now(), started_at = COALESCE(started_at, now())
+         WHERE execution_id = $1 AND position = $2",
+    )
+    .bind(id)
+    .bind(position)
+    .bind(outcome.status)
+    .bind(outcome.output.map(Json))
+    .bind(outcome.error.map(Json))
+    .bind(outcome.credits_used)
+    .bind(outcome.duration_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks every step not yet finished as `status` (cancelled executions skip what is left).
+pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions.steps SET status = $2, completed_at = now()
+         WHERE execution_id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(id)
+    .bind(status)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub struct ListFilter<'a> {
+    pub agent_id: &'a str,
+    pub status: &'a str,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// The last id of the previous page: ids sort by creation, so the cursor stays correct while
+    /// new executions arrive.
+    pub cursor: &'a str,
+    pub limit: i64,
+}
+
+pub async fn list(
+    tx: &mut PgConnection,
+    org_id: &str,
+    filter: &ListFilter<'_>,
+) -> Result<(Vec<ExecutionRow>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT * FROM executions.executions
+         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3 = '' OR status = $3)
+           AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
+           AND ($6 = '' OR id < $6)
+         ORDER BY id DESC LIMIT $7",
+    )
+    .bind(org_id)
+    .bind(filter.agent_id)
+    .bind(filter.status)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.cursor)
+    .bind(filter.limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM executions.executions
+         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3 = '' OR status = $3)
+           AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)",
+    )
+    .bind(org_id)
+    .bind(filter.agent_id)
+    .bind(filter.status)
+    .bind(filter.from)
+    .bind(filter.to)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((rows.iter().map(execution_from_row).collect::<Result<_, _>>()?, total))
+}
+
+/// The recorded result of a side effect, if it already happened.
+pub async fn side_effect(tx: &mut PgConnection, key: &str) -> Result<Option<Value>, sqlx::Error> {
+    let row: Option<Json<Value>> =
+        sqlx::query_scalar("SELECT result FROM executions.side_effects WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row.map(|j| j.0))
+}
+
+pub async fn record_side_effect(
+    tx: &mut PgConnection,
+    key: &str,
+    org_id: &str,
+    execution_id: &str,
+    step_id: &str,
+    result: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO executions.side_effects (idempotency_key, org_id, execution_id, step_id, result)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(org_id)
+    .bind(execution_id)
+    .bind(step_id)
+    .bind(Json(result))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    pub org_id: String,
+    pub subject: String,
+    pub event_id: Option<String>,
+    pub payload: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        subject: row.try_get("subject")?,
+        event_id: row.try_get("event_id")?,
+        payload: row.try_get("payload")?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        replayed_at: row.try_get("replayed_at")?,
+    })
+}
+
+pub async fn insert_dead_letter(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO executions.dead_letters (id, org_id, subject, event_id, payload, reason)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&letter.id)
+    .bind(&letter.org_id)
+    .bind(&letter.subject)
+    .bind(&letter.event_id)
+    .bind(&letter.payload)
+    .bind(&letter.reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn dead_letters(
+    tx: &mut PgConnection,
+    org_id: &str,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT * FROM executions.dead_letters WHERE org_id = $1 ORDER BY id DESC LIMIT $2")
+            .bind(org_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+    rows.iter().map(dead_letter_from_row).collect()
+}
+
+pub async fn lock_dead_letter(
+    tx: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<DeadLetter>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM executions.dead_letters WHERE id = $1 AND org_id = $2 FOR UPDATE")
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.as_ref().map(dead_letter_from_row).transpose()
+}
+
+pub async fn mark_replayed(tx: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE executions.dead_letters SET replayed_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

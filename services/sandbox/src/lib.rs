@@ -1,0 +1,339 @@
+//! The SANDBOX: local servers speaking the real protocols of the outside services the plane calls,
+//! so `make run` and the tests need no outside account. It is labelled a sandbox in every answer
+//! and page, and production configuration refuses to point at it.
+//!
+//! - `POST /v1/chat/completions` (OpenAI-compatible) and `POST /v1/messages` (Anthropic): answers
+//!   derived deterministically from the requested JSON Schema.
+//! - `POST /sms/messages`: an SMS API. `POST /webhooks/{name}`: incoming webhooks (Slack, Teams,
+//!   custom). `POST /products/{product}/{operation}`: product APIs for `action` steps.
+//! - SMTP on its own port: every message accepted and recorded.
+//! - `GET /`: a page of everything received; `GET /records`: the same as JSON.
+//!
+//! Requests with an `Idempotency-Key` already seen are answered again without a second record,
+//! as real APIs with idempotency keys do.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Record {
+    /// llm, sms, email, webhook or action.
+    pub kind: String,
+    /// Where it was sent: the model, the phone number, the mailbox, the webhook or the operation.
+    pub target: String,
+    pub idempotency_key: Option<String>,
+    pub body: Value,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone, Default)]
+pub struct Recorder {
+    inner: Arc<Mutex<(Vec<Record>, HashSet<String>)>>,
+}
+
+impl Recorder {
+    /// Records unless the idempotency key was seen; returns whether it recorded.
+    fn record(&self, kind: &str, target: &str, key: Option<String>, body: Value) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = &key
+            && !inner.1.insert(format!("{kind}:{key}"))
+        {
+            return false;
+        }
+        inner.0.push(Record {
+            kind: kind.into(),
+            target: target.into(),
+            idempotency_key: key,
+            body,
+            received_at: chrono::Utc::now(),
+        });
+        true
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub fn of_kind(&self, kind: &str) -> Vec<Record> {
+        self.records().into_iter().filter(|r| r.kind == kind).collect()
+    }
+}
+
+/// A value that satisfies `schema`, the same every time: the first enum value, a labelled string,
+/// 0.9 for numbers, true for booleans, every declared property of an object.
+pub fn value_for_schema(schema: &Value, name: &str) -> Value {
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && let Some(first) = values.first()
+    {
+        return first.clone();
+    }
+    if let Some(constant) = schema.get("const") {
+        return constant.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => {
+            kinds.iter().filter_map(Value::as_str).find(|k| *k != "null").unwrap_or("null")
+        }
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match kind {
+        "object" => {
+            let mut object = Map::new();
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                for (key, property) in properties {
+                    object.insert(key.clone(), value_for_schema(property, key));
+                }
+            }
+            Value::Object(object)
+        }
+        "array" => {
+            let item = schema
+                .get("items")
+                .map(|items| value_for_schema(items, name))
+                .unwrap_or(json!("sandbox item"));
+            let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1).max(1);
+            Value::Array((0..count).map(|_| item.clone()).collect())
+        }
+        "integer" => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(1)),
+        "number" => json!(schema.get("minimum").and_then(Value::as_f64).map_or(0.9, |m| m.max(0.9))),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => json!(format!("sandbox {name}")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
+    let schema = &request["response_format"]["json_schema"]["schema"];
+    let answer = value_for_schema(schema, "answer");
+    let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
+    recorder.record("llm", &model, None, request.clone());
+    Json(json!({
+        "id": format!("chatcmpl-sandbox-{}", recorder.records().len()),
+        "object": "chat.completion",
+        "model": model,
+        "system_fingerprint": "one-agents-sandbox",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer.to_string()}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }))
+}
+
+async fn anthropic_messages(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
+    let schema = &request["tools"][0]["input_schema"];
+    let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
+    recorder.record("llm", &model, None, request.clone());
+    Json(json!({
+        "id": "msg_sandbox",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "toolu_sandbox", "name": "step_output", "input": value_for_schema(schema, "answer")}],
+        "usage": {"input_tokens": 10, "output_tokens": 10},
+    }))
+}
+
+async fn sms(State(recorder): State<Recorder>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    let to = body["to"].as_str().unwrap_or_default().to_owned();
+    recorder.record("sms", &to, idempotency_key(&headers), body);
+    Json(json!({"sid": "SMsandbox", "status": "queued", "sandbox": true}))
+}
+
+async fn webhook(
+    State(recorder): State<Recorder>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> &'static str {
+    recorder.record("webhook", &name, idempotency_key(&headers), body);
+    "ok"
+}
+
+async fn product(
+    State(recorder): State<Recorder>,
+    Path((product, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let target = format!("{product}.{operation}");
+    recorder.record("action", &target, idempotency_key(&headers), body);
+    Json(json!({"status": "accepted", "operation": target, "sandbox": true}))
+}
+
+async fn records(State(recorder): State<Recorder>) -> Json<Value> {
+    Json(json!({"sandbox": true, "records": recorder.records()}))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+async fn page(State(recorder): State<Recorder>) -> Html<String> {
+    let mut rows = String::new();
+    for record in recorder.records().iter().rev() {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            record.received_at.format("%H:%M:%S"),
+            escape(&record.kind),
+            escape(&record.target),
+            escape(&serde_json::to_string_pretty(&record.body).unwrap_or_default())
+        ));
+    }
+    Html(format!(
+        "<!doctype html><title>One Agents SANDBOX</title><h1>One Agents SANDBOX</h1>\
+         <p>Local stand-ins for the LLM, SMS, email, chat webhooks and product APIs. Nothing here left this machine.</p>\
+         <table border=1 cellpadding=4><tr><th>time</th><th>kind</th><th>to</th><th>body</th></tr>{rows}</table>"
+    ))
+}
+
+pub fn router(recorder: Recorder) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/records", get(records))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/sms/messages", post(sms))
+        .route("/webhooks/{name}", post(webhook))
+        .route("/products/{product}/{operation}", post(product))
+        .with_state(recorder)
+}
+
+/// A minimal SMTP server (HELO/EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT): enough for any client
+/// to deliver. Hand-written because the sandbox needs only to receive and record.
+async fn smtp_session(stream: tokio::net::TcpStream, recorder: Recorder) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"220 one-agents-sandbox ESMTP SANDBOX\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::<String>::new());
+    while let Some(line) = lines.next_line().await? {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            write.write_all(b"250-one-agents-sandbox\r\n250 8BITMIME\r\n").await?;
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper.starts_with("MAIL FROM:") {
+            from = line[10..].trim().trim_matches(['<', '>']).to_owned();
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(line[8..].trim().trim_matches(['<', '>']).to_owned());
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper.starts_with("RSET") {
+            from.clear();
+            to.clear();
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper == "DATA" {
+            write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            let mut data = Vec::new();
+            while let Some(line) = lines.next_line().await? {
+                if line == "." {
+                    break;
+                }
+                data.push(line.strip_prefix('.').map(str::to_owned).unwrap_or(line));
+            }
+            let message = data.join("\n");
+            let message_id = data
+                .iter()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .map(|l| l[11..].trim().to_owned());
+            let subject = data
+                .iter()
+                .find(|l| l.to_ascii_lowercase().starts_with("subject:"))
+                .map(|l| l[8..].trim().to_owned());
+            for recipient in &to {
+                recorder.record(
+                    "email",
+                    recipient,
+                    message_id.clone().map(|id| format!("{id}:{recipient}")),
+                    json!({"from": from, "to": recipient, "subject": subject, "message": message}),
+                );
+            }
+            write.write_all(b"250 OK queued\r\n").await?;
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            write.write_all(b"502 Command not implemented\r\n").await?;
+        }
+    }
+    Ok(())
+}
+
+pub struct Sandbox {
+    pub recorder: Recorder,
+    pub http_addr: SocketAddr,
+    pub smtp_addr: SocketAddr,
+}
+
+/// Starts the HTTP and SMTP servers; port 0 picks free ports.
+pub async fn start(
+    http: SocketAddr,
+    smtp: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Sandbox> {
+    let recorder = Recorder::default();
+    let http_listener = TcpListener::bind(http).await?;
+    let smtp_listener = TcpListener::bind(smtp).await?;
+    let sandbox = Sandbox {
+        recorder: recorder.clone(),
+        http_addr: http_listener.local_addr()?,
+        smtp_addr: smtp_listener.local_addr()?,
+    };
+    let app = router(recorder.clone());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+    });
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = smtp_listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let recorder = recorder.clone();
+                        tokio::spawn(async move { let _ = smtp_session(stream, recorder).await; });
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!(http = %sandbox.http_addr, smtp = %sandbox.smtp_addr, "SANDBOX listening (stand-ins for outside services)");
+    Ok(sandbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_satisfy_their_schema_deterministically() {
+        let schema = json!({"type": "object", "properties": {
+            "priority": {"type": "string", "enum": ["p1", "p2"]},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "isolate": {"type": "boolean"},
+            "items": {"type": "array", "items": {"type": "string"}},
+            "summary": {"type": "string"}}});
+        let value = value_for_schema(&schema, "answer");
+        assert_eq!(value["priority"], "p1");
+        assert_eq!(value["isolate"], true);
+        assert_eq!(value["items"], json!(["sandbox items"]));
+        assert_eq!(value, value_for_schema(&schema, "answer"));
+    }
+}

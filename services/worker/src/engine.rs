@@ -1,0 +1,329 @@
+//! The step engine: runs (or resumes) one execution from its last persisted step. Each step is
+//! marked running before it starts and finished after, so a worker that dies mid-execution leaves
+//! a trace another worker resumes from; side effects are keyed by (execution, step, attempt) and
+//! recorded, so a resumed step does not repeat one that happened.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use oa_bus::WorkItem;
+use oa_domain::Caller;
+use oa_domain::agent::{Step, StepKind};
+use oa_executions::store::{self, StepOutcome};
+use oa_proto::agents::RecordRunRequest;
+use oa_proto::agents::agents_client::AgentsClient;
+use oa_store::begin_org;
+use secrecy::SecretString;
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+use crate::providers::{Llm, Outbound, StepError};
+
+pub struct Engine {
+    pub pool: PgPool,
+    pub llm: Llm,
+    pub outbound: Outbound,
+    pub prices: BTreeMap<String, i64>,
+    pub agents: AgentsClient<Channel>,
+    pub token: SecretString,
+}
+
+/// The template context of a step: the event, its payload, and earlier steps' outputs.
+fn base_context(trigger_event: &Value) -> Value {
+    json!({
+        "event_payload": trigger_event["payload"],
+        "event": {
+            "id": trigger_event["id"],
+            "source_product": trigger_event["source_product"],
+            "event_type": trigger_event["event_type"],
+            "client_id": trigger_event["client_id"],
+            "occurred_at": trigger_event["occurred_at"],
+        },
+        "steps": {},
+    })
+}
+
+fn render(text: &str, context: &Value) -> Result<String, StepError> {
+    oa_template::render(text, context).map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))
+}
+
+fn render_map(map: &Map<String, Value>, context: &Value) -> Result<Value, StepError> {
+    let mut out = Map::new();
+    for (key, value) in map {
+        let rendered = match value {
+            Value::String(text) => Value::String(render(text, context)?),
+            other => other.clone(),
+        };
+        out.insert(key.clone(), rendered);
+    }
+    Ok(Value::Object(out))
+}
+
+enum StepResult {
+    Done { output: Value, credits: i64 },
+    WaitForApproval { message: String },
+}
+
+impl Engine {
+    /// Runs an execution to its end, or until it waits for a human. Errors are infrastructure
+    /// failures: the work item is retried and the execution resumes where it stopped.
+    pub async fn run<F, Fut>(&self, item: &WorkItem, progress: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let started = Instant::now();
+        let mut tx = begin_org(&self.pool, &item.org_id).await?;
+        let Some(execution) = store::lock(&mut tx, &item.org_id, &item.execution_id).await? else {
+            tracing::warn!(execution_id = %item.execution_id, "work for an unknown execution; dropped");
+            return Ok(());
+        };
+        if execution.status != "pending" && execution.status != "running" {
+            return Ok(());
+        }
+        store::set_status(&mut tx, &execution.id, "running", None).await?;
+        let rows = store::steps(&mut tx, &execution.id).await?;
+        tx.commit().await?;
+
+        let mut context = base_context(&execution.trigger_event);
+        for (position, step) in execution.definition.steps.iter().enumerate() {
+            let position = position as i32;
+            let row = rows.iter().find(|r| r.position == position);
+            match row.map(|r| r.status.as_str()) {
+                Some("completed") => {
+                    let output = row.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
+                    context["steps"][&step.id] = json!({ "output": output });
+                    continue;
+                }
+                Some("skipped") => continue,
+                Some("cancelled") | Some("failed") => return Ok(()),
+                _ => {}
+            }
+            // A cancel between steps stops the run; the cancel already skipped what is left.
+            let mut tx = begin_org(&self.pool, &item.org_id).await?;
+            let current = store::lock(&mut tx, &item.org_id, &execution.id).await?;
+            if current.as_ref().is_none_or(|c| c.status != "running") {
+                return Ok(());
+            }
+            if let Some(when) = &step.when {
+                match oa_template::evaluate(when, &context) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let outcome = StepOutcome {
+                            status: "skipped",
+                            output: None,
+                            error: None,
+                            credits_used: 0,
+                            duration_ms: 0,
+                        };
+                        store::finish_step(&mut tx, &execution.id, position, &outcome).await?;
+                        tx.commit().await?;
+                        continue;
+                    }
+                    Err(error) => {
+                        let error = StepError::new("invalid_condition", format!("when {when:?}: {error}"));
+                        self.fail(
+                            tx,
+                            &execution.id,
+                            position,
+                            &error,
+                            0,
+                            &item.org_id,
+                            &execution.agent_id,
+                            started,
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                }
+            }
+            let attempt = store::start_step(&mut tx, &execution.id, position).await?;
+            tx.commit().await?;
+            progress().await;
+
+            let key = format!("{}:{}:{attempt}", execution.id, step.id);
+            let step_started = Instant::now();
+            let result = self.execute(step, &context, &key, &item.org_id, &execution.id).await?;
+            let duration_ms = step_started.elapsed().as_millis() as i64;
+            let mut tx = begin_org(&self.pool, &item.org_id).await?;
+            if store::lock(&mut tx, &item.org_id, &execution.id).await?.is_none_or(|c| c.status != "running")
+            {
+                return Ok(());
+            }
+            match result {
+                Ok(StepResult::Done { output, credits }) => {
+                    let outcome = StepOutcome {
+                        status: "completed",
+                        output: Some(&output),
+                        error: None,
+                        credits_used: credits,
+                        duration_ms,
+                    };
+                    store::finish_step(&mut tx, &execution.id, position, &outcome).await?;
+                    tx.commit().await?;
+                    context["steps"][&step.id] = json!({ "output": output });
+                }
+                Ok(StepResult::WaitForApproval { message }) => {
+                    // The gate is held in the trace; approvals resume the execution from here.
+                    let waiting = json!({ "message": message });
+                    store::set_status(
+                        &mut tx,
+                        &execution.id,
+                        "waiting_approval",
+                        Some(&json!({"waiting_for": waiting})),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.fail(
+                        tx,
+                        &execution.id,
+                        position,
+                        &error,
+                        duration_ms,
+                        &item.org_id,
+                        &execution.agent_id,
+                        started,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            }
+        }
+        let mut tx = begin_org(&self.pool, &item.org_id).await?;
+        store::set_status(&mut tx, &execution.id, "completed", None).await?;
+        tx.commit().await?;
+        self.record_run(&item.org_id, &execution.agent_id, true, started).await;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        execution_id: &str,
+        position: i32,
+        error: &StepError,
+        duration_ms: i64,
+        org_id: &str,
+        agent_id: &str,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let error_json = error.to_json();
+        let outcome = StepOutcome {
+            status: "failed",
+            output: None,
+            error: Some(&error_json),
+            credits_used: 0,
+            duration_ms,
+        };
+        store::finish_step(&mut tx, execution_id, position, &outcome).await?;
+        store::close_open_steps(&mut tx, execution_id, "skipped").await?;
+        store::set_status(&mut tx, execution_id, "failed", Some(&error_json)).await?;
+        tx.commit().await?;
+        self.record_run(org_id, agent_id, false, started).await;
+        Ok(())
+    }
+
+    async fn record_run(&self, org_id: &str, agent_id: &str, succeeded: bool, started: Instant) {
+        let caller = Caller::service("worker", org_id);
+        let request = RecordRunRequest {
+            agent_id: agent_id.to_owned(),
+            succeeded,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(status) =
+            self.agents.clone().record_run(oa_auth::service::outgoing(request, &caller, &self.token)).await
+        {
+            tracing::warn!(%status, agent_id, "could not record the run in the agent's stats");
+        }
+    }
+
+    /// Performs a side effect once: a recorded result under `key` is returned instead of acting.
+    async fn once<F, Fut>(
+        &self,
+        org_id: &str,
+        execution_id: &str,
+        step_id: &str,
+        key: &str,
+        act: F,
+    ) -> anyhow::Result<Result<Value, StepError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Value, StepError>>,
+    {
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        if let Some(done) = store::side_effect(&mut tx, key).await? {
+            return Ok(Ok(done));
+        }
+        tx.commit().await?;
+        let result = act().await;
+        if let Ok(value) = &result {
+            let mut tx = begin_org(&self.pool, org_id).await?;
+            store::record_side_effect(&mut tx, key, org_id, execution_id, step_id, value).await?;
+            tx.commit().await?;
+        }
+        Ok(result)
+    }
+
+    async fn execute(
+        &self,
+        step: &Step,
+        context: &Value,
+        key: &str,
+        org_id: &str,
+        execution_id: &str,
+    ) -> anyhow::Result<Result<StepResult, StepError>> {
+        let done = |output: Value| StepResult::Done { output, credits: 0 };
+        Ok(match &step.kind {
+            StepKind::Transform { output } => render_map(output, context).map(done),
+            StepKind::AiReason { model_tier, prompt, output_schema, system_prompt } => {
+                let rendered = (|| {
+                    let prompt = render(prompt, context)?;
+                    let system = system_prompt.as_deref().map(|s| render(s, context)).transpose()?;
+                    Ok::<_, StepError>((prompt, system))
+                })();
+                match rendered {
+                    Err(error) => Err(error),
+                    Ok((prompt, system)) => {
+                        let price = self.prices.get(model_tier).copied().unwrap_or(0);
+                        self.llm
+                            .reason(model_tier, system.as_deref(), &prompt, output_schema)
+                            .await
+                            .map(|output| StepResult::Done { output, credits: price })
+                    }
+                }
+            }
+            StepKind::Notification { channel, recipients, subject, body } => {
+                let rendered = (|| {
+                    let recipients =
+                        recipients.iter().map(|r| render(r, context)).collect::<Result<Vec<_>, _>>()?;
+                    let subject = subject.as_deref().map(|s| render(s, context)).transpose()?;
+                    Ok::<_, StepError>((recipients, subject, render(body, context)?))
+                })();
+                match rendered {
+                    Err(error) => Err(error),
+                    Ok((recipients, subject, body)) => self
+                        .once(org_id, execution_id, &step.id, key, || {
+                            self.outbound.notify(channel, &recipients, subject.as_deref(), &body, key)
+                        })
+                        .await?
+                        .map(done),
+                }
+            }
+            StepKind::Action { action, params } => match render_map(params, context) {
+                Err(error) => Err(error),
+                Ok(params) => self
+                    .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
+                    .await?
+                    .map(done),
+            },
+            StepKind::Approval { message, .. } => {
+                render(message, context).map(|message| StepResult::WaitForApproval { message })
+            }
+        })
+    }
+}

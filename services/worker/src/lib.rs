@@ -1,0 +1,340 @@
+//! The worker: consumes product events from the `BUS` stream, matches them against each org's
+//! active agents (an in-memory index), creates one execution per (event, agent) in Postgres,
+//! publishes the work, and acks the event only then. It also consumes the `WORK` stream and runs
+//! executions step by step.
+//!
+//! It writes schema `executions` through `oa_executions::store` as the engine of that context,
+//! asks the agents and catalog services for what it needs, and touches no other schema.
+
+pub mod engine;
+mod index;
+pub mod matching;
+pub mod providers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use oa_bus::async_nats::jetstream::{self, AckKind, consumer::pull};
+use oa_bus::{Envelope, Topology, WorkItem};
+use oa_domain::{Caller, ids};
+use oa_executions::store;
+use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::catalog::catalog_client::CatalogClient;
+use oa_store::begin_org;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::engine::Engine;
+use crate::index::AgentIndex;
+
+const EVENT_CONCURRENCY: usize = 64;
+const WORK_CONCURRENCY: usize = 32;
+const CATALOG_TTL: Duration = Duration::from_secs(30);
+
+struct Ingest {
+    pool: PgPool,
+    jetstream: jetstream::Context,
+    topology: Topology,
+    index: AgentIndex,
+    catalog: CatalogClient<Channel>,
+    token: SecretString,
+    known_event_types: Mutex<HashMap<String, Instant>>,
+    nats: oa_bus::async_nats::Client,
+}
+
+/// What handling one bus message came to.
+enum Handled {
+    Executions(usize),
+    DeadLettered,
+}
+
+impl Ingest {
+    async fn event_type_known(&self, org_id: &str, id: &str) -> anyhow::Result<bool> {
+        {
+            let known = self.known_event_types.lock().unwrap_or_else(|e| e.into_inner());
+            if known.get(id).is_some_and(|at| at.elapsed() < CATALOG_TTL) {
+                return Ok(true);
+            }
+        }
+        let caller = Caller::service("worker", org_id);
+        let found = oa_catalog::fetch_event_type(&mut self.catalog.clone(), &caller, &self.token, id)
+            .await
+            .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+        if found.is_some() {
+            self.known_event_types
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned(), Instant::now());
+        }
+        Ok(found.is_some())
+    }
+
+    async fn dead_letter(
+        &self,
+        org_id: &str,
+        subject: &str,
+        sequence: u64,
+        event_id: Option<&str>,
+        payload: &[u8],
+        reason: String,
+    ) -> anyhow::Result<Handled> {
+        tracing::warn!(org_id, subject, %reason, "event dead-lettered");
+        let letter = store::DeadLetter {
+            id: format!("dlq_{}_{sequence}", self.topology.bus_stream),
+            org_id: org_id.to_owned(),
+            subject: subject.to_owned(),
+            event_id: event_id.map(str::to_owned),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            reason: reason.clone(),
+            created_at: chrono::Utc::now(),
+            replayed_at: None,
+        };
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        store::insert_dead_letter(&mut tx, &letter).await?;
+        tx.commit().await?;
+        // Observers may follow dead letters live on this subject; the table is the record.
+        let notice = serde_json::json!({"id": letter.id, "subject": subject, "reason": reason});
+        let _ = self
+            .nats
+            .publish(
+                format!("{}.{org_id}", self.topology.dead_letter_subject_root()),
+                notice.to_string().into(),
+            )
+            .await;
+        Ok(Handled::DeadLettered)
+    }
+
+    async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Handled> {
+        let subject = message.subject.as_str();
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        let Some(org_id) = self.topology.org_of_subject(subject).filter(|o| ids::is_valid_org_id(o)) else {
+            tracing::warn!(subject, "an event on a subject with no org; dropped");
+            return Ok(Handled::DeadLettered);
+        };
+        let envelope: Envelope = match serde_json::from_slice(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return self
+                    .dead_letter(
+                        org_id,
+                        subject,
+                        sequence,
+                        None,
+                        &message.payload,
+                        format!("not a valid event envelope: {error}"),
+                    )
+                    .await;
+            }
+        };
+        let expected =
+            self.topology.event_subject(&envelope.org_id, &envelope.source_product, &envelope.event_type);
+        if envelope.org_id != org_id || expected != subject || !envelope.payload.is_object() {
+            let reason = "the envelope's org, product or event type does not match its subject, or its payload is not an object";
+            return self
+                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason.into())
+                .await;
+        }
+        if !self.event_type_known(org_id, &envelope.event_type_id()).await? {
+            let reason = format!("event type {} is not in the event catalog", envelope.event_type_id());
+            return self
+                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason)
+                .await;
+        }
+        let candidates =
+            self.index.candidates(org_id).await.map_err(|e| anyhow::anyhow!("agent index: {e}"))?;
+        let matched = match matching::select(&candidates, &envelope) {
+            Ok(matched) => matched,
+            Err(unmatchable) => {
+                return self
+                    .dead_letter(
+                        org_id,
+                        subject,
+                        sequence,
+                        Some(&envelope.id),
+                        &message.payload,
+                        unmatchable.0,
+                    )
+                    .await;
+            }
+        };
+        if matched.is_empty() {
+            return Ok(Handled::Executions(0));
+        }
+        let trigger_event = serde_json::to_value(&envelope)?;
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        for candidate in &matched {
+            let new = store::NewExecution {
+                id: &ids::new_id("exec"),
+                org_id,
+                agent_id: &candidate.id,
+                agent_version: candidate.version,
+                definition: &candidate.definition,
+                event_id: &envelope.id,
+                trigger_event: &trigger_event,
+                retry_of: None,
+            };
+            store::insert(&mut tx, &new).await?;
+        }
+        // Whether inserted now or by an earlier delivery, every unfinished execution of this
+        // event gets its work published (JetStream drops the duplicates by execution id).
+        let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
+        let unfinished: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions.executions
+             WHERE event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
+        )
+        .bind(&envelope.id)
+        .bind(&agent_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for execution_id in &unfinished {
+            let item = WorkItem { execution_id: execution_id.clone(), org_id: org_id.to_owned() };
+            oa_bus::publish_work(&self.jetstream, &self.topology, &item).await?;
+        }
+        Ok(Handled::Executions(matched.len()))
+    }
+}
+
+pub struct WorkerConfig {
+    pub pool: PgPool,
+    pub nats: oa_bus::async_nats::Client,
+    pub config: oa_config::Config,
+}
+
+fn channel(config: &oa_config::Config, service: &str) -> anyhow::Result<Channel> {
+    oa_auth::service::channel(config.endpoint(service)?, &config.grpc)
+        .map_err(|e| anyhow::anyhow!("{service}: {e}"))
+}
+
+/// Runs the ingest and work loops until `shutdown`.
+pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = &worker.config;
+    let topology = Topology::new(&config.nats);
+    let jetstream = jetstream::new(worker.nats.clone());
+    oa_bus::ensure_streams(&jetstream, &topology).await?;
+    let agents = AgentsClient::new(channel(config, "agents")?);
+    let ingest = Arc::new(Ingest {
+        pool: worker.pool.clone(),
+        jetstream: jetstream.clone(),
+        topology: topology.clone(),
+        index: AgentIndex::new(agents.clone(), config.grpc.service_token.clone()),
+        catalog: CatalogClient::new(channel(config, "catalog")?),
+        token: config.grpc.service_token.clone(),
+        known_event_types: Mutex::new(HashMap::new()),
+        nats: worker.nats.clone(),
+    });
+    let engine = Arc::new(Engine {
+        pool: worker.pool.clone(),
+        llm: providers::Llm::new(config.llm.clone()),
+        outbound: providers::Outbound::new(config.channels.clone(), config.actions.clone()),
+        prices: config.credits.prices.clone(),
+        agents,
+        token: config.grpc.service_token.clone(),
+    });
+
+    // Agents changes drop the affected org's index.
+    let mut changes = worker.nats.subscribe(topology.agents_changed_wildcard()).await?;
+    let invalidating = ingest.clone();
+    let prefix = topology.agents_changed_subject("");
+    let stop = shutdown.clone();
+    let invalidations = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                message = changes.next() => match message {
+                    Some(message) => {
+                        if let Some(org_id) = message.subject.as_str().strip_prefix(&prefix) {
+                            invalidating.index.invalidate(org_id);
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+
+    let consumer_config = |stream: &str, subject: String| pull::Config {
+        durable_name: Some(format!("{}_{stream}", topology.consumer)),
+        filter_subject: subject,
+        ack_wait: topology.ack_wait,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let events = jetstream
+        .get_stream(&topology.bus_stream)
+        .await
+        .context("the bus stream")?
+        .get_or_create_consumer(
+            &format!("{}_bus", topology.consumer),
+            consumer_config("bus", topology.bus_wildcard()),
+        )
+        .await
+        .context("the bus consumer")?;
+    let work = jetstream
+        .get_stream(&topology.work_stream)
+        .await
+        .context("the work stream")?
+        .get_or_create_consumer(
+            &format!("{}_work", topology.consumer),
+            consumer_config("work", topology.work_subject()),
+        )
+        .await
+        .context("the work consumer")?;
+
+    let event_messages = events.messages().await.context("consuming the bus")?;
+    let event_loop = event_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(
+        EVENT_CONCURRENCY,
+        |message| {
+            let ingest = ingest.clone();
+            async move {
+                let Ok(message) = message else { return };
+                match ingest.handle(&message).await {
+                    Ok(Handled::Executions(count)) => {
+                        tracing::debug!(count, subject = %message.subject, "event matched");
+                        let _ = message.double_ack().await;
+                    }
+                    Ok(Handled::DeadLettered) => {
+                        let _ = message.double_ack().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "event not processed; it will be redelivered");
+                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+            }
+        },
+    );
+
+    let work_messages = work.messages().await.context("consuming work")?;
+    let work_loop = work_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(WORK_CONCURRENCY, |message| {
+        let engine = engine.clone();
+        async move {
+            let Ok(message) = message else { return };
+            let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
+                tracing::warn!("malformed work item; dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            };
+            let progress = || async {
+                let _ = message.ack_with(AckKind::Progress).await;
+            };
+            match engine.run(&item, progress).await {
+                Ok(()) => {
+                    let _ = message.double_ack().await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, execution_id = %item.execution_id, "execution interrupted; it will resume");
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    });
+    tokio::join!(event_loop, work_loop);
+    invalidations.abort();
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Clients of the outside services steps call: LLM providers (OpenAI-compatible chat completions
+//! and the Anthropic Messages API), notification channels (an SMS HTTP API, SMTP, incoming
+//! webhooks for Slack, Teams and others) and product APIs. Every side effect carries an
+//! idempotency key.
+//!
+//! Retries use `backon`; the per-provider circuit breaker is hand-written (a failure counter and an
+//! open-until instant) because the crates that offer one bring a runtime model of their own.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use oa_config::{ActionsConfig, ChannelsConfig, LlmConfig, ProviderConfig};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+/// Why a step failed, as its trace shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepError {
+    pub code: String,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        StepError { code: code.to_owned(), message: message.into() }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "code": self.code, "message": self.message })
+    }
+}
+
+#[derive(Debug)]
+struct CallError {
+    message: String,
+    retryable: bool,
+}
+
+async fn send_json(request: reqwest::RequestBuilder, body: &Value) -> Result<Value, CallError> {
+    let response = request.json(body).send().await.map_err(|e| CallError {
+        message: format!("request failed: {e}"),
+        retryable: e.is_timeout() || e.is_connect(),
+    })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(CallError {
+            message: format!("answered {status}: {}", text.chars().take(300).collect::<String>()),
+            retryable: status.as_u16() == 429 || status.is_server_error(),
+        });
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| CallError { message: format!("answer is not JSON: {e}"), retryable: false })
+}
+
+fn backoff(max_retries: u32) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(max_retries as usize)
+        .with_jitter()
+}
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+pub struct Llm {
+    http: reqwest::Client,
+    config: LlmConfig,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+impl Llm {
+    pub fn new(config: LlmConfig) -> Self {
+        Llm { http: reqwest::Client::new(), config, breakers: Mutex::new(HashMap::new()) }
+    }
+
+    fn breaker_open(&self, provider: &str) -> bool {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers.get(provider).and_then(|b| b.open_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn record(&self, provider: &str, config: &ProviderConfig, ok: bool) {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let breaker = breakers.entry(provider.to_owned()).or_default();
+        if ok {
+            *breaker = Breaker::default();
+        } else {
+            breaker.consecutive_failures += 1;
+            if breaker.consecutive_failures >= config.breaker_failures.max(1) {
+                breaker.open_until = Some(Instant::now() + Duration::from_millis(config.breaker_open_ms));
+                tracing::warn!(provider, "LLM provider circuit opened");
+            }
+        }
+    }
+
+    /// Asks the tier's model for JSON matching `schema`; an answer that does not match gets one
+    /// repair attempt, then the step fails with the validation errors.
+    pub async fn reason(
+        &self,
+        tier: &str,
+        system: Option<&str>,
+        prompt: &str,
+        schema: &Value,
+    ) -> Result<Value, StepError> {
+        let model = self.config.tiers.get(tier).ok_or_else(|| {
+            StepError::new("model_unavailable", format!("no model is configured for tier {tier}"))
+        })?;
+        let provider = self.config.providers.get(&model.provider).ok_or_else(|| {
+            StepError::new("model_unavailable", format!("provider {} is not configured", model.provider))
+        })?;
+        if self.breaker_open(&model.provider) {
+            return Err(StepError::new(
+                "model_unavailable",
+                format!("provider {} is failing; its circuit is open", model.provider),
+            ));
+        }
+        let validator = jsonschema::validator_for(schema).map_err(|e| {
+            StepError::new("invalid_output_schema", format!("output_schema is not a valid JSON Schema: {e}"))
+        })?;
+        let mut messages = vec![json!({"role": "user", "content": prompt})];
+        for attempt in 0..2 {
+            let answer = match self.call(provider, &model.model, system, &messages, schema).await {
+                Ok(answer) => {
+                    self.record(&model.provider, provider, true);
+                    answer
+                }
+                Err(error) => {
+                    self.record(&model.provider, provider, false);
+                    return Err(StepError::new(
+                        "model_error",
+                        format!("{} {}", model.provider, error.message),
+                    ));
+                }
+            };
+            let problems: Vec<String> =
+                validator.iter_errors(&answer).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            if problems.is_empty() {
+                return Ok(answer);
+            }
+            if attempt == 1 {
+                return Err(StepError::new(
+                    "invalid_model_output",
+                    format!(
+                        "the model's answer did not match output_schema after one repair: {}",
+                        problems.join("; ")
+                    ),
+                ));
+            }
+            messages.push(json!({"role": "assistant", "content": answer.to_string()}));
+            messages.push(json!({"role": "user", "content": format!(
+                "That answer does not match the required JSON Schema: {}. Answer again with only JSON that matches it.",
+                problems.join("; ")
+            )}));
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn call(
+        &self,
+        provider: &ProviderConfig,
+        model: &str,
+        system: Option<&str>,
+        messages: &[Value],
+        schema: &Value,
+    ) -> Result<Value, CallError> {
+        let base = provider.base_url.trim_end_matches('/');
+        let timeout = Duration::from_millis(provider.timeout_ms);
+        let attempt = || async {
+            match provider.kind.as_str() {
+                "anthropic" => {
+                    let mut request = self
+                        .http
+                        .post(format!("{base}/v1/messages"))
+                        .timeout(timeout)
+                        .header("anthropic-version", "2023-06-01");
+                    if let Some(key) = &provider.api_key {
+                        request = request.header("x-api-key", key.expose_secret());
+                    }
+                    let body = json!({
+                        "model": model,
+                        "max_tokens": 2048,
+                        "system": system.unwrap_or("Answer by calling the step_output tool."),
+                        "messages": messages,
+                        "tools": [{"name": "step_output", "description": "The structured answer", "input_schema": schema}],
+                        "tool_choice": {"type": "tool", "name": "step_output"},
+                    });
+                    let answer = send_json(request, &body).await?;
+                    answer["content"]
+                        .as_array()
+                        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
+                        .map(|b| b["input"].clone())
+                        .ok_or(CallError {
+                            message: "the answer has no tool_use block".into(),
+                            retryable: false,
+                        })
+                }
+                _ => {
+                    let mut request = self.http.post(format!("{base}/v1/chat/completions")).timeout(timeout);
+                    if let Some(key) = &provider.api_key {
+                        request = request.bearer_auth(key.expose_secret());
+                    }
+                    let mut all = Vec::new();
+                    if let Some(system) = system {
+                        all.push(json!({"role": "system", "content": system}));
+                    }
+                    all.extend_from_slice(messages);
+                    let body = json!({
+                        "model": model,
+                        "temperature": 0,
+                        "messages": all,
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "step_output", "schema": schema}},
+                    });
+                    let answer = send_json(request, &body).await?;
+                    let content = answer["choices"][0]["message"]["content"].as_str().ok_or(CallError {
+                        message: "the answer has no message content".into(),
+                        retryable: false,
+                    })?;
+                    serde_json::from_str(content).map_err(|e| CallError {
+                        message: format!("the model did not answer JSON: {e}"),
+                        retryable: false,
+                    })
+                }
+            }
+        };
+        attempt.retry(backoff(provider.max_retries)).when(|e: &CallError| e.retryable).await
+    }
+}
+
+/// Notification channels and product actions.
+pub struct Outbound {
+    http: reqwest::Client,
+    channels: ChannelsConfig,
+    actions: ActionsConfig,
+}
+
+impl Outbound {
+    pub fn new(channels: ChannelsConfig, actions: ActionsConfig) -> Self {
+        Outbound { http: reqwest::Client::new(), channels, actions }
+    }
+
+    async fn post(&self, url: &str, key: &str, body: &Value, timeout_ms: u64) -> Result<Value, StepError> {
+        let attempt = || async {
+            let request =
+                self.http.post(url).timeout(Duration::from_millis(timeout_ms)).header("Idempotency-Key", key);
+            send_json(request, body).await
+        };
+        attempt
+            .retry(backoff(3))
+            .when(|e: &CallError| e.retryable)
+            .await
+            .map_err(|e| StepError::new("delivery_failed", format!("{url} {}", e.message)))
+    }
+
+    /// Sends one notification to every recipient under one idempotency key per recipient.
+    pub async fn notify(
+        &self,
+        channel: &str,
+        recipients: &[String],
+        subject: Option<&str>,
+        body: &str,
+        key: &str,
+    ) -> Result<Value, StepError> {
+        let mut delivered = Vec::new();
+        for (index, recipient) in recipients.iter().enumerate() {
+            let key = format!("{key}:{index}");
+            match channel {
+                "sms" => {
+                    let mut payload = json!({"to": recipient, "body": body});
+                    if let Some(api_key) = &self.channels.sms_api_key {
+                        payload["api_key"] = json!(api_key.expose_secret());
+                    }
+                    self.post(&self.channels.sms_url, &key, &payload, self.channels.timeout_ms).await?;
+                }
+                "email" => {
+                    self.email(recipient, subject.unwrap_or("One Agents notification"), body, &key).await?
+                }
+                _ => {
+                    let (url, payload) =
+                        if recipient.starts_with("https://") || recipient.starts_with("http://") {
+                            (recipient.clone(), json!({"text": body}))
+                        } else {
+                            let url = match channel {
+                                "slack" => self.channels.slack_webhook_url.clone(),
+                                _ => self.channels.teams_webhook_url.clone(),
+                            };
+                            (url, json!({"channel": recipient, "text": body}))
+                        };
+                    self.post(&url, &key, &payload, self.channels.timeout_ms).await?;
+                }
+            }
+            delivered.push(recipient.clone());
+        }
+        Ok(json!({ "channel": channel, "delivered_to": delivered }))
+    }
+
+    async fn email(&self, to: &str, subject: &str, body: &str, key: &str) -> Result<(), StepError> {
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+        let failed =
+            |e: &dyn std::fmt::Display| StepError::new("delivery_failed", format!("email to {to}: {e}"));
+        let message = Message::builder()
+            .from(self.channels.email_from.parse().map_err(|e| failed(&e))?)
+            .to(to.parse().map_err(|e| failed(&e))?)
+            .subject(subject)
+            // The idempotency key as Message-ID lets a relay or inbox drop a resend.
+            .message_id(Some(format!("<{}@one-agents>", key.replace(':', "."))))
+            .body(body.to_owned())
+            .map_err(|e| failed(&e))?;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.channels.smtp_host)
+            .port(self.channels.smtp_port)
+            .timeout(Some(Duration::from_millis(self.channels.timeout_ms)))
+            .build();
+        transport.send(message).await.map_err(|e| failed(&e))?;
+        Ok(())
+    }
+
+    /// Calls `<product>.<operation>` at the product's configured endpoint.
+    pub async fn act(&self, action: &str, params: &Value, key: &str) -> Result<Value, StepError> {
+        let (product, operation) = action.split_once('.').ok_or_else(|| {
+            StepError::new("invalid_action", format!("{action} is not <product>.<operation>"))
+        })?;
+        let base = self.actions.endpoints.get(product).ok_or_else(|| {
+            StepError::new("action_unavailable", format!("no endpoint is configured for product {product}"))
+        })?;
+        let url = format!("{}/{operation}", base.trim_end_matches('/'));
+        self.post(&url, key, params, self.actions.timeout_ms).await
+    }
+}
