@@ -171,6 +171,14 @@ impl TestPlane {
 
     /// Starts a plane after `adjust` has changed its config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestPlane> {
+        TestPlane::start_roles(&one_agents::ROLES, adjust).await
+    }
+
+    /// Starts only `roles` (a crash test runs its workers as separate processes).
+    pub async fn start_roles(
+        roles: &[&'static str],
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestPlane> {
         let db = TestDb::create().await?;
         let dir = TempDir::new()?;
         let jwks_path = dir.0.join("jwks.json");
@@ -183,7 +191,7 @@ impl TestPlane {
         use_sandbox(&mut config, &sandbox);
         adjust(&mut config);
         config.validate()?;
-        let plane = one_agents::Plane::bind(config, &one_agents::ROLES).await?;
+        let plane = one_agents::Plane::bind(config, roles).await?;
         let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
         let config = plane.config().clone();
         let stop = shutdown.clone();
@@ -273,4 +281,38 @@ impl TestPlane {
         oa_bus::publish_raw(&jetstream, subject, &unique("raw_"), bytes.into()).await?;
         Ok(())
     }
+}
+
+/// The environment that gives a separate `one-agents` process the same plane as `config`
+/// (database, bus, services, sandbox), for crash tests that kill it.
+pub fn process_env(config: &Config) -> Vec<(String, String)> {
+    use secrecy::ExposeSecret;
+    let mut env = vec![
+        ("ONE_AGENTS_DATABASE__URL".into(), config.database.url.expose_secret().to_owned()),
+        ("ONE_AGENTS_NATS__URL".into(), config.nats.url.clone()),
+        ("ONE_AGENTS_NATS__SUBJECT_PREFIX".into(), config.nats.subject_prefix.clone()),
+        ("ONE_AGENTS_NATS__BUS_STREAM".into(), config.nats.bus_stream.clone()),
+        ("ONE_AGENTS_NATS__WORK_STREAM".into(), config.nats.work_stream.clone()),
+        ("ONE_AGENTS_NATS__CONSUMER".into(), config.nats.consumer.clone()),
+        ("ONE_AGENTS_NATS__ACK_WAIT_SECONDS".into(), config.nats.ack_wait_seconds.to_string()),
+        ("ONE_AGENTS_REDIS__URL".into(), config.redis.url.expose_secret().to_owned()),
+        ("ONE_AGENTS_CHANNELS__SMS_URL".into(), config.channels.sms_url.clone()),
+        ("ONE_AGENTS_CHANNELS__SMTP_PORT".into(), config.channels.smtp_port.to_string()),
+        ("ONE_AGENTS_CHANNELS__SLACK_WEBHOOK_URL".into(), config.channels.slack_webhook_url.clone()),
+        ("ONE_AGENTS_CHANNELS__TEAMS_WEBHOOK_URL".into(), config.channels.teams_webhook_url.clone()),
+        ("ONE_AGENTS_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+    ];
+    for (service, endpoint) in &config.grpc.endpoints {
+        env.push((format!("ONE_AGENTS_GRPC__ENDPOINTS__{}", service.to_uppercase()), endpoint.clone()));
+    }
+    for (name, provider) in &config.llm.providers {
+        env.push((
+            format!("ONE_AGENTS_LLM__PROVIDERS__{}__BASE_URL", name.to_uppercase()),
+            provider.base_url.clone(),
+        ));
+    }
+    for (product, endpoint) in &config.actions.endpoints {
+        env.push((format!("ONE_AGENTS_ACTIONS__ENDPOINTS__{}", product.to_uppercase()), endpoint.clone()));
+    }
+    env
 }

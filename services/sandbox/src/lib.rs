@@ -174,7 +174,13 @@ async fn product(
     Json(body): Json<Value>,
 ) -> Json<Value> {
     let target = format!("{product}.{operation}");
+    // A slow product API, for crash tests: the request is received (and recorded) at once, the
+    // answer comes after `sandbox_delay_ms`.
+    let delay = body.get("sandbox_delay_ms").and_then(Value::as_u64).unwrap_or(0).min(30_000);
     recorder.record("action", &target, idempotency_key(&headers), body);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Json(json!({"status": "accepted", "operation": target, "sandbox": true}))
 }
 

@@ -1,0 +1,123 @@
+//! A worker killed with SIGKILL mid-execution loses nothing: another worker process resumes the
+//! execution from its last persisted step, and no side effect happens twice.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use oa_testkit::TestPlane;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn spawn_worker(plane: &TestPlane) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_one-agents"))
+        .args(["serve", "--services", "worker"])
+        .envs(oa_testkit::process_env(&plane.config))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the one-agents binary starts")
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_side_effects() {
+    // The plane in this process runs no worker; workers are child processes we can kill.
+    let roles = ["gateway", "agents", "catalog", "executions"];
+    let plane = TestPlane::start_roles(&roles, |c| c.nats.ack_wait_seconds = 2).await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let pause = plane
+        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
+        .json(&json!({"status": "paused"}));
+    assert_eq!(pause.send().await.unwrap().status(), 200);
+    let definition = json!({
+        "name": "Crash course", "category": "service_desk",
+        "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
+        "steps": [
+            {"id": "first", "type": "notification", "channel": "sms", "recipients": ["+15550100001"], "body": "first {{ event_payload.ticket_id }}"},
+            {"id": "slow", "type": "action", "action": "psa.update_ticket",
+             "params": {"ticket_id": "{{ event_payload.ticket_id }}", "sandbox_delay_ms": 4000}},
+            {"id": "last", "type": "notification", "channel": "sms", "recipients": ["+15550100002"], "body": "last"}
+        ],
+        "client_scope": "all"
+    });
+    let (status, agent) = json_of(
+        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let activate = plane
+        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+        .json(&json!({"status": "active"}));
+    assert_eq!(activate.send().await.unwrap().status(), 200);
+
+    let mut doomed = spawn_worker(&plane);
+    let event = oa_bus::Envelope::new(
+        &org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": "tkt_crash", "priority": "p1", "client_id": "cl_1"}),
+    );
+    plane.publish_on_bus(&event).await.unwrap();
+
+    // The worker is inside the slow action: the product received it, the worker has no answer yet.
+    plane
+        .eventually(30, || async { (!plane.sandbox.of_kind("action").is_empty()).then_some(()) })
+        .await
+        .expect("the first worker reaches the slow action");
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().unwrap();
+    assert_eq!(
+        plane.sandbox.of_kind("sms").len(),
+        1,
+        "only the first notification went out before the crash"
+    );
+
+    let mut rescuer = spawn_worker(&plane);
+    let finished = plane
+        .eventually(40, || async {
+            let (_, list) = json_of(
+                plane
+                    .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let execution = list["executions"].get(0).cloned()?;
+            (execution["status"] == "completed").then_some(execution)
+        })
+        .await;
+    rescuer.kill().ok();
+    rescuer.wait().ok();
+    let execution = finished.expect("another worker completes the execution");
+
+    let sms = plane.sandbox.of_kind("sms");
+    let bodies: Vec<&str> = sms.iter().map(|r| r.body["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["first tkt_crash", "last"], "each notification exactly once");
+    assert_eq!(plane.sandbox.of_kind("action").len(), 1, "the product action exactly once");
+    let (_, detail) = json_of(
+        plane
+            .as_user(
+                Method::GET,
+                &format!("/api/executions/{}", execution["id"].as_str().unwrap()),
+                &org,
+                "viewer",
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let statuses: Vec<&str> =
+        detail["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, vec!["completed", "completed", "completed"]);
+    let (_, list) =
+        json_of(plane.as_user(Method::GET, "/api/executions", &org, "viewer").send().await.unwrap()).await;
+    assert_eq!(list["total"], 1, "the crash created no second execution");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
