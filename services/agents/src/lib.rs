@@ -455,6 +455,32 @@ impl Agents for AgentsService {
         Ok(tonic::Response::new(pb::FieldsInUseResponse { fields }))
     }
 
+    async fn list_schedules(
+        &self,
+        request: tonic::Request<pb::ListSchedulesRequest>,
+    ) -> GrpcResult<pb::ListSchedulesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
+            return Err(ApiError::forbidden("Only the plane's scheduler lists schedules").into());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = store::schedules(&mut tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ListSchedulesResponse {
+            schedules: rows
+                .into_iter()
+                .map(|r| pb::Schedule {
+                    agent_id: r.agent_id,
+                    org_id: r.org_id,
+                    version: r.version,
+                    cron: r.cron,
+                    timezone: r.timezone,
+                    definition_json: r.definition.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn record_run(
         &self,
         request: tonic::Request<pb::RecordRunRequest>,

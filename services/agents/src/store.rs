@@ -178,7 +178,64 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     record_version(tx, id, org_id, version, status, definition, updated_by).await?;
-    replace_field_usage(tx, id, definition).await
+    replace_field_usage(tx, id, definition).await?;
+    replace_schedule(tx, id, org_id, version, status, definition).await
+}
+
+/// Keeps `agents.schedules` in step with an agent: present only while it is active with a
+/// schedule trigger.
+async fn replace_schedule(
+    tx: &mut PgConnection,
+    id: &str,
+    org_id: &str,
+    version: i32,
+    status: &str,
+    definition: &AgentDefinition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM agents.schedules WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
+    if let (Trigger::Schedule { cron, timezone }, "active") = (&definition.trigger, status) {
+        sqlx::query(
+            "INSERT INTO agents.schedules (agent_id, org_id, version, cron, timezone, definition)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(org_id)
+        .bind(version)
+        .bind(cron)
+        .bind(timezone)
+        .bind(Json(definition))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub struct ScheduleRow {
+    pub agent_id: String,
+    pub org_id: String,
+    pub version: i32,
+    pub cron: String,
+    pub timezone: String,
+    pub definition: Value,
+}
+
+pub async fn schedules(tx: &mut PgConnection) -> Result<Vec<ScheduleRow>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT agent_id, org_id, version, cron, timezone, definition FROM agents.schedules")
+            .fetch_all(&mut *tx)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ScheduleRow {
+                agent_id: r.try_get("agent_id")?,
+                org_id: r.try_get("org_id")?,
+                version: r.try_get("version")?,
+                cron: r.try_get("cron")?,
+                timezone: r.try_get("timezone")?,
+                definition: r.try_get::<Json<Value>, _>("definition")?.0,
+            })
+        })
+        .collect()
 }
 
 async fn record_version(

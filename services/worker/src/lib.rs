@@ -10,6 +10,7 @@ pub mod engine;
 mod index;
 pub mod matching;
 pub mod providers;
+pub mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -258,6 +259,15 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         }
     });
 
+    let scheduler = scheduler::Scheduler {
+        pool: worker.pool.clone(),
+        agents: engine.agents.clone(),
+        token: config.grpc.service_token.clone(),
+        jetstream: jetstream.clone(),
+        topology: topology.clone(),
+    };
+    let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
+
     let consumer_config = |stream: &str, subject: String| pull::Config {
         durable_name: Some(format!("{}_{stream}", topology.consumer)),
         filter_subject: subject,
@@ -336,5 +346,6 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     });
     tokio::join!(event_loop, work_loop);
     invalidations.abort();
+    scheduling.abort();
     Ok(())
 }

@@ -1,0 +1,113 @@
+//! Schedule triggers start one execution per tick, even with several worker replicas running the
+//! scheduler at once, and stop when the agent is paused.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use oa_testkit::TestPlane;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
+    let plane = TestPlane::start().await.unwrap();
+    let mut second_worker = Command::new(env!("CARGO_BIN_EXE_one-agents"))
+        .args(["serve", "--services", "worker"])
+        .envs(oa_testkit::process_env(&plane.config))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the one-agents binary starts");
+    let org = plane.db.create_org("pro").await.unwrap();
+    let definition = json!({
+        "name": "Every two seconds", "category": "operations",
+        "trigger": {"type": "schedule", "cron": "*/2 * * * * *", "timezone": "Europe/Paris"},
+        "steps": [{"id": "note", "type": "transform", "output": {"at": "{{ event_payload.scheduled_for }}"}}],
+        "client_scope": "all"
+    });
+    let (status, agent) = json_of(
+        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let set_status = |status: &'static str| {
+        plane
+            .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+            .json(&json!({"status": status}))
+            .send()
+    };
+    assert_eq!(set_status("active").await.unwrap().status(), 200);
+
+    let runs = plane
+        .eventually(30, || async {
+            let (_, list) = json_of(
+                plane
+                    .as_user(
+                        Method::GET,
+                        &format!("/api/executions?agent_id={id}&status=completed"),
+                        &org,
+                        "viewer",
+                    )
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let items = list["executions"].as_array().cloned().unwrap_or_default();
+            (items.len() >= 3).then_some(items)
+        })
+        .await
+        .expect("three scheduled runs");
+    assert_eq!(set_status("paused").await.unwrap().status(), 200);
+    second_worker.kill().ok();
+    second_worker.wait().ok();
+
+    let mut ticks = HashSet::new();
+    for run in &runs {
+        let (_, detail) = json_of(
+            plane
+                .as_user(
+                    Method::GET,
+                    &format!("/api/executions/{}", run["id"].as_str().unwrap()),
+                    &org,
+                    "viewer",
+                )
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(detail["trigger_event"]["source_product"], "schedule");
+        assert!(
+            ticks.insert(detail["trigger_event"]["id"].as_str().unwrap().to_owned()),
+            "one execution per tick"
+        );
+    }
+    // Paused: the count settles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, before) = json_of(
+        plane
+            .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = json_of(
+        plane
+            .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(before["total"], after["total"], "a paused agent is not scheduled");
+}
