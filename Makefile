@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source deploy/local/env.sh &&
 
-.PHONY: run stop stack test lint fmt build proto clean-test-dbs
+.PHONY: run stop stack test bench lint fmt build proto clean-test-dbs
 
 ## run: start the servers and the whole plane, seeded; prints a token and a curl line
 run: build
@@ -26,6 +26,12 @@ test: stack
 	cargo clippy --workspace --all-targets -- -D warnings
 	@bash deploy/local/drop-test-databases.sh
 	$(ENV) cargo nextest run --workspace --profile $${NEXTEST_PROFILE:-default}
+
+## bench: release build, then ingest throughput/latency, the raw limit and engine overhead
+## (results in bench/results/latest.json; OA_BENCH_EVENTS sets the event count, default 5000)
+bench: stack
+	cargo build --release -p oa-bench
+	$(ENV) target/release/oa-bench
 
 lint:
 	cargo fmt --all -- --check

@@ -235,6 +235,10 @@ pub struct NatsConfig {
     /// Seconds a worker may hold a message without acking before it is redelivered; workers
     /// signal progress while they run, so only a dead worker's messages come back.
     pub ack_wait_seconds: u64,
+    /// Bus events one worker handles at once.
+    pub event_concurrency: usize,
+    /// Executions one worker runs at once; 0 runs no executions (an ingest-only worker).
+    pub work_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +364,8 @@ impl Default for NatsConfig {
             work_stream: "WORK".into(),
             consumer: "workers".into(),
             ack_wait_seconds: 30,
+            event_concurrency: 64,
+            work_concurrency: 32,
         }
     }
 }

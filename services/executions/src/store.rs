@@ -129,6 +129,60 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
     Ok(inserted)
 }
 
+/// Inserts many executions (and their pending steps) in two statements, skipping any (event, agent)
+/// that already has one. The ingest path uses it: one round trip per event, not per agent.
+pub async fn insert_many(tx: &mut PgConnection, news: &[NewExecution<'_>]) -> Result<(), sqlx::Error> {
+    if news.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = news.iter().map(|n| n.id).collect();
+    let orgs: Vec<&str> = news.iter().map(|n| n.org_id).collect();
+    let agents: Vec<&str> = news.iter().map(|n| n.agent_id).collect();
+    let versions: Vec<i32> = news.iter().map(|n| n.agent_version).collect();
+    let definitions: Vec<Json<&AgentDefinition>> = news.iter().map(|n| Json(n.definition)).collect();
+    let events: Vec<&str> = news.iter().map(|n| n.event_id).collect();
+    let triggers: Vec<Json<&Value>> = news.iter().map(|n| Json(n.trigger_event)).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO executions.executions (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
+         SELECT i, o, a, v, d, e, t, 'pending'
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::text[], $7::jsonb[]) AS u(i, o, a, v, d, e, t)
+         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&orgs)
+    .bind(&agents)
+    .bind(&versions)
+    .bind(&definitions)
+    .bind(&events)
+    .bind(&triggers)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut step_executions, mut step_orgs, mut positions, mut step_ids, mut step_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for new in news.iter().filter(|n| inserted.iter().any(|id| id == n.id)) {
+        for (position, step) in new.definition.steps.iter().enumerate() {
+            step_executions.push(new.id);
+            step_orgs.push(new.org_id);
+            positions.push(position as i32);
+            step_ids.push(step.id.as_str());
+            step_types.push(step.kind.type_name());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO executions.steps (execution_id, org_id, position, step_id, step_type, status)
+         SELECT x, o, p, i, t, 'pending' FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[]) AS s(x, o, p, i, t)",
+    )
+    .bind(&step_executions)
+    .bind(&step_orgs)
+    .bind(&positions)
+    .bind(&step_ids)
+    .bind(&step_types)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
     let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
         .bind(id)
@@ -182,18 +236,30 @@ pub async fn set_status(
     Ok(())
 }
 
-pub async fn start_step(tx: &mut PgConnection, id: &str, position: i32) -> Result<i32, sqlx::Error> {
+/// Marks a step running and returns its attempt, or `None` when another runner already finished
+/// it (its result then stands).
+pub async fn start_step(tx: &mut PgConnection, id: &str, position: i32) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
         // A step found running was interrupted by a dead worker: resuming it is the same attempt,
         // so its side effects keep their idempotency key.
         "UPDATE executions.steps SET attempt = CASE WHEN status = 'running' THEN GREATEST(attempt, 1) ELSE attempt + 1 END,
                 status = 'running', started_at = COALESCE(started_at, now())
-         WHERE execution_id = $1 AND position = $2 RETURNING attempt",
+         WHERE execution_id = $1 AND position = $2 AND status IN ('pending', 'running') RETURNING attempt",
     )
     .bind(id)
     .bind(position)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
+}
+
+/// One step's row, as it is now.
+pub async fn step(tx: &mut PgConnection, id: &str, position: i32) -> Result<Option<StepRow>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM executions.steps WHERE execution_id = $1 AND position = $2")
+        .bind(id)
+        .bind(position)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.as_ref().map(step_from_row).transpose()
 }
 
 pub struct StepOutcome<'a> {

@@ -138,7 +138,19 @@ impl Engine {
                     }
                 }
             }
-            let attempt = store::start_step(&mut tx, &execution.id, position).await?;
+            let Some(attempt) = store::start_step(&mut tx, &execution.id, position).await? else {
+                // Another runner of this execution finished the step: take its result and go on.
+                let done = store::step(&mut tx, &execution.id, position).await?;
+                tx.commit().await?;
+                match done {
+                    Some(row) if row.status == "completed" => {
+                        context["steps"][&step.id] = json!({ "output": row.output.unwrap_or(Value::Null) });
+                        continue;
+                    }
+                    Some(row) if row.status == "skipped" => continue,
+                    _ => return Ok(()),
+                }
+            };
             tx.commit().await?;
             progress().await;
 

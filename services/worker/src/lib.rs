@@ -33,8 +33,6 @@ use tonic::transport::Channel;
 use crate::engine::Engine;
 use crate::index::AgentIndex;
 
-const EVENT_CONCURRENCY: usize = 64;
-const WORK_CONCURRENCY: usize = 32;
 const CATALOG_TTL: Duration = Duration::from_secs(30);
 
 struct Ingest {
@@ -167,10 +165,12 @@ impl Ingest {
             return Ok(Handled::Executions(0));
         }
         let trigger_event = serde_json::to_value(&envelope)?;
-        let mut tx = begin_org(&self.pool, org_id).await?;
-        for candidate in &matched {
-            let new = store::NewExecution {
-                id: &ids::new_id("exec"),
+        let execution_ids: Vec<String> = matched.iter().map(|_| ids::new_id("exec")).collect();
+        let news: Vec<store::NewExecution> = matched
+            .iter()
+            .zip(&execution_ids)
+            .map(|(candidate, id)| store::NewExecution {
+                id,
                 org_id,
                 agent_id: &candidate.id,
                 agent_version: candidate.version,
@@ -178,9 +178,10 @@ impl Ingest {
                 event_id: &envelope.id,
                 trigger_event: &trigger_event,
                 retry_of: None,
-            };
-            store::insert(&mut tx, &new).await?;
-        }
+            })
+            .collect();
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        store::insert_many(&mut tx, &news).await?;
         // Whether inserted now or by an earlier delivery, every unfinished execution of this
         // event gets its work published (JetStream drops the duplicates by execution id).
         let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
@@ -193,9 +194,14 @@ impl Ingest {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        for execution_id in &unfinished {
-            let item = WorkItem { execution_id: execution_id.clone(), org_id: org_id.to_owned() };
-            oa_bus::publish_work(&self.jetstream, &self.topology, &item).await?;
+        // All work items go out together; each is confirmed by JetStream before the event is acked.
+        let items: Vec<WorkItem> = unfinished
+            .into_iter()
+            .map(|execution_id| WorkItem { execution_id, org_id: org_id.to_owned() })
+            .collect();
+        let publishes = items.iter().map(|item| oa_bus::publish_work(&self.jetstream, &self.topology, item));
+        for result in futures::future::join_all(publishes).await {
+            result?;
         }
         Ok(Handled::Executions(matched.len()))
     }
@@ -296,9 +302,11 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .await
         .context("the work consumer")?;
 
+    let event_concurrency = config.nats.event_concurrency.max(1);
+    let work_concurrency = config.nats.work_concurrency;
     let event_messages = events.messages().await.context("consuming the bus")?;
     let event_loop = event_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(
-        EVENT_CONCURRENCY,
+        event_concurrency,
         |message| {
             let ingest = ingest.clone();
             async move {
@@ -320,8 +328,13 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         },
     );
 
+    let ack_wait = topology.ack_wait;
     let work_messages = work.messages().await.context("consuming work")?;
-    let work_loop = work_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(WORK_CONCURRENCY, |message| {
+    let work_stop = if work_concurrency == 0 { CancellationToken::new() } else { shutdown.clone() };
+    if work_concurrency == 0 {
+        work_stop.cancel();
+    }
+    let work_loop = work_messages.take_until(work_stop.cancelled_owned()).for_each_concurrent(work_concurrency.max(1), |message| {
         let engine = engine.clone();
         async move {
             let Ok(message) = message else { return };
@@ -333,7 +346,19 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             let progress = || async {
                 let _ = message.ack_with(AckKind::Progress).await;
             };
-            match engine.run(&item, progress).await {
+            // While this worker lives, the message stays its own, however long a step takes; only
+            // a dead worker's work is redelivered.
+            let heartbeat = async {
+                loop {
+                    tokio::time::sleep(ack_wait / 3).await;
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = engine.run(&item, progress) => outcome,
+                () = heartbeat => unreachable!("the heartbeat never ends"),
+            };
+            match outcome {
                 Ok(()) => {
                     let _ = message.double_ack().await;
                 }

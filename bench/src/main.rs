@@ -1,0 +1,393 @@
+//! `make bench`: measures, in one run on this machine against the local Postgres and NATS,
+//! (a) ingest: events published for 100 orgs with 10 active agents each, until every matching
+//!     execution is persisted, and event-to-execution latency at a fixed 1,000 events/s;
+//! (b) the machine's raw limit: a minimal consume → insert → ack loop doing the same writes;
+//! (c) engine overhead: one execution of 40 `transform` steps, time per step.
+//! Results go to `bench/results/latest.json` with the machine and commit they were measured on.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use oa_bus::Envelope;
+use oa_bus::async_nats::jetstream::{self, consumer::pull, stream};
+use oa_testkit::TestPlane;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ORGS: usize = 100;
+const AGENTS_PER_ORG: usize = 10;
+const LATENCY_RATE: usize = 1_000;
+const LATENCY_SECONDS: usize = 5;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn agent(index: usize) -> Value {
+    json!({
+        "name": format!("Bench agent {index}"), "category": "service_desk",
+        "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created",
+                    "filters": [{"field": "priority", "operator": "eq", "value": "p1"}]},
+        "steps": [{"id": "note", "type": "transform", "output": {"t": "{{ event_payload.ticket_id }}"}}],
+        "client_scope": "all"
+    })
+}
+
+fn event(org: &str, n: usize) -> Envelope {
+    Envelope::new(
+        org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": format!("tkt_{n}"), "priority": "p1", "client_id": "cl_bench"}),
+    )
+}
+
+async fn send(request: reqwest::RequestBuilder, expected: u16) -> anyhow::Result<Value> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status == expected, "expected {expected}, got {status}: {body}");
+    Ok(body)
+}
+
+/// Creates the orgs, each with its agents active and the system agents paused.
+async fn setup_orgs(plane: &TestPlane) -> anyhow::Result<Vec<String>> {
+    let mut orgs = Vec::new();
+    for _ in 0..ORGS {
+        orgs.push(plane.db.create_org("enterprise").await?);
+    }
+    futures::stream::iter(orgs.clone())
+        .map(|org| async move {
+            for system in ["agent_system_dispatch"] {
+                let pause = plane.as_user(Method::PUT, &format!("/api/agents/{system}"), &org, "admin");
+                send(pause.json(&json!({"status": "paused"})), 200).await?;
+            }
+            for i in 0..AGENTS_PER_ORG {
+                let created =
+                    send(plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&agent(i)), 201)
+                        .await?;
+                let id = created["id"].as_str().context("an agent id")?.to_owned();
+                let activate = plane.as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin");
+                send(activate.json(&json!({"status": "active"})), 200).await?;
+            }
+            anyhow::Ok(())
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(orgs)
+}
+
+async fn count_executions(plane: &TestPlane) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM executions.executions").fetch_one(&plane.db.admin).await?)
+}
+
+async fn wait_for_count(plane: &TestPlane, expected: i64, limit: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if count_executions(plane).await? >= expected {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {expected} executions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// (a) Ingest throughput and latency through the real plane.
+async fn ingest(events: usize) -> anyhow::Result<Value> {
+    let plane = TestPlane::start_with(|c| {
+        c.nats.work_concurrency = 0;
+        c.gateway.rate_limit.enabled = false;
+        c.database.max_connections = 40;
+    })
+    .await?;
+    let orgs = setup_orgs(&plane).await?;
+    let client = oa_bus::connect(&plane.config.nats).await?;
+    let js = jetstream::new(client);
+    let topology = oa_bus::Topology::new(&plane.config.nats);
+    oa_bus::ensure_streams(&js, &topology).await?;
+
+    // Warm the per-org agent index so the run measures steady state.
+    for (i, org) in orgs.iter().enumerate() {
+        oa_bus::publish_event(&js, &topology, &event(org, i)).await?;
+    }
+    let warm = (orgs.len() * AGENTS_PER_ORG) as i64;
+    wait_for_count(&plane, warm, Duration::from_secs(120)).await?;
+
+    let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 1_000_000 + n)).collect();
+    let started = Instant::now();
+    futures::stream::iter(batch.iter())
+        .map(|e| oa_bus::publish_event(&js, &topology, e))
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let published = started.elapsed();
+    let expected = warm + (events * AGENTS_PER_ORG) as i64;
+    let done = wait_for_count(&plane, expected, Duration::from_secs(600)).await?;
+    let elapsed = done.duration_since(started).as_secs_f64();
+
+    // Latency at a fixed offered rate.
+    let total = LATENCY_RATE * LATENCY_SECONDS;
+    let mut sent: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::with_capacity(total);
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = LATENCY_RATE / 100;
+    let mut n = 0;
+    while n < total {
+        ticker.tick().await;
+        let tick: Vec<Envelope> =
+            (0..per_tick).map(|k| event(&orgs[(n + k) % orgs.len()], 2_000_000 + n + k)).collect();
+        for e in &tick {
+            sent.insert(e.id.clone(), e.occurred_at);
+        }
+        let publishes = tick.iter().map(|e| oa_bus::publish_event(&js, &topology, e));
+        for result in futures::future::join_all(publishes).await {
+            result?;
+        }
+        n += per_tick;
+    }
+    wait_for_count(&plane, expected + (total * AGENTS_PER_ORG) as i64, Duration::from_secs(600)).await?;
+    let ids: Vec<String> = sent.keys().cloned().collect();
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT event_id, max(created_at) FROM executions.executions WHERE event_id = ANY($1) GROUP BY event_id",
+    )
+    .bind(&ids)
+    .fetch_all(&plane.db.admin)
+    .await?;
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .map(|(id, created)| (*created - sent[id]).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok(json!({
+        "orgs": ORGS,
+        "agents_per_org": AGENTS_PER_ORG,
+        "events": events,
+        "executions_created": events * AGENTS_PER_ORG,
+        "events_per_sec": events as f64 / elapsed,
+        "executions_per_sec": (events * AGENTS_PER_ORG) as f64 / elapsed,
+        "publish_seconds": published.as_secs_f64(),
+        "latency_offered_rate_per_sec": LATENCY_RATE,
+        "latency_events": latencies.len(),
+        "p50_ms": percentile(&latencies, 50.0),
+        "p99_ms": percentile(&latencies, 99.0),
+    }))
+}
+
+/// (b) The raw limit: the same bus and database, a minimal consume → insert 10 rows → ack loop.
+async fn raw_limit(events: usize) -> anyhow::Result<Value> {
+    let db = oa_testkit::TestDb::create().await?;
+    sqlx::query(
+        "CREATE TABLE bench_raw (id text PRIMARY KEY, event_id text NOT NULL, agent int NOT NULL, payload jsonb NOT NULL,
+                                 created_at timestamptz NOT NULL DEFAULT clock_timestamp(), UNIQUE (event_id, agent))",
+    )
+    .execute(&db.admin)
+    .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(40)
+        .connect(&db.app_url.replace("one_agents_app@", "postgres@"))
+        .await?;
+    let tag = oa_testkit::unique("raw");
+    let client = oa_bus::connect(&oa_config_nats()).await?;
+    let js = jetstream::new(client);
+    let name = format!("RAW_{tag}");
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{tag}.>")],
+        ..Default::default()
+    })
+    .await?;
+    let consumer = js
+        .get_stream(&name)
+        .await?
+        .get_or_create_consumer(
+            "raw",
+            pull::Config { durable_name: Some("raw".into()), max_ack_pending: 10_000, ..Default::default() },
+        )
+        .await?;
+    let started = Instant::now();
+    let publishing = {
+        let js = js.clone();
+        let tag = tag.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..events)
+                .map(|n| {
+                    let body = serde_json::to_vec(&event("org_raw", n)).unwrap_or_default();
+                    let js = js.clone();
+                    let subject = format!("{tag}.e");
+                    async move { oa_bus::publish_raw(&js, subject, &format!("raw{n}"), body.into()).await }
+                })
+                .buffer_unordered(512)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let mut messages = consumer.messages().await?.take(events);
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut handled = 0;
+    while handled < events {
+        tokio::select! {
+            Some(message) = messages.next(), if inflight.len() < 64 => {
+                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let pool = pool.clone();
+                inflight.push(async move {
+                    let envelope: Envelope = serde_json::from_slice(&message.payload)?;
+                    let mut tx = pool.begin().await?;
+                    let ids: Vec<String> = (0..AGENTS_PER_ORG).map(|a| format!("{}_{a}", envelope.id)).collect();
+                    let agents: Vec<i32> = (0..AGENTS_PER_ORG as i32).collect();
+                    sqlx::query(
+                        "INSERT INTO bench_raw (id, event_id, agent, payload)
+                         SELECT i, $2, a, $3 FROM unnest($1::text[], $4::int[]) AS u(i, a) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&ids)
+                    .bind(&envelope.id)
+                    .bind(&envelope.payload)
+                    .bind(&agents)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    message.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    anyhow::Ok(())
+                });
+            }
+            Some(result) = inflight.next() => {
+                result?;
+                handled += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    publishing.await?.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let _ = js.delete_stream(&name).await;
+    Ok(json!({ "events": events, "events_per_sec": events as f64 / elapsed }))
+}
+
+fn oa_config_nats() -> oa_config::NatsConfig {
+    oa_config::NatsConfig { url: oa_testkit::nats_url(), ..Default::default() }
+}
+
+/// (c) Engine overhead: one execution of 40 transform steps.
+async fn engine() -> anyhow::Result<Value> {
+    let plane = TestPlane::start_with(|c| c.gateway.rate_limit.enabled = false).await?;
+    let org = plane.db.create_org("pro").await?;
+    send(
+        plane
+            .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
+            .json(&json!({"status": "paused"})),
+        200,
+    )
+    .await?;
+    let steps: Vec<Value> = (0..40)
+        .map(|i| {
+            let previous = if i == 0 { "{{ event_payload.ticket_id }}".to_owned() } else { format!("{{{{ steps.s{}.output.v }}}}", i - 1) };
+            json!({"id": format!("s{i}"), "type": "transform", "output": {"v": previous, "n": format!("step {i} of {{{{ event.event_type }}}}")}})
+        })
+        .collect();
+    let mut definition = agent(0);
+    definition["steps"] = json!(steps);
+    let created =
+        send(plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition), 201).await?;
+    let id = created["id"].as_str().context("an agent id")?.to_owned();
+    send(
+        plane
+            .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+            .json(&json!({"status": "active"})),
+        200,
+    )
+    .await?;
+    let mut per_step = Vec::new();
+    for run in 0..7 {
+        plane.publish_on_bus(&event(&org, run)).await?;
+        let expected = run as i64 + 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM executions.executions WHERE status = 'completed'")
+                    .fetch_one(&plane.db.admin)
+                    .await?;
+            if done >= expected {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the 40-step execution did not complete");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT started_at, completed_at FROM executions.executions WHERE status = 'completed' ORDER BY created_at",
+    )
+    .fetch_all(&plane.db.admin)
+    .await?;
+    for (started, completed) in rows.iter().skip(2) {
+        per_step.push((*completed - *started).num_microseconds().unwrap_or(0) as f64 / 1000.0 / 40.0);
+    }
+    per_step.sort_by(|a, b| a.total_cmp(b));
+    Ok(
+        json!({ "steps": 40, "runs": per_step.len(), "ms_per_step": percentile(&per_step, 50.0), "ms_per_step_max": per_step.last() }),
+    )
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu, "memory": memory, "commit": commit,
+        "measured_at": chrono::Utc::now(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = env_number("OA_BENCH_EVENTS", 5_000);
+    println!("bench: raw limit ({events} events, 10 rows each)");
+    let raw = raw_limit(events).await?;
+    println!(
+        "bench: ingest ({ORGS} orgs x {AGENTS_PER_ORG} agents, {events} events, then {LATENCY_RATE}/s for {LATENCY_SECONDS}s)"
+    );
+    let ingest = ingest(events).await?;
+    println!("bench: engine (40 transform steps)");
+    let engine = engine().await?;
+    let ratio =
+        ingest["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
+    let results = json!({
+        "machine": machine(),
+        "ingest": ingest,
+        "raw_limit": raw,
+        "ingest_to_raw_ratio": ratio,
+        "engine": engine,
+        "targets": {"events_per_sec": 5000, "ratio_to_raw": 0.5, "p99_ms": 25, "ms_per_step": 2},
+    });
+    let text = serde_json::to_string_pretty(&results)?;
+    std::fs::create_dir_all("bench/results")?;
+    std::fs::write("bench/results/latest.json", &text)?;
+    println!("{text}");
+    Ok(())
+}
