@@ -13,6 +13,16 @@ bash "$HERE/start.sh"
 oa migrate
 oa orgs create --id org_demo --name "Demo MSP" --tier pro --if-absent >/dev/null
 oa dev-jwks >"$L/jwks.json"
+# A demo product key (shown once at creation, so kept in the git-ignored folder).
+if [ ! -s "$L/demo-product-key" ]; then
+  oa keys create --org org_demo --name "demo product" --scope events:publish --scope catalog:write 2>/dev/null | tail -1 >"$L/demo-product-key"
+fi
+KEY="$(cat "$L/demo-product-key")"
+
+if ! (exec 3<>"/dev/tcp/127.0.0.1/59100") 2>/dev/null; then
+  nohup "$BIN" --config "$CONFIG" sandbox >"$L/sandbox.log" 2>&1 &
+  echo $! >"$L/sandbox.pid"
+fi
 
 if [ -f "$L/plane.pid" ] && kill -0 "$(cat "$L/plane.pid")" 2>/dev/null; then
   kill "$(cat "$L/plane.pid")"
@@ -41,5 +51,12 @@ export TOKEN=$TOKEN
 
 curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/me
 
-More to try: /api/agents (the six system agents), /api/templates, /api/events (the catalog).
+More to try: /api/agents (the six system agents), /api/templates, /api/events (the catalog),
+/api/executions. Publish a ticket event (the Dispatch agent classifies it with the sandbox model):
+
+curl -s -X POST -H "X-Integration-Key: $KEY" -H 'content-type: application/json' \
+  http://127.0.0.1:$GATEWAY_PORT/api/events/publish -d '{"source_product":"psa","event_type":"ticket.created","payload":{"ticket_id":"tkt_1","priority":"p1","subject":"Email down","client_id":"cl_acme","client_name":"Acme"}}'
+
+(that key, a demo product's with events:publish and catalog:write, is kept in $L/demo-product-key)
+The SANDBOX (stand-in LLM, SMS, email, webhooks, product APIs) shows what it received: http://127.0.0.1:59100/
 TXT

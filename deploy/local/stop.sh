@@ -19,6 +19,7 @@ stop_pidfile() {
 }
 
 stop_pidfile plane "$L/plane.pid"
+stop_pidfile sandbox "$L/sandbox.pid"
 stop_pidfile s3 "$L/s3.pid"
 stop_pidfile nats "$L/nats.pid"
 stop_pidfile redis "$L/redis.pid"

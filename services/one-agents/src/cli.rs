@@ -52,6 +52,9 @@ enum Command {
     },
     /// Prints the JWKS of the local dev key, for the gateway's `auth.jwks_file`. Development only.
     DevJwks,
+    /// Runs the local SANDBOX that stands in for the LLM, SMS, SMTP, chat webhooks and product
+    /// APIs (`sandbox.http_listen`, `sandbox.smtp_listen`). Development only.
+    Sandbox,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +143,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let pem = dev_key(&config)?;
             let claims = oa_auth::dev::claims(&config.auth, &org, &role, &sub, ttl);
             println!("{}", oa_auth::dev::sign(&pem, &config.auth.dev_signing_kid, &claims)?);
+            Ok(())
+        }
+        Command::Sandbox => {
+            if config.environment == oa_config::Environment::Production {
+                bail!("the sandbox is for development and tests; production never runs it");
+            }
+            let _telemetry = oa_telemetry::init(&config.telemetry)?;
+            let shutdown = CancellationToken::new();
+            let sandbox =
+                oa_sandbox::start(config.sandbox.http_listen, config.sandbox.smtp_listen, shutdown.clone())
+                    .await?;
+            println!(
+                "SANDBOX on http://{} (SMTP {}); every request it receives is shown there",
+                sandbox.http_addr, sandbox.smtp_addr
+            );
+            shutdown_signal().await;
+            shutdown.cancel();
             Ok(())
         }
         Command::DevJwks => {
