@@ -71,6 +71,32 @@ impl ExecutionsService {
     }
 }
 
+impl ExecutionsService {
+    /// Opens a transaction holding the execution locked, when its status is one of `allowed`;
+    /// otherwise 409 naming what the control needs (`what`) and the status it found.
+    async fn lock_in(
+        &self,
+        caller: &Caller,
+        id: &str,
+        allowed: &[&str],
+        what: &str,
+    ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, store::ExecutionRow), ApiError> {
+        if !ids::has_prefix(id, "exec") {
+            return Err(not_found(id));
+        }
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let execution =
+            store::lock(&mut tx, &caller.org_id, id).await.map_err(db)?.ok_or_else(|| not_found(id))?;
+        if !allowed.contains(&execution.status.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{what}; this one is {}", execution.status),
+            ));
+        }
+        Ok((tx, execution))
+    }
+}
+
 fn parse_time(name: &str, value: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     if value.is_empty() {
         return Ok(None);
@@ -142,22 +168,10 @@ impl Executions for ExecutionsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ControlExecutions)?;
         let id = request.into_inner().id;
-        if !ids::has_prefix(&id, "exec") {
-            return Err(not_found(&id).into());
-        }
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let execution =
-            store::lock(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
-        if !matches!(execution.status.as_str(), "pending" | "running" | "waiting_approval") {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "Only a running or waiting execution can be cancelled; this one is {}",
-                    execution.status
-                ),
-            )
-            .into());
-        }
+        let allowed = ["pending", "running", "waiting_approval"];
+        let (mut tx, _) = self
+            .lock_in(&caller, &id, &allowed, "Only a running or waiting execution can be cancelled")
+            .await?;
         store::close_open_steps(&mut tx, &id, "skipped").await.map_err(db)?;
         let reason = serde_json::json!({"code": "cancelled", "message": format!("cancelled by {}", caller.principal_label())});
         store::set_status(&mut tx, &id, "cancelled", Some(&reason)).await.map_err(db)?;
@@ -172,22 +186,14 @@ impl Executions for ExecutionsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ControlExecutions)?;
         let id = request.into_inner().id;
-        if !ids::has_prefix(&id, "exec") {
-            return Err(not_found(&id).into());
-        }
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let original =
-            store::lock(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
-        if !matches!(original.status.as_str(), "failed" | "cancelled") {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "Only a failed or cancelled execution can be retried; this one is {}",
-                    original.status
-                ),
+        let (mut tx, original) = self
+            .lock_in(
+                &caller,
+                &id,
+                &["failed", "cancelled"],
+                "Only a failed or cancelled execution can be retried",
             )
-            .into());
-        }
+            .await?;
         let retry_id = ids::new_id("exec");
         let new = store::NewExecution {
             id: &retry_id,
