@@ -168,7 +168,11 @@ pub async fn publish_raw(
     message_id: &str,
     payload: bytes::Bytes,
 ) -> Result<(), BusError> {
-    let publish = jetstream::message::PublishMessage::build().message_id(message_id).payload(payload);
+    let mut publish = jetstream::message::PublishMessage::build().message_id(message_id).payload(payload);
+    // W3C trace context travels in NATS headers, so one trace follows an event through the plane.
+    if let Some(traceparent) = oa_telemetry::current_traceparent() {
+        publish = publish.header("traceparent", traceparent.as_str());
+    }
     js.send_publish(subject, publish).await.map_err(js_error)?.await.map_err(js_error)?;
     Ok(())
 }
@@ -210,4 +214,10 @@ mod tests {
         assert_eq!(envelope.client_id.as_deref(), Some("cl_1"));
         assert_eq!(envelope.event_type_id(), "psa:ticket.created");
     }
+}
+
+/// The trace context a message carries, if any.
+pub fn trace_context_of(headers: Option<&async_nats::HeaderMap>) -> Option<oa_telemetry::TraceContext> {
+    let traceparent = headers?.get("traceparent")?.as_str().to_owned();
+    Some(oa_telemetry::context_from_traceparent(&traceparent))
 }

@@ -130,6 +130,23 @@ pub fn extract_grpc(metadata: &tonic::metadata::MetadataMap) -> TraceContext {
     TraceContextPropagator::new().extract(&MetadataExtractor(metadata))
 }
 
+/// The current span's W3C `traceparent`, for carriers without a header map type of their own
+/// (NATS message headers).
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_http(&mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// The trace context of a `traceparent` value.
+pub fn context_from_traceparent(traceparent: &str) -> TraceContext {
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        headers.insert("traceparent", value);
+    }
+    extract_http(&headers)
+}
+
 /// Makes `span` a child of the remote context carried by a request.
 pub fn adopt_remote_parent(span: &tracing::Span, context: TraceContext) {
     let _ = span.set_parent(context);

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::providers::{Llm, Outbound, StepError};
 
@@ -156,7 +157,10 @@ impl Engine {
 
             let key = format!("{}:{}:{attempt}", execution.id, step.id);
             let step_started = Instant::now();
-            let result = self.execute(step, &context, &key, &item.org_id, &execution.id).await?;
+            let span =
+                tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
+            let result =
+                self.execute(step, &context, &key, &item.org_id, &execution.id).instrument(span).await?;
             let duration_ms = step_started.elapsed().as_millis() as i64;
             let mut tx = begin_org(&self.pool, &item.org_id).await?;
             if store::lock(&mut tx, &item.org_id, &execution.id).await?.is_none_or(|c| c.status != "running")

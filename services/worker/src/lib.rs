@@ -29,6 +29,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::engine::Engine;
 use crate::index::AgentIndex;
@@ -311,7 +312,11 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             let ingest = ingest.clone();
             async move {
                 let Ok(message) = message else { return };
-                match ingest.handle(&message).await {
+                let span = tracing::info_span!("bus_event", subject = %message.subject);
+                if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
+                    oa_telemetry::adopt_remote_parent(&span, context);
+                }
+                match ingest.handle(&message).instrument(span).await {
                     Ok(Handled::Executions(count)) => {
                         tracing::debug!(count, subject = %message.subject, "event matched");
                         let _ = message.double_ack().await;
@@ -354,8 +359,12 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
             };
+            let span = tracing::info_span!("execution", execution_id = %item.execution_id, org_id = %item.org_id);
+            if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
+                oa_telemetry::adopt_remote_parent(&span, context);
+            }
             let outcome = tokio::select! {
-                outcome = engine.run(&item, progress) => outcome,
+                outcome = engine.run(&item, progress).instrument(span) => outcome,
                 () = heartbeat => unreachable!("the heartbeat never ends"),
             };
             match outcome {
