@@ -192,6 +192,12 @@ pub async fn publish_work(
     publish_raw(js, topology.work_subject(), &item.execution_id, serde_json::to_vec(item)?.into()).await
 }
 
+/// The trace context a message carries, if any.
+pub fn trace_context_of(headers: Option<&async_nats::HeaderMap>) -> Option<oa_telemetry::TraceContext> {
+    let traceparent = headers?.get("traceparent")?.as_str().to_owned();
+    Some(oa_telemetry::context_from_traceparent(&traceparent))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,10 +220,4 @@ mod tests {
         assert_eq!(envelope.client_id.as_deref(), Some("cl_1"));
         assert_eq!(envelope.event_type_id(), "psa:ticket.created");
     }
-}
-
-/// The trace context a message carries, if any.
-pub fn trace_context_of(headers: Option<&async_nats::HeaderMap>) -> Option<oa_telemetry::TraceContext> {
-    let traceparent = headers?.get("traceparent")?.as_str().to_owned();
-    Some(oa_telemetry::context_from_traceparent(&traceparent))
 }
