@@ -207,8 +207,8 @@ impl Executions for ExecutionsService {
         };
         store::insert(&mut tx, &new).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let item = WorkItem { execution_id: retry_id.clone(), org_id: caller.org_id.clone() };
-        oa_bus::publish_work(&self.jetstream, &self.topology, &item).await.map_err(bus_error)?;
+        let item = WorkItem { org_id: caller.org_id.clone(), execution_ids: vec![retry_id.clone()] };
+        oa_bus::publish_work(&self.jetstream, &self.topology, &retry_id, &item).await.map_err(bus_error)?;
         Ok(tonic::Response::new(self.detail(&caller, &retry_id).await?))
     }
 

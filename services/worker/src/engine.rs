@@ -67,17 +67,31 @@ enum StepResult {
 }
 
 impl Engine {
-    /// Runs an execution to its end, or until it waits for a human. Errors are infrastructure
-    /// failures: the work item is retried and the execution resumes where it stopped.
-    pub async fn run<F, Fut>(&self, item: &WorkItem, progress: F) -> anyhow::Result<()>
+    /// Runs every execution of a work item side by side. Any infrastructure failure fails the
+    /// item, which is redelivered; executions that finished return at once on the rerun.
+    pub async fn run_all<F, Fut>(&self, item: &WorkItem, progress: &F) -> anyhow::Result<()>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        let runs = item.execution_ids.iter().map(|id| self.run(&item.org_id, id, progress));
+        futures::future::join_all(runs).await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(())
+    }
+
+    /// Runs an execution to its end, or until it waits for a human. Errors are infrastructure
+    /// failures: the work item is retried and the execution resumes where it stopped.
+    pub async fn run<F, Fut>(&self, org_id: &str, execution_id: &str, progress: &F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let item = WorkItem { org_id: org_id.to_owned(), execution_ids: vec![execution_id.to_owned()] };
+        let item = &item;
         let started = Instant::now();
         let mut tx = begin_org(&self.pool, &item.org_id).await?;
-        let Some(execution) = store::lock(&mut tx, &item.org_id, &item.execution_id).await? else {
-            tracing::warn!(execution_id = %item.execution_id, "work for an unknown execution; dropped");
+        let Some(execution) = store::lock(&mut tx, &item.org_id, execution_id).await? else {
+            tracing::warn!(execution_id, "work for an unknown execution; dropped");
             return Ok(());
         };
         if execution.status != "pending" && execution.status != "running" {

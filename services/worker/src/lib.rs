@@ -195,14 +195,10 @@ impl Ingest {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        // All work items go out together; each is confirmed by JetStream before the event is acked.
-        let items: Vec<WorkItem> = unfinished
-            .into_iter()
-            .map(|execution_id| WorkItem { execution_id, org_id: org_id.to_owned() })
-            .collect();
-        let publishes = items.iter().map(|item| oa_bus::publish_work(&self.jetstream, &self.topology, item));
-        for result in futures::future::join_all(publishes).await {
-            result?;
+        // One work item for the event's executions, confirmed by JetStream before the event is acked.
+        if !unfinished.is_empty() {
+            let item = WorkItem { org_id: org_id.to_owned(), execution_ids: unfinished };
+            oa_bus::publish_work(&self.jetstream, &self.topology, &envelope.id, &item).await?;
         }
         Ok(Handled::Executions(matched.len()))
     }
@@ -339,45 +335,49 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if work_concurrency == 0 {
         work_stop.cancel();
     }
-    let work_loop = work_messages.take_until(work_stop.cancelled_owned()).for_each_concurrent(work_concurrency.max(1), |message| {
-        let engine = engine.clone();
-        async move {
-            let Ok(message) = message else { return };
-            let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
-                tracing::warn!("malformed work item; dropped");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
-            };
-            let progress = || async {
-                let _ = message.ack_with(AckKind::Progress).await;
-            };
-            // While this worker lives, the message stays its own, however long a step takes; only
-            // a dead worker's work is redelivered.
-            let heartbeat = async {
-                loop {
-                    tokio::time::sleep(ack_wait / 3).await;
+    let work_loop = work_messages.take_until(work_stop.cancelled_owned()).for_each_concurrent(
+        work_concurrency.max(1),
+        |message| {
+            let engine = engine.clone();
+            async move {
+                let Ok(message) = message else { return };
+                let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
+                    tracing::warn!("malformed work item; dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    return;
+                };
+                let progress = || async {
                     let _ = message.ack_with(AckKind::Progress).await;
+                };
+                // While this worker lives, the message stays its own, however long a step takes; only
+                // a dead worker's work is redelivered.
+                let heartbeat = async {
+                    loop {
+                        tokio::time::sleep(ack_wait / 3).await;
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                };
+                let span =
+                    tracing::info_span!("work", executions = item.execution_ids.len(), org_id = %item.org_id);
+                if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
+                    oa_telemetry::adopt_remote_parent(&span, context);
                 }
-            };
-            let span = tracing::info_span!("execution", execution_id = %item.execution_id, org_id = %item.org_id);
-            if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
-                oa_telemetry::adopt_remote_parent(&span, context);
+                let outcome = tokio::select! {
+                    outcome = engine.run_all(&item, &progress).instrument(span) => outcome,
+                    () = heartbeat => unreachable!("the heartbeat never ends"),
+                };
+                match outcome {
+                    Ok(()) => {
+                        let _ = message.double_ack().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "execution interrupted; it will resume");
+                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
             }
-            let outcome = tokio::select! {
-                outcome = engine.run(&item, progress).instrument(span) => outcome,
-                () = heartbeat => unreachable!("the heartbeat never ends"),
-            };
-            match outcome {
-                Ok(()) => {
-                    let _ = message.double_ack().await;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, execution_id = %item.execution_id, "execution interrupted; it will resume");
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-            }
-        }
-    });
+        },
+    );
     tokio::join!(event_loop, work_loop);
     invalidations.abort();
     scheduling.abort();

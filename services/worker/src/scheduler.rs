@@ -116,8 +116,9 @@ impl Scheduler {
         let inserted = store::insert(&mut tx, &new).await?;
         tx.commit().await?;
         if inserted {
-            let item = WorkItem { execution_id, org_id: schedule.org_id.clone() };
-            oa_bus::publish_work(&self.jetstream, &self.topology, &item).await?;
+            let item =
+                WorkItem { org_id: schedule.org_id.clone(), execution_ids: vec![execution_id.clone()] };
+            oa_bus::publish_work(&self.jetstream, &self.topology, &execution_id, &item).await?;
         }
         Ok(())
     }
