@@ -131,9 +131,12 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
 
 /// Inserts many executions (and their pending steps) in two statements, skipping any (event, agent)
 /// that already has one. The ingest path uses it: one round trip per event, not per agent.
-pub async fn insert_many(tx: &mut PgConnection, news: &[NewExecution<'_>]) -> Result<(), sqlx::Error> {
+pub async fn insert_many(
+    tx: &mut PgConnection,
+    news: &[NewExecution<'_>],
+) -> Result<Vec<String>, sqlx::Error> {
     if news.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<&str> = news.iter().map(|n| n.id).collect();
     let orgs: Vec<&str> = news.iter().map(|n| n.org_id).collect();
@@ -180,7 +183,7 @@ pub async fn insert_many(tx: &mut PgConnection, news: &[NewExecution<'_>]) -> Re
     .bind(&step_types)
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(inserted)
 }
 
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {

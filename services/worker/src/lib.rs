@@ -182,18 +182,22 @@ impl Ingest {
             })
             .collect();
         let mut tx = begin_org(&self.pool, org_id).await?;
-        store::insert_many(&mut tx, &news).await?;
-        // Whether inserted now or by an earlier delivery, every unfinished execution of this
-        // event gets its work published (JetStream drops the duplicates by execution id).
-        let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
-        let unfinished: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM executions.executions
-             WHERE event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
-        )
-        .bind(&envelope.id)
-        .bind(&agent_ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        let inserted = store::insert_many(&mut tx, &news).await?;
+        // On a first delivery every execution is new. On a redelivery some or all exist already:
+        // every one still unfinished gets its work published again (JetStream drops duplicates).
+        let unfinished: Vec<String> = if inserted.len() == news.len() {
+            inserted
+        } else {
+            let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
+            sqlx::query_scalar(
+                "SELECT id FROM executions.executions
+                 WHERE event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
+            )
+            .bind(&envelope.id)
+            .bind(&agent_ids)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         tx.commit().await?;
         // One work item for the event's executions, confirmed by JetStream before the event is acked.
         if !unfinished.is_empty() {
