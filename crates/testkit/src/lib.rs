@@ -80,7 +80,23 @@ impl TestDb {
         let org = oa_tenancy::OrgStore::new(self.admin.clone())
             .create(Some(&unique("org_")), "Test MSP", tier)
             .await?;
+        let allocation = Config::default().tiers.get(tier).map(|t| t.monthly_credits).unwrap_or(0);
+        self.set_plan(&org.id, tier, None, allocation).await?;
         Ok(org.id)
+    }
+
+    /// Sets the org's plan as `one-agents orgs set-credits` does (an override of its allocation).
+    pub async fn set_plan(
+        &self,
+        org_id: &str,
+        tier: &str,
+        monthly_override: Option<i64>,
+        allocation: i64,
+    ) -> anyhow::Result<()> {
+        let mut tx = oa_store::begin_org(&self.admin, org_id).await?;
+        oa_credits::store::set_plan(&mut tx, org_id, tier, monthly_override, allocation).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Creates an integration key and returns `(key id, plaintext)`.

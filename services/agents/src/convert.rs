@@ -9,7 +9,7 @@ fn ratio(part: i64, whole: i64) -> f64 {
 }
 
 /// The full agent object: definition, identity, status and stats.
-pub fn agent_json(view: &AgentView) -> Value {
+pub fn agent_json(view: &AgentView, credits_used_this_month: i64) -> Value {
     let mut agent = serde_json::to_value(&view.definition).unwrap_or_else(|_| json!({}));
     let stats = &view.stats;
     let fields = json!({
@@ -25,8 +25,8 @@ pub fn agent_json(view: &AgentView) -> Value {
             "success_rate": ratio(stats.succeeded_runs, stats.total_runs),
             "avg_duration_ms": if stats.total_runs == 0 { 0 } else { stats.total_duration_ms / stats.total_runs },
             "last_run_at": stats.last_run_at,
-            // Kept by the credits ledger; zero until metered steps run.
-            "credits_used_this_month": 0,
+            // From the credits ledger's usage by agent for the org's current month.
+            "credits_used_this_month": credits_used_this_month,
         },
         "created_at": view.created_at,
         "updated_at": view.updated_at,

@@ -28,6 +28,7 @@ pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
 
 pub struct AgentsService {
     pool: PgPool,
+    credits: oa_proto::credits::credits_client::CreditsClient<Channel>,
     /// Announces changes so workers drop their index of the org (absent when NATS is not used).
     changes: Option<(oa_bus::async_nats::Client, oa_bus::Topology)>,
     catalog: CatalogClient<Channel>,
@@ -73,8 +74,30 @@ fn parse_json(text: &str) -> Result<Value, ApiError> {
     serde_json::from_str(text).map_err(|_| ApiError::bad_request("The request body is not valid JSON"))
 }
 
-fn respond_agent(view: &store::AgentView) -> GrpcResult<pb::Agent> {
-    Ok(tonic::Response::new(pb::Agent { agent_json: convert::agent_json(view).to_string() }))
+/// Credits each agent used this month in the caller's org, from the credits service. Stats are
+/// informative: when the credits service cannot answer, they read zero rather than failing reads.
+async fn credits_by_agent(service: &AgentsService, caller: &Caller) -> HashMap<String, i64> {
+    let plane = Caller::service("agents", &caller.org_id);
+    let request = oa_auth::service::outgoing(
+        oa_proto::credits::GetUsageRequest { month: String::new() },
+        &plane,
+        &service.service_token,
+    );
+    let Ok(usage) = service.credits.clone().get_usage(request).await else {
+        return HashMap::new();
+    };
+    serde_json::from_str::<Value>(&usage.into_inner().usage_json)
+        .ok()
+        .and_then(|u| u["by_agent"].as_object().cloned())
+        .map(|by_agent| by_agent.into_iter().map(|(k, v)| (k, v.as_i64().unwrap_or(0))).collect())
+        .unwrap_or_default()
+}
+
+impl AgentsService {
+    async fn respond_agent(&self, caller: &Caller, view: &store::AgentView) -> GrpcResult<pb::Agent> {
+        let used = credits_by_agent(self, caller).await.get(&view.id).copied().unwrap_or(0);
+        Ok(tonic::Response::new(pb::Agent { agent_json: convert::agent_json(view, used).to_string() }))
+    }
 }
 
 fn clone_name(requested: &str, fallback: String) -> Result<String, ApiError> {
@@ -95,8 +118,13 @@ impl AgentsService {
             config.endpoint("catalog").map_err(|e| ApiError::internal_from("config", &e))?,
             &config.grpc,
         )?);
+        let credits = oa_proto::credits::credits_client::CreditsClient::new(oa_auth::service::channel(
+            config.endpoint("credits").map_err(|e| ApiError::internal_from("config", &e))?,
+            &config.grpc,
+        )?);
         let service = AgentsService {
             pool,
+            credits,
             changes: nats.map(|client| (client, oa_bus::Topology::new(&config.nats))),
             catalog,
             service_token: config.grpc.service_token.clone(),
@@ -294,11 +322,19 @@ impl Agents for AgentsService {
         };
         let views = store::list(&mut tx, &caller.org_id, &list_filter).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
+        // The worker's index asks for active agents only; it needs no stats.
+        let used = if matches!(caller.principal, oa_domain::Principal::Service { .. }) {
+            HashMap::new()
+        } else {
+            credits_by_agent(self, &caller).await
+        };
         Ok(tonic::Response::new(pb::ListAgentsResponse {
             total: views.len() as u64,
             agents: views
                 .iter()
-                .map(|v| pb::Agent { agent_json: convert::agent_json(v).to_string() })
+                .map(|v| pb::Agent {
+                    agent_json: convert::agent_json(v, used.get(&v.id).copied().unwrap_or(0)).to_string(),
+                })
                 .collect(),
         }))
     }
@@ -306,7 +342,8 @@ impl Agents for AgentsService {
     async fn get_agent(&self, request: tonic::Request<pb::GetAgentRequest>) -> GrpcResult<pb::Agent> {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ReadAgents)?;
-        respond_agent(&self.view(&caller, &request.into_inner().id).await?)
+        let view = self.view(&caller, &request.into_inner().id).await?;
+        self.respond_agent(&caller, &view).await
     }
 
     async fn create_agent(&self, request: tonic::Request<pb::CreateAgentRequest>) -> GrpcResult<pb::Agent> {
@@ -325,7 +362,7 @@ impl Agents for AgentsService {
         let definition = self.validated(&caller, &body).await?;
         let view = self.insert_new(&caller, "custom", &definition, None, None).await?;
         self.announce_change(&caller.org_id).await;
-        respond_agent(&view)
+        self.respond_agent(&caller, &view).await
     }
 
     async fn update_agent(&self, request: tonic::Request<pb::UpdateAgentRequest>) -> GrpcResult<pb::Agent> {
@@ -342,7 +379,7 @@ impl Agents for AgentsService {
             self.update_own_agent(&caller, current, patch).await?
         };
         self.announce_change(&caller.org_id).await;
-        respond_agent(&view)
+        self.respond_agent(&caller, &view).await
     }
 
     async fn delete_agent(
@@ -375,7 +412,8 @@ impl Agents for AgentsService {
         let source = self.view(&caller, &request.id).await?;
         let mut definition = source.definition.clone();
         definition.name = clone_name(&request.name, format!("{} (copy)", source.definition.name))?;
-        respond_agent(&self.insert_new(&caller, "cloned", &definition, Some(&source.id), None).await?)
+        let view = self.insert_new(&caller, "cloned", &definition, Some(&source.id), None).await?;
+        self.respond_agent(&caller, &view).await
     }
 
     async fn list_agent_versions(
@@ -439,7 +477,8 @@ impl Agents for AgentsService {
         tx.commit().await.map_err(db)?;
         let mut definition = template.definition.clone();
         definition.name = clone_name(&request.name, template.name.clone())?;
-        respond_agent(&self.insert_new(&caller, "template", &definition, None, Some(&template.id)).await?)
+        let view = self.insert_new(&caller, "template", &definition, None, Some(&template.id)).await?;
+        self.respond_agent(&caller, &view).await
     }
 
     async fn fields_in_use(

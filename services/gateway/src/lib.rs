@@ -36,6 +36,7 @@ use tower_http::trace::TraceLayer;
 
 use oa_proto::agents::agents_client::AgentsClient;
 use oa_proto::catalog::catalog_client::CatalogClient;
+use oa_proto::credits::credits_client::CreditsClient;
 use oa_proto::executions::executions_client::ExecutionsClient;
 use tonic::transport::Channel;
 
@@ -58,6 +59,7 @@ pub struct Inner {
     pub agents: AgentsClient<Channel>,
     pub catalog: CatalogClient<Channel>,
     pub executions: ExecutionsClient<Channel>,
+    pub credits: CreditsClient<Channel>,
     pub topology: oa_bus::Topology,
     redis_client: redis::Client,
     redis: OnceCell<redis::aio::ConnectionManager>,
@@ -121,10 +123,12 @@ impl Gateway {
         let agents = AgentsClient::new(channel("agents")?);
         let catalog = CatalogClient::new(channel("catalog")?);
         let executions = ExecutionsClient::new(channel("executions")?);
+        let credits = CreditsClient::new(channel("credits")?);
         let state = AppState(Arc::new(Inner {
             agents,
             catalog,
             executions,
+            credits,
             topology: oa_bus::Topology::new(&config.nats),
             keys: KeyStore::new(pool.clone()),
             orgs: OrgStore::new(pool.clone()),

@@ -12,6 +12,7 @@ use http::StatusCode;
 use oa_domain::{ApiError, Caller, Permission};
 use oa_proto::agents as agents_pb;
 use oa_proto::catalog as catalog_pb;
+use oa_proto::credits as credits_pb;
 use oa_proto::executions as executions_pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -36,6 +37,56 @@ pub fn router() -> Router<AppState> {
         .route("/executions/{id}", get(get_execution))
         .route("/executions/{id}/cancel", post(cancel_execution))
         .route("/executions/{id}/retry", post(retry_execution))
+        .route("/credits", get(credits_usage))
+        .route("/credits/history", get(credits_history))
+}
+
+#[derive(Deserialize)]
+struct MonthQuery {
+    month: Option<String>,
+}
+
+async fn credits_usage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(query): ApiQuery<MonthQuery>,
+) -> ApiResult<Json<Value>> {
+    let request = credits_pb::GetUsageRequest { month: query.month.unwrap_or_default() };
+    let usage =
+        state.credits.clone().get_usage(state.outgoing(request, &caller)).await.map_err(grpc)?.into_inner();
+    Ok(Json(service_json(&usage.usage_json)?))
+}
+
+async fn credits_history(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    let request = credits_pb::GetHistoryRequest {};
+    let history =
+        state.credits.clone().get_history(state.outgoing(request, &caller)).await.map_err(grpc)?.into_inner();
+    Ok(Json(service_json(&history.history_json)?))
+}
+
+/// Routes that start paid work answer 402 when the org has nothing left this month. The check
+/// reads usage as the plane (any caller may start work); when the credits service cannot answer,
+/// the work is accepted and the metered steps themselves refuse to overdraw.
+async fn require_credit(state: &AppState, caller: &Caller) -> Result<(), Failure> {
+    let plane = Caller::service("gateway", &caller.org_id);
+    let request = credits_pb::GetUsageRequest { month: String::new() };
+    let Ok(usage) = state.credits.clone().get_usage(state.outgoing(request, &plane)).await else {
+        return Ok(());
+    };
+    let remaining = serde_json::from_str::<Value>(&usage.into_inner().usage_json)
+        .ok()
+        .and_then(|u| u["remaining"].as_i64())
+        .unwrap_or(1);
+    if remaining <= 0 {
+        return Err(Failure(ApiError::new(
+            oa_domain::ErrorCode::CreditInsufficient,
+            "The org has no credits left this month",
+        )));
+    }
+    Ok(())
 }
 
 fn grpc(status: tonic::Status) -> Failure {
@@ -312,6 +363,7 @@ async fn publish_event(
     ApiJson(body): ApiJson<PublishBody>,
 ) -> ApiResult<Response> {
     caller.require(Permission::PublishEvents)?;
+    require_credit(&state, &caller).await?;
     let id = format!("{}:{}", body.source_product, body.event_type);
     if oa_domain::catalog::split_event_type_id(&id).is_none() {
         return Err(ApiError::bad_request(
@@ -468,6 +520,8 @@ async fn retry_execution(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Permission::ControlExecutions)?;
+    require_credit(&state, &caller).await?;
     let request = executions_pb::RetryExecutionRequest { id };
     let execution = state
         .executions

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// The roles this build runs.
-pub const ROLES: [&str; 5] = ["gateway", "agents", "catalog", "executions", "worker"];
-const GRPC_ROLES: [&str; 3] = ["agents", "catalog", "executions"];
+pub const ROLES: [&str; 6] = ["gateway", "agents", "catalog", "executions", "credits", "worker"];
+const GRPC_ROLES: [&str; 4] = ["agents", "catalog", "executions", "credits"];
 
 /// Parses `all` or a comma-separated list of roles.
 pub fn parse_roles(services: &str) -> anyhow::Result<Vec<&'static str>> {
@@ -109,6 +109,9 @@ impl Plane {
                     Some(nats.clone()),
                     &self.config,
                 )?);
+            }
+            if self.roles.contains(&"credits") {
+                router = router.add_service(oa_credits::CreditsService::build(pool.clone(), &self.config));
             }
             if self.roles.contains(&"executions") {
                 router = router.add_service(oa_executions::ExecutionsService::build(

@@ -12,6 +12,8 @@ use oa_domain::agent::{Step, StepKind};
 use oa_executions::store::{self, StepOutcome};
 use oa_proto::agents::RecordRunRequest;
 use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::credits::credits_client::CreditsClient;
+use oa_proto::credits::{CommitRequest, ReleaseRequest, ReserveRequest};
 use oa_store::begin_org;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
@@ -27,6 +29,7 @@ pub struct Engine {
     pub outbound: Outbound,
     pub prices: BTreeMap<String, i64>,
     pub agents: AgentsClient<Channel>,
+    pub credits: CreditsClient<Channel>,
     pub token: SecretString,
 }
 
@@ -59,6 +62,14 @@ fn render_map(map: &Map<String, Value>, context: &Value) -> Result<Value, StepEr
         out.insert(key.clone(), rendered);
     }
     Ok(Value::Object(out))
+}
+
+/// Where a step runs: its org, execution and agent, and its idempotency key.
+struct StepAt<'a> {
+    org_id: &'a str,
+    execution_id: &'a str,
+    agent_id: &'a str,
+    key: &'a str,
 }
 
 enum StepResult {
@@ -173,8 +184,13 @@ impl Engine {
             let step_started = Instant::now();
             let span =
                 tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
-            let result =
-                self.execute(step, &context, &key, &item.org_id, &execution.id).instrument(span).await?;
+            let at = StepAt {
+                org_id: &item.org_id,
+                execution_id: &execution.id,
+                agent_id: &execution.agent_id,
+                key: &key,
+            };
+            let result = self.execute(step, &context, &at).instrument(span).await?;
             let duration_ms = step_started.elapsed().as_millis() as i64;
             let mut tx = begin_org(&self.pool, &item.org_id).await?;
             if store::lock(&mut tx, &item.org_id, &execution.id).await?.is_none_or(|c| c.status != "running")
@@ -299,14 +315,81 @@ impl Engine {
         Ok(result)
     }
 
+    /// An `ai_reason` step, metered: the tier's price is reserved before the model is called (no
+    /// call when the org has too little left), committed after a good answer, released after a
+    /// failure. A credits outage is an infrastructure error: the work is retried, and the same
+    /// reservation key charges once.
+    async fn metered_reason(
+        &self,
+        at: &StepAt<'_>,
+        step_id: &str,
+        tier: &str,
+        system: Option<&str>,
+        prompt: &str,
+        schema: &Value,
+    ) -> anyhow::Result<Result<StepResult, StepError>> {
+        let price = self.prices.get(tier).copied().unwrap_or(0);
+        let caller = Caller::service("worker", at.org_id);
+        let mut reservation = None;
+        if price > 0 {
+            let request = ReserveRequest {
+                idempotency_key: at.key.to_owned(),
+                execution_id: at.execution_id.to_owned(),
+                step_id: step_id.to_owned(),
+                agent_id: at.agent_id.to_owned(),
+                model_tier: tier.to_owned(),
+                amount: price,
+            };
+            match self
+                .credits
+                .clone()
+                .reserve(oa_auth::service::outgoing(request, &caller, &self.token))
+                .await
+            {
+                Ok(response) => reservation = Some(response.into_inner().reservation_id),
+                Err(status) => {
+                    let error = oa_domain::ApiError::from_status(&status);
+                    if error.code == oa_domain::ErrorCode::CreditInsufficient {
+                        return Ok(Err(StepError::new("credit_insufficient", error.message)));
+                    }
+                    anyhow::bail!("credits unavailable: {}", error.message);
+                }
+            }
+        }
+        let answer = self.llm.reason(tier, system, prompt, schema).await;
+        if let Some(reservation_id) = reservation {
+            let settled = match &answer {
+                Ok(_) => {
+                    let request = CommitRequest { reservation_id, amount: price };
+                    self.credits
+                        .clone()
+                        .commit(oa_auth::service::outgoing(request, &caller, &self.token))
+                        .await
+                        .map(|_| ())
+                }
+                Err(_) => {
+                    let request = ReleaseRequest { reservation_id };
+                    self.credits
+                        .clone()
+                        .release(oa_auth::service::outgoing(request, &caller, &self.token))
+                        .await
+                        .map(|_| ())
+                }
+            };
+            if let Err(status) = settled {
+                anyhow::bail!("credits unavailable: {}", status.message());
+            }
+        }
+        Ok(answer.map(|output| StepResult::Done { output, credits: price }))
+    }
+
     async fn execute(
         &self,
         step: &Step,
         context: &Value,
-        key: &str,
-        org_id: &str,
-        execution_id: &str,
+        at: &StepAt<'_>,
     ) -> anyhow::Result<Result<StepResult, StepError>> {
+        let (key, org_id, execution_id) = (at.key, at.org_id, at.execution_id);
         let done = |output: Value| StepResult::Done { output, credits: 0 };
         Ok(match &step.kind {
             StepKind::Transform { output } => render_map(output, context).map(done),
@@ -319,11 +402,15 @@ impl Engine {
                 match rendered {
                     Err(error) => Err(error),
                     Ok((prompt, system)) => {
-                        let price = self.prices.get(model_tier).copied().unwrap_or(0);
-                        self.llm
-                            .reason(model_tier, system.as_deref(), &prompt, output_schema)
-                            .await
-                            .map(|output| StepResult::Done { output, credits: price })
+                        self.metered_reason(
+                            at,
+                            &step.id,
+                            model_tier,
+                            system.as_deref(),
+                            &prompt,
+                            output_schema,
+                        )
+                        .await?
                     }
                 }
             }

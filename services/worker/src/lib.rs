@@ -242,6 +242,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         outbound: providers::Outbound::new(config.channels.clone(), config.actions.clone()),
         prices: config.credits.prices.clone(),
         agents,
+        credits: oa_proto::credits::credits_client::CreditsClient::new(channel(config, "credits")?),
         token: config.grpc.service_token.clone(),
     });
 

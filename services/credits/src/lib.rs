@@ -1,0 +1,179 @@
+//! The credits service (`oneagents.credits.v1.Credits`): each org's monthly allocation (its tier's,
+//! or an operator's override), reservations before metered steps, commits and releases after, an
+//! append-only ledger, and usage by agent and model tier. It never lets an org overdraw.
+//!
+//! Owns schema `credits` and touches no other.
+
+pub mod store;
+
+use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal};
+use oa_proto::credits as pb;
+use oa_proto::credits::credits_server::{Credits, CreditsServer};
+use oa_store::{StoreError, begin_org};
+use sqlx::PgPool;
+
+/// The largest single reservation accepted: far above any tier price, far below overflow.
+pub const MAX_RESERVATION: i64 = 1_000_000;
+
+pub struct CreditsService {
+    pool: PgPool,
+    tiers: oa_config::TiersConfig,
+}
+
+pub type GuardedCredits = tonic::service::interceptor::InterceptedService<
+    CreditsServer<CreditsService>,
+    oa_auth::service::ServiceGuard,
+>;
+
+type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+fn db(error: sqlx::Error) -> ApiError {
+    ApiError::from(StoreError::Database(error))
+}
+
+fn engine_only(caller: &Caller) -> Result<(), ApiError> {
+    match caller.principal {
+        Principal::Service { .. } => Ok(()),
+        _ => Err(ApiError::forbidden("Only the plane's engine reserves and settles credits")),
+    }
+}
+
+pub fn insufficient(remaining: i64) -> ApiError {
+    ApiError::new(ErrorCode::CreditInsufficient, format!("The org has {remaining} credits left this month"))
+}
+
+impl CreditsService {
+    pub fn build(pool: PgPool, config: &oa_config::Config) -> GuardedCredits {
+        let service = CreditsService { pool, tiers: config.tiers.clone() };
+        CreditsServer::with_interceptor(
+            service,
+            oa_auth::service::ServiceGuard::new(config.grpc.service_token.clone()),
+        )
+    }
+
+    async fn reserve_once(
+        &self,
+        caller: &Caller,
+        request: &pb::ReserveRequest,
+    ) -> Result<store::Reserved, ApiError> {
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let allocation =
+            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
+        let reserve = store::ReserveRequest {
+            org_id: &caller.org_id,
+            idempotency_key: &request.idempotency_key,
+            amount: request.amount,
+            execution_id: &request.execution_id,
+            step_id: &request.step_id,
+            agent_id: &request.agent_id,
+            model_tier: &request.model_tier,
+        };
+        let outcome = store::reserve(&mut tx, &reserve, allocation).await;
+        match outcome {
+            Ok(store::Reserved::New(reservation)) => {
+                tx.commit().await.map_err(db)?;
+                Ok(store::Reserved::New(reservation))
+            }
+            // Nothing to keep: insufficient and raced attempts roll back.
+            Ok(other) => Ok(other),
+            Err(error) if oa_store::is_unique_violation(&error) => Ok(store::Reserved::Raced),
+            Err(error) => Err(db(error)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Credits for CreditsService {
+    async fn reserve(&self, request: tonic::Request<pb::ReserveRequest>) -> GrpcResult<pb::ReserveResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let request = request.into_inner();
+        if request.amount <= 0 || request.amount > MAX_RESERVATION {
+            return Err(
+                ApiError::bad_request(format!("amount must be between 1 and {MAX_RESERVATION}")).into()
+            );
+        }
+        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 300 {
+            return Err(ApiError::bad_request("a reservation needs an idempotency key").into());
+        }
+        // A concurrent reservation of the same key is read back once the winner committed.
+        for _ in 0..3 {
+            let reservation = match self.reserve_once(&caller, &request).await? {
+                store::Reserved::New(r) | store::Reserved::Existing(r) => r,
+                store::Reserved::Insufficient { remaining } => return Err(insufficient(remaining).into()),
+                store::Reserved::Raced => continue,
+            };
+            if reservation.status == "released" {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "This reservation was released; reserve under a new key",
+                )
+                .into());
+            }
+            return Ok(tonic::Response::new(pb::ReserveResponse {
+                reservation_id: reservation.id,
+                remaining: reservation.remaining,
+            }));
+        }
+        Err(ApiError::unavailable("credits ledger").into())
+    }
+
+    async fn commit(&self, request: tonic::Request<pb::CommitRequest>) -> GrpcResult<pb::CommitResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let request = request.into_inner();
+        if request.amount < 0 || request.amount > MAX_RESERVATION {
+            return Err(ApiError::bad_request("amount must not be negative or absurd").into());
+        }
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        store::settle(&mut tx, &caller.org_id, &request.reservation_id, Some(request.amount))
+            .await
+            .map_err(db)?
+            .map_err(ApiError::bad_request)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::CommitResponse {}))
+    }
+
+    async fn release(&self, request: tonic::Request<pb::ReleaseRequest>) -> GrpcResult<pb::ReleaseResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let reservation_id = request.into_inner().reservation_id;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        store::settle(&mut tx, &caller.org_id, &reservation_id, None)
+            .await
+            .map_err(db)?
+            .map_err(ApiError::bad_request)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn get_usage(&self, request: tonic::Request<pb::GetUsageRequest>) -> GrpcResult<pb::Usage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadCredits)?;
+        let month = match request.into_inner().month {
+            month if month.is_empty() => store::current_month(),
+            month if store::months_back(&month, 1) == [month.clone()] => month,
+            _ => return Err(ApiError::bad_request("month is YYYY-MM").into()),
+        };
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let allocation =
+            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
+        let usage = store::usage(&mut tx, &caller.org_id, &month, allocation).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::Usage { usage_json: usage.to_string() }))
+    }
+
+    async fn get_history(
+        &self,
+        request: tonic::Request<pb::GetHistoryRequest>,
+    ) -> GrpcResult<pb::GetHistoryResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadCredits)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let allocation =
+            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
+        let history = store::history(&mut tx, &caller.org_id, allocation).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::GetHistoryResponse { history_json: history.to_string() }))
+    }
+}
