@@ -205,20 +205,43 @@ async fn shutdown_signal() {
     }
 }
 
+/// Keeps the credits service's copy of an org's plan in step with tenancy.
+async fn sync_plan(
+    pool: &oa_store::sqlx::PgPool,
+    config: &Config,
+    org: &oa_tenancy::Org,
+) -> anyhow::Result<()> {
+    let tier = config.tiers.get(&org.tier).unwrap_or(&config.tiers.starter);
+    let allocation = org.monthly_credits_override.unwrap_or(tier.monthly_credits);
+    let mut tx = oa_store::begin_org(pool, &org.id).await?;
+    oa_credits::store::set_plan(&mut tx, &org.id, &org.tier, org.monthly_credits_override, allocation)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
-    let store = oa_tenancy::OrgStore::new(admin_pool(&config).await?);
+    let pool = admin_pool(&config).await?;
+    let store = oa_tenancy::OrgStore::new(pool.clone());
     match command {
         OrgsCommand::Create { name, tier, id, if_absent } => {
             match store.create(id.as_deref(), &name, &tier).await {
-                Ok(org) => println!("{}", serde_json::to_string_pretty(&org)?),
+                Ok(org) => {
+                    sync_plan(&pool, &config, &org).await?;
+                    println!("{}", serde_json::to_string_pretty(&org)?);
+                }
                 Err(oa_tenancy::TenancyError::OrgExists(id)) if if_absent => {
-                    println!("org {id} already exists")
+                    if let Some(org) = store.get(&id).await? {
+                        sync_plan(&pool, &config, &org).await?;
+                    }
+                    println!("org {id} already exists");
                 }
                 Err(error) => return Err(error.into()),
             }
         }
         OrgsCommand::SetCredits { org, credits } => {
             let org = store.set_credit_override(&org, credits).await?;
+            sync_plan(&pool, &config, &org).await?;
             println!("{}", serde_json::to_string_pretty(&org)?);
         }
     }
