@@ -26,13 +26,29 @@ fn env_number(name: &str, default: usize) -> usize {
 }
 
 fn agent(index: usize) -> Value {
+    agent_with_steps(
+        index,
+        json!([{"id": "note", "type": "transform", "output": {"t": "{{ event_payload.ticket_id }}"}}]),
+    )
+}
+
+fn agent_with_steps(index: usize, steps: Value) -> Value {
     json!({
         "name": format!("Bench agent {index}"), "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created",
                     "filters": [{"field": "priority", "operator": "eq", "value": "p1"}]},
-        "steps": [{"id": "note", "type": "transform", "output": {"t": "{{ event_payload.ticket_id }}"}}],
+        "steps": steps,
         "client_scope": "all"
     })
+}
+
+fn reasoning_agent(index: usize) -> Value {
+    agent_with_steps(
+        index,
+        json!([{"id": "triage", "type": "ai_reason", "model_tier": "quick",
+        "prompt": "Triage {{ event_payload.ticket_id }}",
+        "output_schema": {"type": "object", "properties": {"priority": {"type": "string", "enum": ["p1", "p2"]}}}}]),
+    )
 }
 
 fn event(org: &str, n: usize) -> Envelope {
@@ -54,6 +70,10 @@ async fn send(request: reqwest::RequestBuilder, expected: u16) -> anyhow::Result
 
 /// Creates the orgs, each with its agents active and the system agents paused.
 async fn setup_orgs(plane: &TestPlane) -> anyhow::Result<Vec<String>> {
+    setup_orgs_with(plane, agent).await
+}
+
+async fn setup_orgs_with(plane: &TestPlane, agent: fn(usize) -> Value) -> anyhow::Result<Vec<String>> {
     let mut orgs = Vec::new();
     for _ in 0..ORGS {
         orgs.push(plane.db.create_org("enterprise").await?);
@@ -279,6 +299,46 @@ fn oa_config_nats() -> oa_config::NatsConfig {
     oa_config::NatsConfig { url: oa_testkit::nats_url(), ..Default::default() }
 }
 
+/// Executions completed per second when every matched execution runs one `quick` ai_reason step
+/// against the sandbox model, with credits metering on (a price, so reserve + commit) or off.
+async fn metered_throughput(events: usize, metering: bool) -> anyhow::Result<f64> {
+    let plane = TestPlane::start_with(|c| {
+        c.gateway.rate_limit.enabled = false;
+        c.database.max_connections = 40;
+        if !metering {
+            c.credits.prices.insert("quick".into(), 0);
+        }
+    })
+    .await?;
+    let orgs = setup_orgs_with(&plane, reasoning_agent).await?;
+    let client = oa_bus::connect(&plane.config.nats).await?;
+    let js = jetstream::new(client);
+    let topology = oa_bus::Topology::new(&plane.config.nats);
+    let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 3_000_000 + n)).collect();
+    let started = Instant::now();
+    futures::stream::iter(batch.iter())
+        .map(|e| oa_bus::publish_event(&js, &topology, e))
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let expected = (events * AGENTS_PER_ORG) as i64;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM executions.executions WHERE status = 'completed'")
+                .fetch_one(&plane.db.admin)
+                .await?;
+        if done >= expected {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "metered executions did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(expected as f64 / started.elapsed().as_secs_f64())
+}
+
 /// (c) Engine overhead: one execution of 40 transform steps.
 async fn engine() -> anyhow::Result<Value> {
     let plane = TestPlane::start_with(|c| c.gateway.rate_limit.enabled = false).await?;
@@ -375,6 +435,18 @@ async fn main() -> anyhow::Result<()> {
     let ingest = ingest(events).await?;
     println!("bench: engine (40 transform steps)");
     let engine = engine().await?;
+    let metered_events = env_number("OA_BENCH_METERED_EVENTS", 1_000);
+    println!(
+        "bench: credits metering ({metered_events} events x {AGENTS_PER_ORG} executions with one quick ai_reason step, off then on)"
+    );
+    let off = metered_throughput(metered_events, false).await?;
+    let on = metered_throughput(metered_events, true).await?;
+    let metering = json!({
+        "events": metered_events,
+        "executions_per_sec_metering_off": off,
+        "executions_per_sec_metering_on": on,
+        "ratio_on_to_off": on / off,
+    });
     let ratio =
         ingest["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
     let results = json!({
@@ -383,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
         "raw_limit": raw,
         "ingest_to_raw_ratio": ratio,
         "engine": engine,
+        "credits_metering": metering,
         "targets": {"events_per_sec": 5000, "ratio_to_raw": 0.5, "p99_ms": 25, "ms_per_step": 2},
     });
     let text = serde_json::to_string_pretty(&results)?;

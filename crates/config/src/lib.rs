@@ -89,6 +89,8 @@ pub struct ProviderConfig {
 pub struct CreditsConfig {
     /// Credits charged per ai_reason step, by model tier.
     pub prices: BTreeMap<String, i64>,
+    /// A reservation still open this long was left by a worker that died; the sweeper settles it.
+    pub reservation_ttl_seconds: u64,
 }
 
 /// Where notifications go: an SMS HTTP API, an SMTP relay, and default chat webhooks.
@@ -170,6 +172,7 @@ impl Default for CreditsConfig {
                 .into_iter()
                 .map(|(tier, price)| (tier.to_owned(), price))
                 .collect(),
+            reservation_ttl_seconds: 900,
         }
     }
 }

@@ -317,6 +317,10 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("ONE_AGENTS_CHANNELS__SLACK_WEBHOOK_URL".into(), config.channels.slack_webhook_url.clone()),
         ("ONE_AGENTS_CHANNELS__TEAMS_WEBHOOK_URL".into(), config.channels.teams_webhook_url.clone()),
         ("ONE_AGENTS_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+        (
+            "ONE_AGENTS_CREDITS__RESERVATION_TTL_SECONDS".into(),
+            config.credits.reservation_ttl_seconds.to_string(),
+        ),
     ];
     for (service, endpoint) in &config.grpc.endpoints {
         env.push((format!("ONE_AGENTS_GRPC__ENDPOINTS__{}", service.to_uppercase()), endpoint.clone()));

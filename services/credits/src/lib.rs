@@ -163,6 +163,32 @@ impl Credits for CreditsService {
         Ok(tonic::Response::new(pb::Usage { usage_json: usage.to_string() }))
     }
 
+    async fn list_stale_reservations(
+        &self,
+        request: tonic::Request<pb::ListStaleReservationsRequest>,
+    ) -> GrpcResult<pb::ListStaleReservationsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let request = request.into_inner();
+        let limit = i64::from(request.limit.clamp(1, 1000));
+        let older_than = i64::try_from(request.older_than_seconds).unwrap_or(i64::MAX / 2);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let stale = store::stale_reservations(&mut tx, older_than, limit).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::ListStaleReservationsResponse {
+            reservations: stale
+                .into_iter()
+                .map(|r| pb::StaleReservation {
+                    reservation_id: r.id,
+                    org_id: r.org_id,
+                    execution_id: r.execution_id,
+                    step_id: r.step_id,
+                    amount: r.amount,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_history(
         &self,
         request: tonic::Request<pb::GetHistoryRequest>,

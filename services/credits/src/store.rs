@@ -284,6 +284,43 @@ pub async fn settle(
     Ok(Ok(()))
 }
 
+pub struct StaleReservation {
+    pub id: String,
+    pub org_id: String,
+    pub execution_id: String,
+    pub step_id: String,
+    pub amount: i64,
+}
+
+/// Open reservations older than `older_than_seconds`, across orgs (the sweeper's policy).
+pub async fn stale_reservations(
+    tx: &mut PgConnection,
+    older_than_seconds: i64,
+    limit: i64,
+) -> Result<Vec<StaleReservation>, sqlx::Error> {
+    sqlx::query("SELECT set_config('app.sweeper', 'on', true)").execute(&mut *tx).await?;
+    let rows = sqlx::query(
+        "SELECT id, org_id, execution_id, step_id, amount FROM credits.reservations
+         WHERE status = 'reserved' AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(older_than_seconds as f64)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StaleReservation {
+                id: r.try_get("id")?,
+                org_id: r.try_get("org_id")?,
+                execution_id: r.try_get("execution_id")?,
+                step_id: r.try_get("step_id")?,
+                amount: r.try_get("amount")?,
+            })
+        })
+        .collect()
+}
+
 /// `GET /api/credits` for one month.
 pub async fn usage(
     tx: &mut PgConnection,

@@ -121,3 +121,113 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
     assert_eq!(list["total"], 1, "the crash created no second execution");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_never_charged_twice() {
+    let roles = ["gateway", "agents", "catalog", "executions", "credits"];
+    let plane = TestPlane::start_roles(&roles, |c| {
+        c.nats.ack_wait_seconds = 2;
+        c.credits.reservation_ttl_seconds = 1;
+    })
+    .await
+    .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let pause = plane
+        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
+        .json(&json!({"status": "paused"}));
+    assert_eq!(pause.send().await.unwrap().status(), 200);
+    let definition = json!({
+        "name": "Slow thinker", "category": "service_desk",
+        "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
+        "steps": [{"id": "think", "type": "ai_reason", "model_tier": "standard",
+                   "prompt": "Think about {{ event_payload.ticket_id }} sandbox-delay-ms:4000",
+                   "output_schema": {"type": "object", "properties": {"verdict": {"type": "string"}}}}],
+        "client_scope": "all"
+    });
+    let (status, agent) = json_of(
+        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let activate = plane
+        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+        .json(&json!({"status": "active"}));
+    assert_eq!(activate.send().await.unwrap().status(), 200);
+
+    let mut doomed = spawn_worker(&plane);
+    let event = oa_bus::Envelope::new(
+        &org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": "tkt_think", "client_id": "cl_1"}),
+    );
+    plane.publish_on_bus(&event).await.unwrap();
+    plane
+        .eventually(30, || async { (!plane.sandbox.of_kind("llm").is_empty()).then_some(()) })
+        .await
+        .expect("the model call is in flight");
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().unwrap();
+    let reserved: i64 = sqlx::query_scalar("SELECT reserved FROM credits.balances WHERE org_id = $1")
+        .bind(&org)
+        .fetch_one(&plane.db.admin)
+        .await
+        .unwrap();
+    assert_eq!(reserved, 5, "the dead worker left its reservation open");
+
+    // Nobody will resume it: an admin cancels it. The sweeper of a live worker then releases it.
+    let (_, list) =
+        json_of(plane.as_user(Method::GET, "/api/executions", &org, "admin").send().await.unwrap()).await;
+    let execution = list["executions"][0]["id"].as_str().unwrap().to_owned();
+    let cancel = plane.as_user(Method::POST, &format!("/api/executions/{execution}/cancel"), &org, "admin");
+    assert_eq!(cancel.send().await.unwrap().status(), 200);
+    let mut sweeper = spawn_worker(&plane);
+    let settled = plane
+        .eventually(30, || async {
+            let (reserved, used): (i64, i64) =
+                sqlx::query_as("SELECT reserved, used FROM credits.balances WHERE org_id = $1")
+                    .bind(&org)
+                    .fetch_one(&plane.db.admin)
+                    .await
+                    .ok()?;
+            (reserved == 0).then_some(used)
+        })
+        .await;
+    // A run the live worker finishes is charged once.
+    let second = oa_bus::Envelope::new(
+        &org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": "tkt_two", "client_id": "cl_1"}),
+    );
+    plane.publish_on_bus(&second).await.unwrap();
+    let completed = plane
+        .eventually(30, || async {
+            let (_, list) = json_of(
+                plane
+                    .as_user(Method::GET, "/api/executions?status=completed", &org, "admin")
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            list["executions"].get(0).cloned()
+        })
+        .await;
+    sweeper.kill().ok();
+    sweeper.wait().ok();
+    assert_eq!(settled, Some(0), "the sweeper released the orphaned reservation; nothing was charged for it");
+    assert!(completed.is_some(), "the next run completes");
+    let ledger: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, sum(amount)::bigint FROM credits.ledger WHERE org_id = $1 GROUP BY kind ORDER BY kind",
+    )
+    .bind(&org)
+    .fetch_all(&plane.db.admin)
+    .await
+    .unwrap();
+    assert_eq!(ledger, vec![("commit".to_owned(), 5), ("release".to_owned(), 5), ("reserve".to_owned(), 10)]);
+    let (_, usage) =
+        json_of(plane.as_user(Method::GET, "/api/credits", &org, "viewer").send().await.unwrap()).await;
+    assert_eq!((usage["total_used"].as_i64(), usage["remaining"].as_i64()), (Some(5), Some(99_995)));
+}

@@ -120,11 +120,25 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// A prompt containing `sandbox-delay-ms:<n>` is answered after n milliseconds (crash tests).
+fn requested_delay(request: &Value) -> u64 {
+    let text = request.to_string();
+    text.split("sandbox-delay-ms:")
+        .nth(1)
+        .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
+        .unwrap_or(0u64)
+        .min(30_000)
+}
+
 async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
     let schema = &request["response_format"]["json_schema"]["schema"];
     let answer = value_for_schema(schema, "answer");
     let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
     recorder.record("llm", &model, None, request.clone());
+    let delay = requested_delay(&request);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Json(json!({
         "id": format!("chatcmpl-sandbox-{}", recorder.records().len()),
         "object": "chat.completion",

@@ -11,6 +11,7 @@ mod index;
 pub mod matching;
 pub mod providers;
 pub mod scheduler;
+pub mod sweeper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -275,6 +276,13 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         topology: topology.clone(),
     };
     let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
+    let sweeper = sweeper::Sweeper {
+        pool: worker.pool.clone(),
+        credits: engine.credits.clone(),
+        token: config.grpc.service_token.clone(),
+        ttl: Duration::from_secs(config.credits.reservation_ttl_seconds.max(1)),
+    };
+    let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
 
     let consumer_config = |stream: &str, subject: String| pull::Config {
         durable_name: Some(format!("{}_{stream}", topology.consumer)),
@@ -386,5 +394,6 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     tokio::join!(event_loop, work_loop);
     invalidations.abort();
     scheduling.abort();
+    sweeping.abort();
     Ok(())
 }
