@@ -18,6 +18,21 @@ fn spawn_worker(plane: &TestPlane) -> Child {
         .expect("the one-agents binary starts")
 }
 
+/// Creates and activates an agent, returning its id.
+async fn active_agent(plane: &TestPlane, org: &str, definition: &Value) -> String {
+    let (status, agent) = json_of(
+        plane.as_user(Method::POST, "/api/agents", org, "admin").json(definition).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let activate = plane
+        .as_user(Method::PUT, &format!("/api/agents/{id}"), org, "admin")
+        .json(&json!({"status": "active"}));
+    assert_eq!(activate.send().await.unwrap().status(), 200);
+    id
+}
+
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -44,16 +59,7 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
         ],
         "client_scope": "all"
     });
-    let (status, agent) = json_of(
-        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{agent}");
-    let id = agent["id"].as_str().unwrap().to_owned();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
+    let id = active_agent(&plane, &org, &definition).await;
 
     let mut doomed = spawn_worker(&plane);
     let event = oa_bus::Envelope::new(
@@ -144,16 +150,7 @@ async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_nev
                    "output_schema": {"type": "object", "properties": {"verdict": {"type": "string"}}}}],
         "client_scope": "all"
     });
-    let (status, agent) = json_of(
-        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{agent}");
-    let id = agent["id"].as_str().unwrap().to_owned();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
+    active_agent(&plane, &org, &definition).await;
 
     let mut doomed = spawn_worker(&plane);
     let event = oa_bus::Envelope::new(

@@ -97,11 +97,9 @@ impl Engine {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let item = WorkItem { org_id: org_id.to_owned(), execution_ids: vec![execution_id.to_owned()] };
-        let item = &item;
         let started = Instant::now();
-        let mut tx = begin_org(&self.pool, &item.org_id).await?;
-        let Some(execution) = store::lock(&mut tx, &item.org_id, execution_id).await? else {
+        let mut tx = begin_org(&self.pool, org_id).await?;
+        let Some(execution) = store::lock(&mut tx, org_id, execution_id).await? else {
             tracing::warn!(execution_id, "work for an unknown execution; dropped");
             return Ok(());
         };
@@ -127,8 +125,8 @@ impl Engine {
                 _ => {}
             }
             // A cancel between steps stops the run; the cancel already skipped what is left.
-            let mut tx = begin_org(&self.pool, &item.org_id).await?;
-            let current = store::lock(&mut tx, &item.org_id, &execution.id).await?;
+            let mut tx = begin_org(&self.pool, org_id).await?;
+            let current = store::lock(&mut tx, org_id, &execution.id).await?;
             if current.as_ref().is_none_or(|c| c.status != "running") {
                 return Ok(());
             }
@@ -155,7 +153,7 @@ impl Engine {
                             position,
                             &error,
                             0,
-                            &item.org_id,
+                            org_id,
                             &execution.agent_id,
                             started,
                         )
@@ -184,17 +182,11 @@ impl Engine {
             let step_started = Instant::now();
             let span =
                 tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
-            let at = StepAt {
-                org_id: &item.org_id,
-                execution_id: &execution.id,
-                agent_id: &execution.agent_id,
-                key: &key,
-            };
+            let at = StepAt { org_id, execution_id: &execution.id, agent_id: &execution.agent_id, key: &key };
             let result = self.execute(step, &context, &at).instrument(span).await?;
             let duration_ms = step_started.elapsed().as_millis() as i64;
-            let mut tx = begin_org(&self.pool, &item.org_id).await?;
-            if store::lock(&mut tx, &item.org_id, &execution.id).await?.is_none_or(|c| c.status != "running")
-            {
+            let mut tx = begin_org(&self.pool, org_id).await?;
+            if store::lock(&mut tx, org_id, &execution.id).await?.is_none_or(|c| c.status != "running") {
                 return Ok(());
             }
             match result {
@@ -230,7 +222,7 @@ impl Engine {
                         position,
                         &error,
                         duration_ms,
-                        &item.org_id,
+                        org_id,
                         &execution.agent_id,
                         started,
                     )
@@ -239,10 +231,10 @@ impl Engine {
                 }
             }
         }
-        let mut tx = begin_org(&self.pool, &item.org_id).await?;
+        let mut tx = begin_org(&self.pool, org_id).await?;
         store::set_status(&mut tx, &execution.id, "completed", None).await?;
         tx.commit().await?;
-        self.record_run(&item.org_id, &execution.agent_id, true, started).await;
+        self.record_run(org_id, &execution.agent_id, true, started).await;
         Ok(())
     }
 
