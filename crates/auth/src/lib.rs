@@ -7,6 +7,7 @@
 
 pub mod dev;
 pub mod jwt;
+pub mod links;
 pub mod service;
 
 pub use jwt::{AuthError, HubClaims, HubVerifier, JwksSource};

@@ -17,6 +17,7 @@ pub use secrecy;
 
 /// The value the local stack uses for the internal service credential; production refuses it.
 pub const DEV_SERVICE_TOKEN: &str = "dev-internal-service-token-not-for-production";
+pub const DEV_LINK_SECRET: &str = "dev-approval-link-secret-not-for-production";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +49,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub llm: LlmConfig,
     pub credits: CreditsConfig,
+    pub approvals: ApprovalsConfig,
     pub channels: ChannelsConfig,
     pub actions: ActionsConfig,
     pub sandbox: SandboxConfig,
@@ -91,6 +93,34 @@ pub struct CreditsConfig {
     pub prices: BTreeMap<String, i64>,
     /// A reservation still open this long was left by a worker that died; the sweeper settles it.
     pub reservation_ttl_seconds: u64,
+}
+
+/// Approval gates: how often expiry is swept, and the signed links that let a recipient decide.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ApprovalsConfig {
+    /// The key that signs decision links (HMAC-SHA256). Rotate it to void every link out there.
+    pub link_secret: SecretString,
+    /// The longest a link lives; it never outlives its gate.
+    pub link_ttl_seconds: u64,
+    /// Where recipients reach the gateway: links are `<public_url>/approvals/<id>/link?token=...`.
+    pub public_url: String,
+    /// How often the sweeper looks for expired gates and unpublished decisions.
+    pub sweep_interval_ms: u64,
+    /// A decision not yet seen on the bus after this long is published again.
+    pub republish_after_seconds: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            link_secret: DEV_LINK_SECRET.into(),
+            link_ttl_seconds: 24 * 3600,
+            public_url: "http://127.0.0.1:8080".into(),
+            sweep_interval_ms: 1000,
+            republish_after_seconds: 5,
+        }
+    }
 }
 
 /// Where notifications go: an SMS HTTP API, an SMTP relay, and default chat webhooks.
@@ -334,6 +364,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             llm: LlmConfig::default(),
             credits: CreditsConfig::default(),
+            approvals: ApprovalsConfig::default(),
             channels: ChannelsConfig::default(),
             actions: ActionsConfig::default(),
             sandbox: SandboxConfig::default(),
@@ -526,7 +557,21 @@ impl Config {
         if self.credits.prices.values().any(|price| *price < 0) {
             return invalid("credits.prices must not be negative");
         }
+        if self.approvals.link_secret.expose_secret().len() < 16 {
+            return invalid("approvals.link_secret must be at least 16 characters");
+        }
+        if self.approvals.sweep_interval_ms == 0 || self.approvals.link_ttl_seconds == 0 {
+            return invalid("approvals.sweep_interval_ms and approvals.link_ttl_seconds must be positive");
+        }
+        if !self.approvals.public_url.starts_with("http://")
+            && !self.approvals.public_url.starts_with("https://")
+        {
+            return invalid("approvals.public_url must be an http(s) URL");
+        }
         if self.environment == Environment::Production {
+            if self.approvals.link_secret.expose_secret() == DEV_LINK_SECRET {
+                return invalid("approvals.link_secret must be set to a secret of your own in production");
+            }
             if self.auth.dev_signing_key_file.is_some() {
                 return invalid(
                     "auth.dev_signing_key_file is a development key and is refused in production",

@@ -152,6 +152,13 @@ pub enum StepKind {
         on_timeout: OnTimeout,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         escalate_to: Option<String>,
+        /// Where a denied (or expired-and-denied) gate goes: a later step's id. Without it, a
+        /// denial ends the execution as failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_deny: Option<String>,
+        /// Who is told the gate is open, each with a signed link to decide it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notify: Option<ApprovalNotify>,
     },
     Transform {
         output: Map<String, Value>,
@@ -161,6 +168,23 @@ pub enum StepKind {
         #[serde(default)]
         params: Map<String, Value>,
     },
+}
+
+/// The announcement of an open gate: a channel and its recipients (templates allowed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalNotify {
+    pub channel: String,
+    pub recipients: Vec<String>,
+}
+
+impl OnTimeout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Deny => "deny",
+            OnTimeout::Approve => "approve",
+            OnTimeout::Escalate => "escalate",
+        }
+    }
 }
 
 fn deny() -> OnTimeout {

@@ -43,6 +43,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A database failure as the API's error: unavailable when the database is, internal otherwise.
+pub fn api_error(error: sqlx::Error) -> ApiError {
+    ApiError::from(StoreError::Database(error))
+}
+
 impl From<StoreError> for tonic::Status {
     fn from(error: StoreError) -> Self {
         ApiError::from(error).to_status()

@@ -18,7 +18,7 @@ use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
 use oa_proto::agents as pb;
 use oa_proto::agents::agents_server::{Agents, AgentsServer};
 use oa_proto::catalog::catalog_client::CatalogClient;
-use oa_store::{StoreError, begin_org};
+use oa_store::begin_org;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
@@ -32,6 +32,7 @@ pub struct AgentsService {
     /// Announces changes so workers drop their index of the org (absent when NATS is not used).
     changes: Option<(oa_bus::async_nats::Client, oa_bus::Topology)>,
     catalog: CatalogClient<Channel>,
+    executions: oa_proto::executions::executions_client::ExecutionsClient<Channel>,
     service_token: SecretString,
     tiers: oa_config::TiersConfig,
 }
@@ -43,9 +44,7 @@ pub type GuardedAgents = tonic::service::interceptor::InterceptedService<
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
 
-fn db(error: sqlx::Error) -> ApiError {
-    ApiError::from(StoreError::Database(error))
-}
+use oa_store::api_error as db;
 
 fn agent_not_found(id: &str, caller: &Caller) -> ApiError {
     // The same body for a missing id and another org's: ids cannot be probed.
@@ -94,6 +93,16 @@ async fn credits_by_agent(service: &AgentsService, caller: &Caller) -> HashMap<S
 }
 
 impl AgentsService {
+    async fn cancel_executions_of(&self, caller: &Caller, agent_id: &str) -> Result<(), ApiError> {
+        let request = oa_proto::executions::CancelExecutionsOfAgentRequest { agent_id: agent_id.to_owned() };
+        self.executions
+            .clone()
+            .cancel_executions_of_agent(oa_auth::service::outgoing(request, caller, &self.service_token))
+            .await
+            .map_err(|status| ApiError::from_status(&status))?;
+        Ok(())
+    }
+
     async fn respond_agent(&self, caller: &Caller, view: &store::AgentView) -> GrpcResult<pb::Agent> {
         let used = credits_by_agent(self, caller).await.get(&view.id).copied().unwrap_or(0);
         Ok(tonic::Response::new(pb::Agent { agent_json: convert::agent_json(view, used).to_string() }))
@@ -122,7 +131,13 @@ impl AgentsService {
             config.endpoint("credits").map_err(|e| ApiError::internal_from("config", &e))?,
             &config.grpc,
         )?);
+        let executions =
+            oa_proto::executions::executions_client::ExecutionsClient::new(oa_auth::service::channel(
+                config.endpoint("executions").map_err(|e| ApiError::internal_from("config", &e))?,
+                &config.grpc,
+            )?);
         let service = AgentsService {
+            executions,
             pool,
             credits,
             changes: nats.map(|client| (client, oa_bus::Topology::new(&config.nats))),
@@ -400,8 +415,15 @@ impl Agents for AgentsService {
             return Err(agent_not_found(&current.id, &caller).into());
         }
         store::soft_delete(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+        // Its unfinished executions are cancelled (their gates denied) before the delete commits:
+        // when that cannot be done, the agent stays and the caller may retry.
+        self.cancel_executions_of(&caller, &current.id).await?;
         tx.commit().await.map_err(db)?;
         self.announce_change(&caller.org_id).await;
+        // An event matched in the moment before workers dropped the agent is cancelled too.
+        if let Err(error) = self.cancel_executions_of(&caller, &current.id).await {
+            tracing::warn!(agent_id = current.id, %error, "cannot cancel late executions of a deleted agent");
+        }
         Ok(tonic::Response::new(pb::DeleteAgentResponse {}))
     }
 

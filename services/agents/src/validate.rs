@@ -441,6 +441,35 @@ fn check_steps(checker: &mut Checker, steps: Option<&Value>) {
     }
 }
 
+/// A channel of [`CHANNELS`] and 1 to 100 recipient templates; returns the channel when valid.
+fn check_channel_and_recipients<'a>(
+    checker: &mut Checker,
+    path: &str,
+    fields: &'a Map<String, Value>,
+    earlier: &HashSet<String>,
+    all: &HashSet<String>,
+) -> Option<&'a str> {
+    let channel = fields.get("channel").and_then(Value::as_str).filter(|c| CHANNELS.contains(c));
+    if channel.is_none() {
+        checker.problem(format!("{path}.channel"), format!("channel is one of {}", CHANNELS.join(", ")));
+    }
+    match fields.get("recipients").and_then(Value::as_array) {
+        Some(recipients) if !recipients.is_empty() && recipients.len() <= 100 => {
+            for (index, recipient) in recipients.iter().enumerate() {
+                match recipient.as_str() {
+                    Some(text) if !text.trim().is_empty() => {
+                        check_template(checker, &format!("{path}.recipients[{index}]"), text, earlier, all)
+                    }
+                    _ => checker
+                        .problem(format!("{path}.recipients[{index}]"), "a recipient is a non-empty string"),
+                }
+            }
+        }
+        _ => checker.problem(format!("{path}.recipients"), "recipients is a list of 1 to 100 strings"),
+    }
+    channel
+}
+
 fn check_step_fields(
     checker: &mut Checker,
     path: &str,
@@ -452,7 +481,9 @@ fn check_step_fields(
     let allowed: &[&str] = match step_type {
         "ai_reason" => &["model_tier", "prompt", "output_schema", "system_prompt"],
         "notification" => &["channel", "recipients", "subject", "body"],
-        "approval" => &["message", "approvers", "expires_in", "on_timeout", "escalate_to"],
+        "approval" => {
+            &["message", "approvers", "expires_in", "on_timeout", "escalate_to", "on_deny", "notify"]
+        }
         "transform" => &["output"],
         _ => &["action", "params"],
     };
@@ -490,33 +521,7 @@ fn check_step_fields(
             }
         }
         "notification" => {
-            let channel = step.get("channel").and_then(Value::as_str);
-            if !channel.is_some_and(|c| CHANNELS.contains(&c)) {
-                checker
-                    .problem(format!("{path}.channel"), format!("channel is one of {}", CHANNELS.join(", ")));
-            }
-            match step.get("recipients").and_then(Value::as_array) {
-                Some(recipients) if !recipients.is_empty() && recipients.len() <= 100 => {
-                    for (index, recipient) in recipients.iter().enumerate() {
-                        match recipient.as_str() {
-                            Some(text) if !text.trim().is_empty() => check_template(
-                                checker,
-                                &format!("{path}.recipients[{index}]"),
-                                text,
-                                earlier,
-                                all,
-                            ),
-                            _ => checker.problem(
-                                format!("{path}.recipients[{index}]"),
-                                "a recipient is a non-empty string",
-                            ),
-                        }
-                    }
-                }
-                _ => {
-                    checker.problem(format!("{path}.recipients"), "recipients is a list of 1 to 100 strings")
-                }
-            }
+            let channel = check_channel_and_recipients(checker, path, step, earlier, all);
             if let Some(body) = required_text(checker, step, path, "body") {
                 check_template(checker, &format!("{path}.body"), body, earlier, all);
             }
@@ -569,6 +574,25 @@ fn check_step_fields(
                     }
                 }
                 _ => checker.problem(format!("{path}.on_timeout"), "on_timeout is deny, approve or escalate"),
+            }
+            if let Some(target) = step.get("on_deny") {
+                let this = step.get("id").and_then(Value::as_str).unwrap_or_default();
+                let later =
+                    target.as_str().is_some_and(|t| t != this && all.contains(t) && !earlier.contains(t));
+                if !later {
+                    checker.problem(format!("{path}.on_deny"), "on_deny names a later step of this agent");
+                }
+            }
+            match step.get("notify") {
+                None => {}
+                Some(Value::Object(notify)) => {
+                    let notify_path = format!("{path}.notify");
+                    for key in notify.keys().filter(|k| !["channel", "recipients"].contains(&k.as_str())) {
+                        checker.problem(format!("{notify_path}.{key}"), "notify has channel and recipients");
+                    }
+                    check_channel_and_recipients(checker, &notify_path, notify, earlier, all);
+                }
+                Some(_) => checker.problem(format!("{path}.notify"), "notify is {channel, recipients}"),
             }
         }
         "transform" => match step.get("output").and_then(Value::as_object) {

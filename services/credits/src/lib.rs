@@ -9,7 +9,7 @@ pub mod store;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal};
 use oa_proto::credits as pb;
 use oa_proto::credits::credits_server::{Credits, CreditsServer};
-use oa_store::{StoreError, begin_org};
+use oa_store::begin_org;
 use sqlx::PgPool;
 
 /// The largest single reservation accepted: far above any tier price, far below overflow.
@@ -27,9 +27,7 @@ pub type GuardedCredits = tonic::service::interceptor::InterceptedService<
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
 
-fn db(error: sqlx::Error) -> ApiError {
-    ApiError::from(StoreError::Database(error))
-}
+use oa_store::api_error as db;
 
 fn engine_only(caller: &Caller) -> Result<(), ApiError> {
     match caller.principal {

@@ -10,13 +10,19 @@ pub mod store;
 
 use oa_bus::{Topology, WorkItem};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
+use oa_proto::approvals::DenyOpenGatesRequest;
+use oa_proto::approvals::approvals_client::ApprovalsClient;
 use oa_proto::executions as pb;
 use oa_proto::executions::executions_server::{Executions, ExecutionsServer};
-use oa_store::{StoreError, begin_org};
+use oa_store::begin_org;
+use secrecy::SecretString;
 use sqlx::PgPool;
+use tonic::transport::Channel;
 
 pub struct ExecutionsService {
     pool: PgPool,
+    approvals: ApprovalsClient<Channel>,
+    token: SecretString,
     jetstream: oa_bus::async_nats::jetstream::Context,
     topology: Topology,
 }
@@ -28,9 +34,7 @@ pub type GuardedExecutions = tonic::service::interceptor::InterceptedService<
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
 
-fn db(error: sqlx::Error) -> ApiError {
-    ApiError::from(StoreError::Database(error))
-}
+use oa_store::api_error as db;
 
 fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::ExecutionNotFound, format!("Execution {id} not found"))
@@ -46,16 +50,59 @@ impl ExecutionsService {
         pool: PgPool,
         nats: oa_bus::async_nats::Client,
         config: &oa_config::Config,
-    ) -> GuardedExecutions {
+    ) -> anyhow::Result<GuardedExecutions> {
+        let endpoint = config.endpoint("approvals")?;
+        let approvals = oa_auth::service::channel(endpoint, &config.grpc)
+            .map_err(|e| anyhow::anyhow!("approvals endpoint: {e}"))?;
         let service = ExecutionsService {
             pool,
+            approvals: ApprovalsClient::new(approvals),
+            token: config.grpc.service_token.clone(),
             jetstream: oa_bus::async_nats::jetstream::new(nats),
             topology: Topology::new(&config.nats),
         };
-        ExecutionsServer::with_interceptor(
+        Ok(ExecutionsServer::with_interceptor(
             service,
             oa_auth::service::ServiceGuard::new(config.grpc.service_token.clone()),
-        )
+        ))
+    }
+
+    /// Denies the open gates of executions being cancelled, before the cancel commits: when the
+    /// approvals service cannot be reached, nothing is cancelled and the caller may retry.
+    async fn deny_gates(&self, caller: &Caller, execution_ids: &[String]) -> Result<(), ApiError> {
+        if execution_ids.is_empty() {
+            return Ok(());
+        }
+        let request = DenyOpenGatesRequest {
+            execution_ids: execution_ids.to_vec(),
+            reason: format!("Execution cancelled by {}", caller.principal_label()),
+        };
+        // The plane denies them: the caller was allowed to cancel, which is what matters here.
+        let plane = Caller::service("executions", &caller.org_id);
+        self.approvals
+            .clone()
+            .deny_open_gates(oa_auth::service::outgoing(request, &plane, &self.token))
+            .await
+            .map_err(|status| ApiError::from_status(&status))?;
+        Ok(())
+    }
+
+    /// Cancels a locked execution inside `tx`: open steps skipped, gates denied, status cancelled.
+    async fn cancel_locked(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        caller: &Caller,
+        ids: &[String],
+    ) -> Result<(), ApiError> {
+        let reason = serde_json::json!({
+            "code": "cancelled",
+            "message": format!("cancelled by {}", caller.principal_label()),
+        });
+        for id in ids {
+            store::close_open_steps(tx, id, "skipped").await.map_err(db)?;
+            store::set_status(tx, id, "cancelled", Some(&reason)).await.map_err(db)?;
+        }
+        self.deny_gates(caller, ids).await
     }
 
     async fn detail(&self, caller: &Caller, id: &str) -> Result<pb::Execution, ApiError> {
@@ -172,9 +219,7 @@ impl Executions for ExecutionsService {
         let (mut tx, _) = self
             .lock_in(&caller, &id, &allowed, "Only a running or waiting execution can be cancelled")
             .await?;
-        store::close_open_steps(&mut tx, &id, "skipped").await.map_err(db)?;
-        let reason = serde_json::json!({"code": "cancelled", "message": format!("cancelled by {}", caller.principal_label())});
-        store::set_status(&mut tx, &id, "cancelled", Some(&reason)).await.map_err(db)?;
+        self.cancel_locked(&mut tx, &caller, std::slice::from_ref(&id)).await?;
         tx.commit().await.map_err(db)?;
         Ok(tonic::Response::new(self.detail(&caller, &id).await?))
     }
@@ -210,6 +255,23 @@ impl Executions for ExecutionsService {
         let item = WorkItem { org_id: caller.org_id.clone(), execution_ids: vec![retry_id.clone()] };
         oa_bus::publish_work(&self.jetstream, &self.topology, &retry_id, &item).await.map_err(bus_error)?;
         Ok(tonic::Response::new(self.detail(&caller, &retry_id).await?))
+    }
+
+    async fn cancel_executions_of_agent(
+        &self,
+        request: tonic::Request<pb::CancelExecutionsOfAgentRequest>,
+    ) -> GrpcResult<pb::CancelExecutionsOfAgentResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let agent_id = request.into_inner().agent_id;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let ids = store::lock_unfinished_of_agent(&mut tx, &caller.org_id, &agent_id).await.map_err(db)?;
+        self.cancel_locked(&mut tx, &caller, &ids).await?;
+        tx.commit().await.map_err(db)?;
+        if !ids.is_empty() {
+            tracing::info!(agent_id, cancelled = ids.len(), "cancelled the executions of a deleted agent");
+        }
+        Ok(tonic::Response::new(pb::CancelExecutionsOfAgentResponse { cancelled: ids.len() as u32 }))
     }
 
     async fn list_dead_letters(

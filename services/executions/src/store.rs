@@ -296,6 +296,24 @@ pub async fn finish_step(
     Ok(())
 }
 
+/// Records what a step that is still open is waiting on (an approval gate's state).
+pub async fn set_waiting_output(
+    tx: &mut PgConnection,
+    id: &str,
+    position: i32,
+    output: &Value,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE executions.steps SET output = $3 WHERE execution_id = $1 AND position = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(position)
+    .bind(Json(output))
+    .execute(&mut *tx)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// Marks every step not yet finished as `status` (cancelled executions skip what is left).
 pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -307,6 +325,23 @@ pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> 
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The agent's executions that have not ended, locked for a cancel.
+pub async fn lock_unfinished_of_agent(
+    tx: &mut PgConnection,
+    org_id: &str,
+    agent_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM executions.executions
+         WHERE org_id = $1 AND agent_id = $2 AND status IN ('pending', 'running', 'waiting_approval')
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(org_id)
+    .bind(agent_id)
+    .fetch_all(&mut *tx)
+    .await
 }
 
 pub struct ListFilter<'a> {

@@ -5,6 +5,7 @@
 //! It owns the `tenancy` schema through `oa-tenancy` (orgs and integration keys) and no other
 //! table; everything else goes through a service.
 
+mod approvals;
 pub mod auth;
 pub mod error;
 mod health;
@@ -35,6 +36,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::approvals::approvals_client::ApprovalsClient;
 use oa_proto::catalog::catalog_client::CatalogClient;
 use oa_proto::credits::credits_client::CreditsClient;
 use oa_proto::executions::executions_client::ExecutionsClient;
@@ -59,6 +61,7 @@ pub struct Inner {
     pub agents: AgentsClient<Channel>,
     pub catalog: CatalogClient<Channel>,
     pub executions: ExecutionsClient<Channel>,
+    pub approvals: ApprovalsClient<Channel>,
     pub credits: CreditsClient<Channel>,
     pub topology: oa_bus::Topology,
     redis_client: redis::Client,
@@ -124,7 +127,9 @@ impl Gateway {
         let catalog = CatalogClient::new(channel("catalog")?);
         let executions = ExecutionsClient::new(channel("executions")?);
         let credits = CreditsClient::new(channel("credits")?);
+        let approvals = ApprovalsClient::new(channel("approvals")?);
         let state = AppState(Arc::new(Inner {
+            approvals,
             agents,
             catalog,
             executions,
@@ -177,7 +182,7 @@ async fn limit_declared_body(limit: usize, request: Request, next: Next) -> Resp
 }
 
 fn api_routes() -> Router<AppState> {
-    Router::new().route("/me", get(me::me)).merge(routes::router())
+    Router::new().route("/me", get(me::me)).merge(routes::router()).merge(approvals::router())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -205,6 +210,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/api", api)
+        .merge(approvals::link_router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |request: Request, next: Next| {

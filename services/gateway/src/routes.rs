@@ -89,12 +89,12 @@ async fn require_credit(state: &AppState, caller: &Caller) -> Result<(), Failure
     Ok(())
 }
 
-fn grpc(status: tonic::Status) -> Failure {
+pub(crate) fn grpc(status: tonic::Status) -> Failure {
     Failure(ApiError::from_status(&status))
 }
 
 /// Parses JSON a service produced.
-fn service_json(text: &str) -> Result<Value, Failure> {
+pub(crate) fn service_json(text: &str) -> Result<Value, Failure> {
     serde_json::from_str(text).map_err(|e| Failure(ApiError::internal_from("service answer", &e)))
 }
 

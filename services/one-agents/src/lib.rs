@@ -11,8 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// The roles this build runs.
-pub const ROLES: [&str; 6] = ["gateway", "agents", "catalog", "executions", "credits", "worker"];
-const GRPC_ROLES: [&str; 4] = ["agents", "catalog", "executions", "credits"];
+pub const ROLES: [&str; 7] = ["gateway", "agents", "catalog", "executions", "approvals", "credits", "worker"];
+const GRPC_ROLES: [&str; 5] = ["agents", "catalog", "executions", "approvals", "credits"];
 
 /// Parses `all` or a comma-separated list of roles.
 pub fn parse_roles(services: &str) -> anyhow::Result<Vec<&'static str>> {
@@ -87,7 +87,7 @@ impl Plane {
             .connect(self.config.nats.url.as_str())
             .await
             .context("connecting to NATS")?;
-        if self.roles.iter().any(|r| matches!(*r, "gateway" | "executions" | "worker")) {
+        if self.roles.iter().any(|r| matches!(*r, "gateway" | "executions" | "approvals" | "worker")) {
             let topology = oa_bus::Topology::new(&self.config.nats);
             let jetstream = oa_bus::async_nats::jetstream::new(nats.clone());
             if let Err(error) = oa_bus::ensure_streams(&jetstream, &topology).await {
@@ -118,7 +118,20 @@ impl Plane {
                     pool.clone(),
                     nats.clone(),
                     &self.config,
+                )?);
+            }
+            if self.roles.contains(&"approvals") {
+                router = router.add_service(oa_approvals::ApprovalsService::build(
+                    pool.clone(),
+                    nats.clone(),
+                    &self.config,
                 ));
+                let shared = oa_approvals::Shared::new(pool.clone(), nats.clone(), &self.config);
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    oa_approvals::sweeper::run(shared, stop).await;
+                    Ok(())
+                });
             }
             // Seed before serving when the database answers; when it does not, serve anyway (calls
             // answer 503 and /readyz says why) and keep trying in the background.

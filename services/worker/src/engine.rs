@@ -12,6 +12,8 @@ use oa_domain::agent::{Step, StepKind};
 use oa_executions::store::{self, StepOutcome};
 use oa_proto::agents::RecordRunRequest;
 use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::approvals::approvals_client::ApprovalsClient;
+use oa_proto::approvals::{MintLinksRequest, OpenGateRequest};
 use oa_proto::credits::credits_client::CreditsClient;
 use oa_proto::credits::{CommitRequest, ReleaseRequest, ReserveRequest};
 use oa_store::begin_org;
@@ -30,6 +32,7 @@ pub struct Engine {
     pub prices: BTreeMap<String, i64>,
     pub agents: AgentsClient<Channel>,
     pub credits: CreditsClient<Channel>,
+    pub approvals: ApprovalsClient<Channel>,
     pub token: SecretString,
 }
 
@@ -73,8 +76,29 @@ struct StepAt<'a> {
 }
 
 enum StepResult {
-    Done { output: Value, credits: i64 },
-    WaitForApproval { message: String },
+    Done {
+        output: Value,
+        credits: i64,
+    },
+    /// The step's gate is open; `gate` is what the trace shows while it waits.
+    Waiting {
+        gate: Value,
+    },
+}
+
+/// Statuses an execution can still make progress from.
+const LIVE: [&str; 3] = ["pending", "running", "waiting_approval"];
+/// Statuses a runner may go on in (a decision can land while a step is running).
+const ACTIVE: [&str; 2] = ["running", "waiting_approval"];
+
+/// Where a completed approval step sends the run: its `on_deny` step when the gate was denied.
+fn on_deny_of<'a>(step: &'a Step, output: &Value) -> Option<&'a str> {
+    match &step.kind {
+        StepKind::Approval { on_deny: Some(target), .. } if output["decision"] == "denied" => {
+            Some(target.as_str())
+        }
+        _ => None,
+    }
 }
 
 impl Engine {
@@ -91,7 +115,8 @@ impl Engine {
     }
 
     /// Runs an execution to its end, or until it waits for a human. Errors are infrastructure
-    /// failures: the work item is retried and the execution resumes where it stopped.
+    /// failures: the work item is retried and the execution resumes where it stopped. A waiting
+    /// execution is run again when its gate changes: the gate says whether it goes on.
     pub async fn run<F, Fut>(&self, org_id: &str, execution_id: &str, progress: &F) -> anyhow::Result<()>
     where
         F: Fn() -> Fut,
@@ -103,20 +128,25 @@ impl Engine {
             tracing::warn!(execution_id, "work for an unknown execution; dropped");
             return Ok(());
         };
-        if execution.status != "pending" && execution.status != "running" {
+        if !LIVE.contains(&execution.status.as_str()) {
             return Ok(());
         }
-        store::set_status(&mut tx, &execution.id, "running", None).await?;
+        if execution.status == "pending" {
+            store::set_status(&mut tx, &execution.id, "running", None).await?;
+        }
         let rows = store::steps(&mut tx, &execution.id).await?;
         tx.commit().await?;
 
         let mut context = base_context(&execution.trigger_event);
+        // Set while a denied gate's `on_deny` jumps ahead: steps before it are skipped.
+        let mut skip_until: Option<&str> = None;
         for (position, step) in execution.definition.steps.iter().enumerate() {
             let position = position as i32;
             let row = rows.iter().find(|r| r.position == position);
             match row.map(|r| r.status.as_str()) {
                 Some("completed") => {
                     let output = row.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
+                    skip_until = skip_until.filter(|target| *target != step.id).or(on_deny_of(step, &output));
                     context["steps"][&step.id] = json!({ "output": output });
                     continue;
                 }
@@ -127,37 +157,36 @@ impl Engine {
             // A cancel between steps stops the run; the cancel already skipped what is left.
             let mut tx = begin_org(&self.pool, org_id).await?;
             let current = store::lock(&mut tx, org_id, &execution.id).await?;
-            if current.as_ref().is_none_or(|c| c.status != "running") {
+            if current.as_ref().is_none_or(|c| !ACTIVE.contains(&c.status.as_str())) {
                 return Ok(());
+            }
+            let skipped =
+                StepOutcome { status: "skipped", output: None, error: None, credits_used: 0, duration_ms: 0 };
+            if let Some(target) = skip_until {
+                if target != step.id {
+                    store::finish_step(&mut tx, &execution.id, position, &skipped).await?;
+                    tx.commit().await?;
+                    continue;
+                }
+                skip_until = None;
             }
             if let Some(when) = &step.when {
                 match oa_template::evaluate(when, &context) {
                     Ok(true) => {}
                     Ok(false) => {
-                        let outcome = StepOutcome {
-                            status: "skipped",
-                            output: None,
-                            error: None,
-                            credits_used: 0,
-                            duration_ms: 0,
-                        };
-                        store::finish_step(&mut tx, &execution.id, position, &outcome).await?;
+                        store::finish_step(&mut tx, &execution.id, position, &skipped).await?;
                         tx.commit().await?;
                         continue;
                     }
                     Err(error) => {
                         let error = StepError::new("invalid_condition", format!("when {when:?}: {error}"));
-                        self.fail(
-                            tx,
-                            &execution.id,
-                            position,
-                            &error,
-                            0,
+                        let at = StepAt {
                             org_id,
-                            &execution.agent_id,
-                            started,
-                        )
-                        .await?;
+                            execution_id: &execution.id,
+                            agent_id: &execution.agent_id,
+                            key: "",
+                        };
+                        self.fail(tx, &at, position, &error, 0, started).await?;
                         return Ok(());
                     }
                 }
@@ -168,7 +197,9 @@ impl Engine {
                 tx.commit().await?;
                 match done {
                     Some(row) if row.status == "completed" => {
-                        context["steps"][&step.id] = json!({ "output": row.output.unwrap_or(Value::Null) });
+                        let output = row.output.unwrap_or(Value::Null);
+                        skip_until = on_deny_of(step, &output);
+                        context["steps"][&step.id] = json!({ "output": output });
                         continue;
                     }
                     Some(row) if row.status == "skipped" => continue,
@@ -184,11 +215,17 @@ impl Engine {
                 tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
             let at = StepAt { org_id, execution_id: &execution.id, agent_id: &execution.agent_id, key: &key };
             let result = self.execute(step, &context, &at).instrument(span).await?;
-            let duration_ms = step_started.elapsed().as_millis() as i64;
-            let mut tx = begin_org(&self.pool, org_id).await?;
-            if store::lock(&mut tx, org_id, &execution.id).await?.is_none_or(|c| c.status != "running") {
-                return Ok(());
+            let mut duration_ms = step_started.elapsed().as_millis() as i64;
+            if matches!(step.kind, StepKind::Approval { .. }) {
+                // An approval step lasts from its gate opening to its decision.
+                let opened = row.and_then(|r| r.started_at).unwrap_or_else(chrono::Utc::now);
+                duration_ms = duration_ms.max((chrono::Utc::now() - opened).num_milliseconds());
             }
+            let mut tx = begin_org(&self.pool, org_id).await?;
+            let current = store::lock(&mut tx, org_id, &execution.id).await?;
+            let Some(current) = current.filter(|c| ACTIVE.contains(&c.status.as_str())) else {
+                return Ok(());
+            };
             match result {
                 Ok(StepResult::Done { output, credits }) => {
                     let outcome = StepOutcome {
@@ -199,34 +236,24 @@ impl Engine {
                         duration_ms,
                     };
                     store::finish_step(&mut tx, &execution.id, position, &outcome).await?;
+                    if current.status == "waiting_approval" {
+                        store::set_status(&mut tx, &execution.id, "running", None).await?;
+                    }
                     tx.commit().await?;
+                    skip_until = on_deny_of(step, &output);
                     context["steps"][&step.id] = json!({ "output": output });
                 }
-                Ok(StepResult::WaitForApproval { message }) => {
-                    // The gate is held in the trace; approvals resume the execution from here.
-                    let waiting = json!({ "message": message });
-                    store::set_status(
-                        &mut tx,
-                        &execution.id,
-                        "waiting_approval",
-                        Some(&json!({"waiting_for": waiting})),
-                    )
-                    .await?;
-                    tx.commit().await?;
+                Ok(StepResult::Waiting { gate }) => {
+                    // Nothing is held while a human decides: the gate's change brings the work back.
+                    // A runner that already took the decision has finished the step; it stands.
+                    if store::set_waiting_output(&mut tx, &execution.id, position, &gate).await? {
+                        store::set_status(&mut tx, &execution.id, "waiting_approval", None).await?;
+                        tx.commit().await?;
+                    }
                     return Ok(());
                 }
                 Err(error) => {
-                    self.fail(
-                        tx,
-                        &execution.id,
-                        position,
-                        &error,
-                        duration_ms,
-                        org_id,
-                        &execution.agent_id,
-                        started,
-                    )
-                    .await?;
+                    self.fail(tx, &at, position, &error, duration_ms, started).await?;
                     return Ok(());
                 }
             }
@@ -238,16 +265,13 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        execution_id: &str,
+        at: &StepAt<'_>,
         position: i32,
         error: &StepError,
         duration_ms: i64,
-        org_id: &str,
-        agent_id: &str,
         started: Instant,
     ) -> anyhow::Result<()> {
         let error_json = error.to_json();
@@ -258,11 +282,11 @@ impl Engine {
             credits_used: 0,
             duration_ms,
         };
-        store::finish_step(&mut tx, execution_id, position, &outcome).await?;
-        store::close_open_steps(&mut tx, execution_id, "skipped").await?;
-        store::set_status(&mut tx, execution_id, "failed", Some(&error_json)).await?;
+        store::finish_step(&mut tx, at.execution_id, position, &outcome).await?;
+        store::close_open_steps(&mut tx, at.execution_id, "skipped").await?;
+        store::set_status(&mut tx, at.execution_id, "failed", Some(&error_json)).await?;
         tx.commit().await?;
-        self.record_run(org_id, agent_id, false, started).await;
+        self.record_run(at.org_id, at.agent_id, false, started).await;
         Ok(())
     }
 
@@ -375,6 +399,176 @@ impl Engine {
         Ok(answer.map(|output| StepResult::Done { output, credits: price }))
     }
 
+    /// An `approval` step: opens its gate (or finds it open, when resuming) and reads what was
+    /// decided. The first time, the recipients in `notify` get the message with their own signed
+    /// link, once each.
+    async fn gate(
+        &self,
+        step: &Step,
+        context: &Value,
+        at: &StepAt<'_>,
+    ) -> anyhow::Result<Result<StepResult, StepError>> {
+        let StepKind::Approval { message, approvers, expires_in, on_timeout, escalate_to, notify, .. } =
+            &step.kind
+        else {
+            unreachable!("gate() runs approval steps");
+        };
+        let message = match render(message, context) {
+            Ok(message) => message,
+            Err(error) => return Ok(Err(error)),
+        };
+        let Some(expires_in_seconds) = oa_domain::agent::parse_duration_seconds(expires_in) else {
+            return Ok(Err(StepError::new(
+                "invalid_step",
+                format!("expires_in {expires_in:?} is not a duration"),
+            )));
+        };
+        let caller = Caller::service("worker", at.org_id);
+        let request = OpenGateRequest {
+            execution_id: at.execution_id.to_owned(),
+            agent_id: at.agent_id.to_owned(),
+            step_id: step.id.clone(),
+            message: message.clone(),
+            approvers: approvers.clone().unwrap_or_else(|| vec!["admin".into(), "technician".into()]),
+            expires_in_seconds,
+            on_timeout: on_timeout.as_str().to_owned(),
+            escalate_to: escalate_to.clone().unwrap_or_default(),
+        };
+        let opened =
+            self.approvals.clone().open_gate(oa_auth::service::outgoing(request, &caller, &self.token)).await;
+        let gate: Value = match opened {
+            Ok(response) => serde_json::from_str(&response.into_inner().approval_json)?,
+            Err(status) => anyhow::bail!("approvals unavailable: {}", status.message()),
+        };
+        let approval_id = gate["id"].as_str().unwrap_or_default().to_owned();
+        if gate["status"] == "pending" {
+            if let Some(notify) = notify {
+                self.announce(&step.id, &gate, notify, context, at).await?;
+            }
+            return Ok(Ok(StepResult::Waiting {
+                gate: json!({
+                    "approval_id": approval_id,
+                    "status": "pending",
+                    "message": message,
+                    "approvers": gate["approvers"],
+                    "expires_at": gate["expires_at"],
+                    "escalated_at": gate["escalated_at"],
+                }),
+            }));
+        }
+        let decision = gate["outcome"].as_str().unwrap_or("denied");
+        let output = json!({
+            "approval_id": approval_id,
+            "decision": decision,
+            "status": gate["status"],
+            "decided_by": gate["decided_by"],
+            "decided_at": gate["decided_at"],
+            "note": gate["note"],
+        });
+        let on_deny = matches!(&step.kind, StepKind::Approval { on_deny: Some(_), .. });
+        if decision == "approved" || on_deny {
+            return Ok(Ok(StepResult::Done { output, credits: 0 }));
+        }
+        let by = gate["decided_by"].as_str().unwrap_or("unknown");
+        let (code, what) = if gate["status"] == "expired" {
+            (
+                "approval_expired",
+                format!(
+                    "expired without a decision (on_timeout: {})",
+                    gate["on_timeout"].as_str().unwrap_or("deny")
+                ),
+            )
+        } else {
+            ("approval_denied", format!("denied by {by}"))
+        };
+        let note = gate["note"].as_str().map(|n| format!(": {n}")).unwrap_or_default();
+        Ok(Err(StepError::new(code, format!("Approval {approval_id} {what}{note}"))))
+    }
+
+    /// Sends each recipient of `notify` the gate's message and a link only they can use, once.
+    async fn announce(
+        &self,
+        step_id: &str,
+        gate: &Value,
+        notify: &oa_domain::agent::ApprovalNotify,
+        context: &Value,
+        at: &StepAt<'_>,
+    ) -> anyhow::Result<()> {
+        let approval_id = gate["id"].as_str().unwrap_or_default();
+        let recipients = match notify
+            .recipients
+            .iter()
+            .map(|r| render(r, context))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(recipients) => recipients,
+            Err(error) => {
+                tracing::warn!(approval_id, error = error.message, "cannot render the approval's recipients");
+                return Ok(());
+            }
+        };
+        let key = format!("{}:{approval_id}:announce", at.execution_id);
+        let mut tx = begin_org(&self.pool, at.org_id).await?;
+        let sent = store::side_effect(&mut tx, &key).await?.is_some();
+        tx.commit().await?;
+        if sent {
+            return Ok(());
+        }
+        let caller = Caller::service("worker", at.org_id);
+        let request =
+            MintLinksRequest { approval_id: approval_id.to_owned(), recipients: recipients.clone() };
+        let links = match self
+            .approvals
+            .clone()
+            .mint_links(oa_auth::service::outgoing(request, &caller, &self.token))
+            .await
+        {
+            Ok(response) => response.into_inner().links,
+            Err(status) => anyhow::bail!("approvals unavailable: {}", status.message()),
+        };
+        let message = gate["message"].as_str().unwrap_or_default();
+        let expires = gate["expires_at"].as_str().unwrap_or_default();
+        let subject = format!("Approval needed: {}", message.chars().take(80).collect::<String>());
+        let mut delivered = Vec::new();
+        for (index, recipient) in recipients.iter().enumerate() {
+            let link = links.get(recipient).map(String::as_str).unwrap_or_default();
+            let body = format!("{message}\n\nApprove or deny (expires {expires}): {link}");
+            let recipient_key = format!("{key}:{index}");
+            match self
+                .outbound
+                .notify(
+                    &notify.channel,
+                    std::slice::from_ref(recipient),
+                    Some(&subject),
+                    &body,
+                    &recipient_key,
+                )
+                .await
+            {
+                Ok(_) => delivered.push(recipient.clone()),
+                // A channel failure does not hold the gate: it stays decidable in the API.
+                Err(error) => tracing::warn!(
+                    approval_id,
+                    recipient,
+                    error = error.message,
+                    "approval announcement not delivered"
+                ),
+            }
+        }
+        let mut tx = begin_org(&self.pool, at.org_id).await?;
+        store::record_side_effect(
+            &mut tx,
+            &key,
+            at.org_id,
+            at.execution_id,
+            step_id,
+            &json!({"delivered": delivered}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn execute(
         &self,
         step: &Step,
@@ -430,9 +624,7 @@ impl Engine {
                     .await?
                     .map(done),
             },
-            StepKind::Approval { message, .. } => {
-                render(message, context).map(|message| StepResult::WaitForApproval { message })
-            }
+            StepKind::Approval { .. } => self.gate(step, context, at).await?,
         })
     }
 }

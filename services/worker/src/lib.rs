@@ -244,6 +244,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         prices: config.credits.prices.clone(),
         agents,
         credits: oa_proto::credits::credits_client::CreditsClient::new(channel(config, "credits")?),
+        approvals: oa_proto::approvals::approvals_client::ApprovalsClient::new(channel(config, "approvals")?),
         token: config.grpc.service_token.clone(),
     });
 

@@ -1,0 +1,367 @@
+//! The approvals service (`oneagents.approvals.v1.Approvals`): the gates that pause executions at
+//! their approval steps, each with exactly one decision (a user with an allowed role, a key with
+//! `approvals:decide`, a signed link, the expiry sweeper or a cancel), and an append-only audit.
+//!
+//! A decision wakes the execution through the work stream: the gate row carries a version and the
+//! version last published, so a decision committed but not yet published (a crash in between, the
+//! bus down) is published by the [`sweeper`] instead of being lost.
+//!
+//! Owns schema `approvals` and touches no other.
+
+pub mod store;
+pub mod sweeper;
+
+use std::collections::HashMap;
+
+use oa_bus::{Topology, WorkItem};
+use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
+use oa_proto::approvals as pb;
+use oa_proto::approvals::approvals_server::{Approvals, ApprovalsServer};
+use oa_store::{api_error as db, begin_org};
+use secrecy::SecretString;
+use sqlx::PgPool;
+
+pub const STATUSES: [&str; 4] = ["pending", "approved", "denied", "expired"];
+const MAX_NOTE: usize = 2000;
+
+/// What the service and its sweeper share.
+#[derive(Clone)]
+pub struct Shared {
+    pub pool: PgPool,
+    pub jetstream: oa_bus::async_nats::jetstream::Context,
+    pub topology: Topology,
+    pub config: oa_config::ApprovalsConfig,
+}
+
+pub struct ApprovalsService {
+    shared: Shared,
+}
+
+pub type GuardedApprovals = tonic::service::interceptor::InterceptedService<
+    ApprovalsServer<ApprovalsService>,
+    oa_auth::service::ServiceGuard,
+>;
+
+type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(ErrorCode::ApprovalNotFound, format!("Approval {id} not found"))
+}
+
+fn engine_only(caller: &Caller) -> Result<(), ApiError> {
+    match caller.principal {
+        Principal::Service { .. } => Ok(()),
+        _ => Err(ApiError::forbidden("Only the plane's engine opens gates and mints links")),
+    }
+}
+
+fn reply(gate: &store::Gate) -> tonic::Response<pb::Approval> {
+    tonic::Response::new(pb::Approval { approval_json: gate.to_json().to_string() })
+}
+
+/// Why a decided or expired gate takes no further decision.
+fn already_closed(gate: &store::Gate) -> ApiError {
+    let by = gate.decided_by.as_deref().unwrap_or("unknown");
+    let at =
+        gate.decided_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+    let message = match gate.decided_via.as_deref() {
+        Some("cancel") => format!("This approval was denied when its execution was cancelled ({at})"),
+        Some("timeout") => format!("This approval expired at {at}"),
+        _ => format!("This approval was already {} by {by} at {at}", gate.status),
+    };
+    ApiError::new(ErrorCode::Conflict, message).with_details(serde_json::json!({
+        "status": gate.status,
+        "decided_by": gate.decided_by,
+        "decided_at": at,
+    }))
+}
+
+impl Shared {
+    /// Wakes the gate's execution on the work stream, then records that it did. A failure leaves
+    /// the gate lagging; the sweeper publishes it again.
+    pub async fn publish(&self, gate: &store::Gate) {
+        let item = WorkItem { org_id: gate.org_id.clone(), execution_ids: vec![gate.execution_id.clone()] };
+        let dedup = format!("{}_v{}", gate.id, gate.version);
+        if let Err(error) = oa_bus::publish_work(&self.jetstream, &self.topology, &dedup, &item).await {
+            tracing::warn!(%error, approval_id = gate.id, "cannot wake the execution yet; the sweeper retries");
+            return;
+        }
+        let marked = async {
+            let mut tx = begin_org(&self.pool, &gate.org_id).await?;
+            store::mark_published(&mut tx, &gate.id, gate.version).await?;
+            tx.commit().await?;
+            Ok::<_, oa_store::StoreError>(())
+        };
+        if let Err(error) = marked.await {
+            // Harmless: the republish is dropped by the stream's dedup window or finds nothing to do.
+            tracing::warn!(%error, approval_id = gate.id, "published, but cannot record it");
+        }
+    }
+}
+
+impl ApprovalsService {
+    pub fn build(
+        pool: PgPool,
+        nats: oa_bus::async_nats::Client,
+        config: &oa_config::Config,
+    ) -> GuardedApprovals {
+        let service = ApprovalsService { shared: Shared::new(pool, nats, config) };
+        ApprovalsServer::with_interceptor(
+            service,
+            oa_auth::service::ServiceGuard::new(config.grpc.service_token.clone()),
+        )
+    }
+
+    fn secret(&self) -> &SecretString {
+        &self.shared.config.link_secret
+    }
+}
+
+impl Shared {
+    pub fn new(pool: PgPool, nats: oa_bus::async_nats::Client, config: &oa_config::Config) -> Shared {
+        Shared {
+            pool,
+            jetstream: oa_bus::async_nats::jetstream::new(nats),
+            topology: Topology::new(&config.nats),
+            config: config.approvals.clone(),
+        }
+    }
+}
+
+/// Who is deciding: the audit's actor and principal type.
+struct Decider {
+    actor: String,
+    principal_type: &'static str,
+    /// A user's role, checked against the gate's approvers.
+    role: Option<&'static str>,
+}
+
+#[tonic::async_trait]
+impl Approvals for ApprovalsService {
+    async fn open_gate(&self, request: tonic::Request<pb::OpenGateRequest>) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let request = request.into_inner();
+        if request.approvers.is_empty() || request.expires_in_seconds == 0 {
+            return Err(ApiError::bad_request("a gate needs approvers and an expiry").into());
+        }
+        if !matches!(request.on_timeout.as_str(), "deny" | "approve" | "escalate") {
+            return Err(ApiError::bad_request("on_timeout is deny, approve or escalate").into());
+        }
+        let id = ids::new_id("appr");
+        let expires_in_secs =
+            i64::try_from(request.expires_in_seconds).unwrap_or(i64::MAX / 4).min(86_400 * 365);
+        let new = store::NewGate {
+            id: &id,
+            org_id: &caller.org_id,
+            execution_id: &request.execution_id,
+            agent_id: &request.agent_id,
+            step_id: &request.step_id,
+            message: &request.message,
+            approvers: &request.approvers,
+            on_timeout: &request.on_timeout,
+            escalate_to: Some(request.escalate_to.as_str()).filter(|r| !r.is_empty()),
+            expires_in_secs,
+        };
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let (gate, created) = store::open(&mut tx, &new).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        if created {
+            tracing::info!(approval_id = gate.id, execution_id = gate.execution_id, "approval gate opened");
+        }
+        Ok(reply(&gate))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: tonic::Request<pb::ListApprovalsRequest>,
+    ) -> GrpcResult<pb::ListApprovalsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadApprovals)?;
+        let request = request.into_inner();
+        if !request.status.is_empty() && !STATUSES.contains(&request.status.as_str()) {
+            return Err(
+                ApiError::bad_request(format!("status must be one of {}", STATUSES.join(", "))).into()
+            );
+        }
+        let page = request.page.unwrap_or_default();
+        let limit = match page.limit {
+            0 => 50,
+            1..=200 => page.limit,
+            _ => return Err(ApiError::bad_request("limit must be between 1 and 200").into()),
+        };
+        if !page.cursor.is_empty() && !ids::has_prefix(&page.cursor, "appr") {
+            return Err(ApiError::bad_request("cursor is the next_cursor of a previous page").into());
+        }
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let (mut gates, total) =
+            store::list(&mut tx, &caller.org_id, &request.status, &page.cursor, i64::from(limit) + 1)
+                .await
+                .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let more = gates.len() > limit as usize;
+        gates.truncate(limit as usize);
+        let next_cursor =
+            if more { gates.last().map(|g| g.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(tonic::Response::new(pb::ListApprovalsResponse {
+            approvals: gates
+                .iter()
+                .map(|g| pb::Approval { approval_json: g.to_json().to_string() })
+                .collect(),
+            page: Some(oa_proto::common::PageInfo { total: total as u64, next_cursor }),
+        }))
+    }
+
+    async fn get_approval(
+        &self,
+        request: tonic::Request<pb::GetApprovalRequest>,
+    ) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ReadApprovals)?;
+        let id = request.into_inner().id;
+        if !ids::has_prefix(&id, "appr") {
+            return Err(not_found(&id).into());
+        }
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let gate =
+            store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
+        let history = store::history(&mut tx, &id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut record = gate.to_json();
+        record["history"] = serde_json::Value::Array(history);
+        Ok(tonic::Response::new(pb::Approval { approval_json: record.to_string() }))
+    }
+
+    async fn decide(&self, request: tonic::Request<pb::DecideRequest>) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        let request = request.into_inner();
+        let (status, outcome) = match request.decision.as_str() {
+            "approved" => ("approved", "approved"),
+            "denied" => ("denied", "denied"),
+            _ => return Err(ApiError::bad_request("decision must be \"approved\" or \"denied\"").into()),
+        };
+        if request.note.chars().count() > MAX_NOTE {
+            return Err(ApiError::bad_request(format!("note is at most {MAX_NOTE} characters")).into());
+        }
+        let id = request.id;
+        let decider = if request.link_token.is_empty() {
+            caller.require(Permission::DecideApprovals)?;
+            match &caller.principal {
+                Principal::User { sub, role } => Decider {
+                    actor: format!("user:{sub}"),
+                    principal_type: "user",
+                    role: Some(role.as_str()),
+                },
+                Principal::IntegrationKey { key_id, .. } => {
+                    Decider { actor: format!("key:{key_id}"), principal_type: "integration_key", role: None }
+                }
+                Principal::Service { .. } => {
+                    return Err(ApiError::forbidden("A service cannot decide an approval").into());
+                }
+            }
+        } else {
+            let claims = oa_auth::links::verify(self.secret(), &request.link_token, &id)
+                .map_err(|error| ApiError::forbidden(format!("{error}")))?;
+            if claims.org_id != caller.org_id {
+                return Err(ApiError::forbidden("this link is not valid").into());
+            }
+            Decider { actor: claims.sub, principal_type: "signed_link", role: None }
+        };
+        if !ids::has_prefix(&id, "appr") {
+            return Err(not_found(&id).into());
+        }
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let gate =
+            store::lock(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
+        if let Some(role) = decider.role
+            && !gate.approvers.iter().any(|r| r == role)
+        {
+            return Err(ApiError::forbidden(format!(
+                "Only {} may decide this approval",
+                gate.approvers.join(" or ")
+            ))
+            .into());
+        }
+        if gate.status != "pending" {
+            return Err(already_closed(&gate).into());
+        }
+        if gate.expires_at <= chrono::Utc::now() {
+            return Err(ApiError::new(ErrorCode::Conflict, "This approval has expired").into());
+        }
+        let note = Some(request.note.as_str()).filter(|n| !n.is_empty());
+        let decision =
+            store::Decision { status, outcome, by: &decider.actor, via: decider.principal_type, note };
+        let decided = store::decide(&mut tx, &gate.id, &decision).await.map_err(db)?;
+        store::audit(&mut tx, &decided, status, &decider.actor, decider.principal_type, note, None)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        tracing::info!(approval_id = decided.id, decision = status, by = decider.actor, "approval decided");
+        self.shared.publish(&decided).await;
+        Ok(reply(&decided))
+    }
+
+    async fn mint_links(
+        &self,
+        request: tonic::Request<pb::MintLinksRequest>,
+    ) -> GrpcResult<pb::MintLinksResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        engine_only(&caller)?;
+        let request = request.into_inner();
+        let id = request.approval_id;
+        if !ids::has_prefix(&id, "appr") {
+            return Err(not_found(&id).into());
+        }
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let gate =
+            store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
+        tx.commit().await.map_err(db)?;
+        let ttl = i64::try_from(self.shared.config.link_ttl_seconds).unwrap_or(i64::MAX / 4);
+        let expires_at = gate.expires_at.timestamp().min(chrono::Utc::now().timestamp().saturating_add(ttl));
+        let base = self.shared.config.public_url.trim_end_matches('/');
+        let mut links = HashMap::new();
+        for recipient in request.recipients {
+            let token = oa_auth::links::mint(
+                self.secret(),
+                &caller.org_id,
+                &id,
+                &recipient,
+                expires_at.max(0) as u64,
+            )
+            .map_err(|e| ApiError::internal_from("signing a link", &e))?;
+            links.insert(recipient, format!("{base}/approvals/{id}/link?token={token}"));
+        }
+        Ok(tonic::Response::new(pb::MintLinksResponse { links }))
+    }
+
+    async fn deny_open_gates(
+        &self,
+        request: tonic::Request<pb::DenyOpenGatesRequest>,
+    ) -> GrpcResult<pb::DenyOpenGatesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::ControlExecutions)?;
+        let request = request.into_inner();
+        if request.execution_ids.is_empty() {
+            return Ok(tonic::Response::new(pb::DenyOpenGatesResponse { denied: 0 }));
+        }
+        let reason = Some(request.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or("Execution cancelled");
+        let by = match caller.principal {
+            Principal::Service { .. } => "system:cancel".to_owned(),
+            _ => caller.principal_label(),
+        };
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let denied = store::deny_open(&mut tx, &request.execution_ids, &by, reason).await.map_err(db)?;
+        let principal_type = match caller.principal {
+            Principal::User { .. } => "user",
+            Principal::IntegrationKey { .. } => "integration_key",
+            Principal::Service { .. } => "system",
+        };
+        for gate in &denied {
+            store::audit(&mut tx, gate, "denied", &by, principal_type, Some(reason), None)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(tonic::Response::new(pb::DenyOpenGatesResponse { denied: denied.len() as u32 }))
+    }
+}
