@@ -569,9 +569,6 @@ impl Config {
             return invalid("approvals.public_url must be an http(s) URL");
         }
         if self.environment == Environment::Production {
-            if self.approvals.link_secret.expose_secret() == DEV_LINK_SECRET {
-                return invalid("approvals.link_secret must be set to a secret of your own in production");
-            }
             if self.auth.dev_signing_key_file.is_some() {
                 return invalid(
                     "auth.dev_signing_key_file is a development key and is refused in production",
@@ -582,6 +579,9 @@ impl Config {
             }
             if self.auth.jwks_file.is_none() && self.auth.jwks_url.is_none() {
                 return invalid("auth.jwks_url (or auth.jwks_file) is required in production");
+            }
+            if self.approvals.link_secret.expose_secret() == DEV_LINK_SECRET {
+                return invalid("approvals.link_secret must be set to a secret of your own in production");
             }
             let sandbox_port = self.sandbox.http_listen.port().to_string();
             let urls = self
@@ -653,6 +653,14 @@ mod tests {
             jail.set_env("ONE_AGENTS_AUTH__JWKS_URL", "https://hub.example/jwks.json");
             let error = Config::load(None).unwrap_err().to_string();
             assert!(error.contains("service_token"), "{error}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ONE_AGENTS_ENVIRONMENT", "production");
+            jail.set_env("ONE_AGENTS_AUTH__JWKS_URL", "https://hub.example/jwks.json");
+            jail.set_env("ONE_AGENTS_GRPC__SERVICE_TOKEN", "a-real-secret-of-32-characters-xx");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("approvals.link_secret"), "{error}");
             Ok(())
         });
     }

@@ -116,7 +116,10 @@ pub struct TestPlane {
     pub config: Config,
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+    roles: Vec<&'static str>,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<()>>,
+    sandbox_shutdown: CancellationToken,
     _dir: TempDir,
 }
 
@@ -140,6 +143,7 @@ impl Drop for TempDir {
 impl Drop for TestPlane {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.sandbox_shutdown.cancel();
     }
 }
 
@@ -200,31 +204,59 @@ impl TestPlane {
         let jwks_path = dir.0.join("jwks.json");
         let jwks = oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID)?;
         std::fs::write(&jwks_path, serde_json::to_vec(&jwks)?)?;
-        let shutdown = CancellationToken::new();
+        let sandbox_shutdown = CancellationToken::new();
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        let sandbox = oa_sandbox::start(any_port, any_port, shutdown.clone()).await?;
+        let sandbox = oa_sandbox::start(any_port, any_port, sandbox_shutdown.clone()).await?;
         let mut config = test_config(&db, Some(jwks_path));
         use_sandbox(&mut config, &sandbox);
         adjust(&mut config);
         config.validate()?;
-        let plane = one_agents::Plane::bind(config, roles).await?;
-        let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
-        let config = plane.config().clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = plane.run(stop).await {
-                eprintln!("test plane stopped: {error:#}");
-            }
-        });
+        let (shutdown, running, addr, config) = TestPlane::launch(config, roles).await?;
         Ok(TestPlane {
             db,
             sandbox: sandbox.recorder,
             config,
             addr,
             http: reqwest::Client::new(),
+            roles: roles.to_vec(),
             shutdown,
+            running: Some(running),
+            sandbox_shutdown,
             _dir: dir,
         })
+    }
+
+    async fn launch(
+        config: Config,
+        roles: &[&'static str],
+    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr, Config)> {
+        let plane = one_agents::Plane::bind(config, roles).await?;
+        let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
+        // With port 0, the plane pointed the services' endpoints at the port it bound.
+        let config = plane.config().clone();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let running = tokio::spawn(async move {
+            if let Err(error) = plane.run(stop).await {
+                eprintln!("test plane stopped: {error:#}");
+            }
+        });
+        Ok((shutdown, running, addr, config))
+    }
+
+    /// Stops every service of the plane and starts them again on the same database, bus, Redis
+    /// and sandbox (new ports): nothing of the first run survives but what they persisted.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await?;
+        }
+        let mut config = self.config.clone();
+        config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (shutdown, running, addr, config) = TestPlane::launch(config, &self.roles).await?;
+        (self.shutdown, self.running, self.addr, self.config) = (shutdown, Some(running), addr, config);
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -41,7 +41,7 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
 #[tokio::test]
 async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_side_effects() {
     // The plane in this process runs no worker; workers are child processes we can kill.
-    let roles = ["gateway", "agents", "catalog", "executions", "credits"];
+    let roles = ["gateway", "agents", "catalog", "executions", "approvals", "credits"];
     let plane = TestPlane::start_roles(&roles, |c| c.nats.ack_wait_seconds = 2).await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
     let pause = plane
@@ -130,7 +130,7 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
 
 #[tokio::test]
 async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_never_charged_twice() {
-    let roles = ["gateway", "agents", "catalog", "executions", "credits"];
+    let roles = ["gateway", "agents", "catalog", "executions", "approvals", "credits"];
     let plane = TestPlane::start_roles(&roles, |c| {
         c.nats.ack_wait_seconds = 2;
         c.credits.reservation_ttl_seconds = 1;
