@@ -505,3 +505,35 @@ async fn templates_are_listed_by_category_and_cloned_into_draft_agents() {
     .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn an_upgrade_brings_installed_system_agents_up_to_the_shipped_definitions() {
+    let db = oa_testkit::TestDb::create().await.unwrap();
+    assert!(oa_agents::seed_agents(&db.app).await.unwrap(), "first start installs");
+    assert!(!oa_agents::seed_agents(&db.app).await.unwrap(), "a restart changes nothing");
+    // As installed by an older release.
+    sqlx::query(
+        "UPDATE agents.agents SET definition = jsonb_set(definition, '{description}', '\"old\"')
+         WHERE id = 'agent_system_guardian'",
+    )
+    .execute(&db.admin)
+    .await
+    .unwrap();
+    assert!(oa_agents::seed_agents(&db.app).await.unwrap());
+    let (version, description): (i32, String) = sqlx::query_as(
+        "SELECT version, definition->>'description' FROM agents.agents WHERE id = 'agent_system_guardian'",
+    )
+    .fetch_one(&db.admin)
+    .await
+    .unwrap();
+    let shipped =
+        oa_agents::shipped_system_agents().into_iter().find(|a| a.id == "agent_system_guardian").unwrap();
+    assert_eq!((version, description), (2, shipped.definition.description));
+    let versions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agents.agent_versions WHERE agent_id = 'agent_system_guardian'",
+    )
+    .fetch_one(&db.admin)
+    .await
+    .unwrap();
+    assert_eq!(versions, 2);
+}

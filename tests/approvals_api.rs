@@ -417,6 +417,14 @@ async fn a_signed_link_decides_once_only_for_its_gate_and_not_after_it_expires()
     let (second, _) = guardian_gate(&plane, &org, "dev_link2", 1).await;
     let first_id = first["id"].as_str().unwrap();
     let second_id = second["id"].as_str().unwrap();
+    // Newest first, a page at a time.
+    let (_, page) = get(&plane, &org, "/api/approvals?limit=1").await;
+    assert_eq!((page["total"].as_u64(), page["approvals"][0]["id"].as_str()), (Some(2), Some(second_id)));
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, page) = get(&plane, &org, &format!("/api/approvals?limit=1&cursor={cursor}")).await;
+    assert_eq!(page["approvals"][0]["id"].as_str(), Some(first_id));
+    assert!(page["next_cursor"].is_null());
+
     let link = link_for(&plane, first_id);
     let path = &link[link.find("/approvals/").unwrap()..];
     assert_eq!(
@@ -428,6 +436,8 @@ async fn a_signed_link_decides_once_only_for_its_gate_and_not_after_it_expires()
     // Opening the link (a phone, or a mail scanner) shows the gate and consumes nothing.
     let page = plane.http.get(plane.url(path)).header("accept", "text/html").send().await.unwrap();
     assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     let html = page.text().await.unwrap();
     assert!(html.contains("WORKSTATION-01") && html.contains("Approve") && html.contains("Deny"), "{html}");
 
@@ -457,6 +467,9 @@ async fn a_signed_link_decides_once_only_for_its_gate_and_not_after_it_expires()
     assert_eq!(record["decided_via"], "signed_link");
     assert_eq!(record["history"][1]["principal_type"], "signed_link");
     execution_in(&plane, &org, &first_execution, "completed").await;
+    let (_, pending) = get(&plane, &org, "/api/approvals").await;
+    let (_, all) = get(&plane, &org, "/api/approvals?status=all").await;
+    assert_eq!((pending["total"].as_u64(), all["total"].as_u64()), (Some(1), Some(2)), "pending by default");
 
     // Once only.
     let again = plane.http.post(plane.url(path)).json(&json!({"decision": "denied"}));
@@ -479,4 +492,100 @@ async fn an_expired_link_decides_nothing() {
     assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
     let (_, record) = get(&plane, &org, &format!("/api/approvals/{id}")).await;
     assert_eq!(record["status"], "pending", "the gate is still open to signed-in approvers");
+}
+
+#[tokio::test]
+async fn a_denied_gate_with_on_deny_goes_on_at_that_step() {
+    let plane = start().await;
+    let org = plane.db.create_org("pro").await.unwrap();
+    let (status, clone) = status_and_json(
+        plane
+            .as_user(Method::POST, "/api/agents/agent_system_guardian/clone", &org, "admin")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let clone_id = clone["id"].as_str().unwrap();
+    let mut steps = clone["steps"].clone();
+    steps[1]["on_deny"] = json!("notify_security");
+    let update = plane
+        .as_user(Method::PUT, &format!("/api/agents/{clone_id}"), &org, "admin")
+        .json(&json!({"steps": steps, "status": "active"}));
+    let (status, body) = status_and_json(update.send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let pause = plane
+        .as_user(Method::PUT, "/api/agents/agent_system_guardian", &org, "admin")
+        .json(&json!({"status": "paused"}));
+    assert_eq!(pause.send().await.unwrap().status(), 200);
+
+    // on_deny must name a later step.
+    steps[1]["on_deny"] = json!("assess_threat");
+    let bad = plane
+        .as_user(Method::PUT, &format!("/api/agents/{clone_id}"), &org, "admin")
+        .json(&json!({"steps": steps}));
+    let (status, body) = status_and_json(bad.send().await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_agent_config")), "{body}");
+    assert!(body["details"].to_string().contains("steps[1].on_deny"), "{body}");
+
+    let (gate, execution_id) = guardian_gate(&plane, &org, "dev_branch", 0).await;
+    let (status, _) = decide(&plane, &org, "technician", gate["id"].as_str().unwrap(), "denied").await;
+    assert_eq!(status, 200);
+    let execution = execution_in(&plane, &org, &execution_id, "completed").await;
+    assert_eq!(step(&execution, "confirm_isolation")["status"], "completed");
+    assert_eq!(step(&execution, "confirm_isolation")["output"]["decision"], "denied");
+    assert_eq!(step(&execution, "isolate_device")["status"], "skipped");
+    assert_eq!(step(&execution, "notify_security")["status"], "completed");
+    assert_eq!(isolations(&plane, "dev_branch"), 0);
+}
+
+#[tokio::test]
+async fn replicas_sweeping_together_expire_a_gate_once() {
+    // The plane's own sweeper sleeps; four replicas' sweeps race on the expired gate.
+    let plane = TestPlane::start_with(|c| c.approvals.sweep_interval_ms = 3_600_000).await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let (gate, execution_id) = guardian_gate(&plane, &org, "dev_sweep", 0).await;
+    let id = gate["id"].as_str().unwrap();
+    age(&plane, id).await;
+    let nats = oa_bus::connect(&plane.config.nats).await.unwrap();
+    let shared = oa_approvals::Shared::new(plane.db.app.clone(), nats, &plane.config);
+    let sweeps = (0..4).map(|_| oa_approvals::sweeper::sweep(&shared));
+    let handled: usize = futures::future::join_all(sweeps).await.into_iter().map(Result::unwrap).sum();
+    assert_eq!(handled, 1);
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM approvals.audit WHERE approval_id = $1 AND action = 'expired'",
+    )
+    .bind(id)
+    .fetch_one(&plane.db.admin)
+    .await
+    .unwrap();
+    assert_eq!(expired, 1);
+    execution_in(&plane, &org, &execution_id, "failed").await;
+}
+
+#[tokio::test]
+async fn a_decision_committed_but_never_published_is_published_by_the_sweeper() {
+    let plane = start().await;
+    let org = plane.db.create_org("pro").await.unwrap();
+    let (gate, execution_id) = guardian_gate(&plane, &org, "dev_outbox", 0).await;
+    // As if the service died between committing the decision and publishing it.
+    sqlx::query(
+        "UPDATE approvals.gates SET status = 'approved', outcome = 'approved', decided_by = 'user:u-9',
+                decided_via = 'user', decided_at = now(), version = version + 1,
+                updated_at = now() - interval '1 minute'
+         WHERE id = $1",
+    )
+    .bind(gate["id"].as_str().unwrap())
+    .execute(&plane.db.admin)
+    .await
+    .unwrap();
+    execution_in(&plane, &org, &execution_id, "completed").await;
+    assert_eq!(isolations(&plane, "dev_outbox"), 1);
+    let lagging: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM approvals.gates WHERE published_version < version")
+            .fetch_one(&plane.db.admin)
+            .await
+            .unwrap();
+    assert_eq!(lagging, 0);
 }

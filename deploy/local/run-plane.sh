@@ -57,6 +57,15 @@ More to try: /api/agents (the six system agents), /api/templates, /api/events (t
 curl -s -X POST -H "X-Integration-Key: $KEY" -H 'content-type: application/json' \
   http://127.0.0.1:$GATEWAY_PORT/api/events/publish -d '{"source_product":"psa","event_type":"ticket.created","payload":{"ticket_id":"tkt_1","priority":"p1","subject":"Email down","client_id":"cl_acme","client_name":"Acme"}}'
 
+Publish a ransomware detection: the Guardian agent assesses it, then waits for a human at an
+approval gate (its on-call number gets a signed link in the sandbox):
+
+curl -s -X POST -H "X-Integration-Key: $KEY" -H 'content-type: application/json' \
+  http://127.0.0.1:$GATEWAY_PORT/api/events/publish -d '{"source_product":"defend","event_type":"ransomware.detected","payload":{"detection_id":"det_1","confidence":0.97,"severity":"critical","encrypted_files":412,"process":"svch0st.exe","client_id":"cl_acme","client_name":"Acme Corp","device":{"id":"dev_ws01","hostname":"WORKSTATION-01","role":"workstation"}}}'
+curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/approvals
+curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' \
+  http://127.0.0.1:$GATEWAY_PORT/api/approvals/<id>/decision -d '{"decision":"approved","note":"isolate it"}'
+
 (that key, a demo product's with events:publish and catalog:write, is kept in $L/demo-product-key)
 The SANDBOX (stand-in LLM, SMS, email, webhooks, product APIs) shows what it received: http://127.0.0.1:59100/
 TXT

@@ -1,5 +1,5 @@
-//! The system agents and templates shipped with the plane. Seeding adds what is missing; it never
-//! changes an org's data.
+//! The system agents and templates shipped with the plane. Seeding installs what is missing and
+//! brings system agents up to the shipped definitions; it never changes an org's data.
 
 use oa_domain::agent::AgentDefinition;
 use oa_store::{StoreError, begin_org};
@@ -47,14 +47,16 @@ pub fn shipped_templates() -> Vec<TemplateRow> {
         .collect()
 }
 
-pub async fn seed_agents(pool: &PgPool) -> Result<(), StoreError> {
+/// Returns whether a system agent was installed or changed (workers then drop their indexes).
+pub async fn seed_agents(pool: &PgPool) -> Result<bool, StoreError> {
     let mut tx = begin_org(pool, "system").await?;
     for template in shipped_templates() {
         store::upsert_template(&mut tx, &template).await?;
     }
+    let mut changed = false;
     for agent in shipped_system_agents() {
-        store::insert_system_agent_if_absent(&mut tx, &agent.id, &agent.definition).await?;
+        changed |= store::install_system_agent(&mut tx, &agent.id, &agent.definition).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(changed)
 }

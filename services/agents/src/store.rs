@@ -445,32 +445,58 @@ pub async fn upsert_template(tx: &mut PgConnection, template: &TemplateRow) -> R
     Ok(())
 }
 
-/// Inserts a system agent unless present; runs in an org-`system` transaction.
-pub async fn insert_system_agent_if_absent(
+/// Installs a shipped system agent, or brings an installed one up to the shipped definition as a
+/// new version (orgs cannot edit system agents, so the shipped definition is the only truth; running
+/// executions keep the version they pinned). Runs in an org-`system` transaction. `true` when
+/// something changed.
+pub async fn install_system_agent(
     tx: &mut PgConnection,
     id: &str,
     definition: &AgentDefinition,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO agents.agents
-             (id, org_id, name, description, category, type, status, definition, version, created_by)
-         VALUES ($1, 'system', $2, $3, $4, 'system', 'active', $5, 1, 'system')
-         ON CONFLICT (id) DO NOTHING",
+    let current: Option<(Json<AgentDefinition>, i32)> = sqlx::query_as(
+        "SELECT definition, version FROM agents.agents WHERE id = $1 AND org_id = 'system' FOR UPDATE",
     )
     .bind(id)
-    .bind(&definition.name)
-    .bind(&definition.description)
-    .bind(&definition.category)
-    .bind(Json(definition))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        record_version(tx, id, "system", 1, "active", definition, "system").await?;
-        replace_field_usage(tx, id, definition).await?;
-    }
-    Ok(inserted)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let version = match current {
+        Some((installed, _)) if installed.0 == *definition => return Ok(false),
+        Some((_, version)) => {
+            sqlx::query(
+                "UPDATE agents.agents SET name = $2, description = $3, category = $4, definition = $5,
+                        version = $6, updated_at = now()
+                 WHERE id = $1 AND org_id = 'system'",
+            )
+            .bind(id)
+            .bind(&definition.name)
+            .bind(&definition.description)
+            .bind(&definition.category)
+            .bind(Json(definition))
+            .bind(version + 1)
+            .execute(&mut *tx)
+            .await?;
+            version + 1
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO agents.agents
+                     (id, org_id, name, description, category, type, status, definition, version, created_by)
+                 VALUES ($1, 'system', $2, $3, $4, 'system', 'active', $5, 1, 'system')",
+            )
+            .bind(id)
+            .bind(&definition.name)
+            .bind(&definition.description)
+            .bind(&definition.category)
+            .bind(Json(definition))
+            .execute(&mut *tx)
+            .await?;
+            1
+        }
+    };
+    record_version(tx, id, "system", version, "active", definition, "system").await?;
+    replace_field_usage(tx, id, definition).await?;
+    Ok(true)
 }
 
 /// Counts one finished run in the org's stats of an agent.

@@ -179,11 +179,16 @@ impl Approvals for ApprovalsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ReadApprovals)?;
         let request = request.into_inner();
-        if !request.status.is_empty() && !STATUSES.contains(&request.status.as_str()) {
-            return Err(
-                ApiError::bad_request(format!("status must be one of {}", STATUSES.join(", "))).into()
-            );
-        }
+        // The reference lists pending gates; `all` lists every status.
+        let status = match request.status.as_str() {
+            "" => "pending",
+            "all" => "",
+            status if STATUSES.contains(&status) => status,
+            _ => {
+                let allowed = format!("status must be one of {} or all", STATUSES.join(", "));
+                return Err(ApiError::bad_request(allowed).into());
+            }
+        };
         let page = request.page.unwrap_or_default();
         let limit = match page.limit {
             0 => 50,
@@ -195,7 +200,7 @@ impl Approvals for ApprovalsService {
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
         let (mut gates, total) =
-            store::list(&mut tx, &caller.org_id, &request.status, &page.cursor, i64::from(limit) + 1)
+            store::list(&mut tx, &caller.org_id, status, &page.cursor, i64::from(limit) + 1)
                 .await
                 .map_err(db)?;
         tx.commit().await.map_err(db)?;

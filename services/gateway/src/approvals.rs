@@ -28,9 +28,18 @@ pub fn router() -> Router<AppState> {
         .route("/approvals/{id}/decision", post(decide))
 }
 
-/// The signed-link routes, mounted outside `/api` (no sign-in).
+/// The signed-link routes, mounted outside `/api` (no sign-in). The token is in the URL: pages are
+/// never cached and never send it on as a referrer.
 pub fn link_router() -> Router<AppState> {
-    Router::new().route("/approvals/{id}/link", get(show_link).post(decide_by_link))
+    Router::new().route("/approvals/{id}/link", get(show_link).post(decide_by_link)).layer(
+        axum::middleware::map_response(|mut response: Response| async move {
+            let headers = response.headers_mut();
+            headers.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            headers.insert(header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
+            headers.insert(header::X_FRAME_OPTIONS, http::HeaderValue::from_static("DENY"));
+            response
+        }),
+    )
 }
 
 #[derive(Deserialize)]

@@ -135,10 +135,11 @@ impl Plane {
             }
             // Seed before serving when the database answers; when it does not, serve anyway (calls
             // answer 503 and /readyz says why) and keep trying in the background.
-            if let Err(error) = seed(&pool, seed_catalog, seed_agents).await {
+            if let Err(error) = seed(&pool, seed_catalog, seed_agents, &nats, &self.config).await {
                 tracing::warn!(error = %error, "cannot seed yet; retrying in the background");
                 let stop = shutdown.clone();
                 let pool = pool.clone();
+                let (nats, config) = (nats.clone(), self.config.clone());
                 tokio::spawn(async move {
                     let mut delay = std::time::Duration::from_millis(500);
                     loop {
@@ -146,7 +147,7 @@ impl Plane {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(delay) => {}
                         }
-                        match seed(&pool, seed_catalog, seed_agents).await {
+                        match seed(&pool, seed_catalog, seed_agents, &nats, &config).await {
                             Ok(()) => {
                                 return tracing::info!("seeded the catalog, templates and system agents");
                             }
@@ -216,12 +217,22 @@ impl Plane {
     }
 }
 
-async fn seed(pool: &sqlx::PgPool, catalog: bool, agents: bool) -> anyhow::Result<()> {
+async fn seed(
+    pool: &sqlx::PgPool,
+    catalog: bool,
+    agents: bool,
+    nats: &oa_bus::async_nats::Client,
+    config: &Config,
+) -> anyhow::Result<()> {
     if catalog {
         oa_catalog::seed_catalog(pool).await.context("seeding the event catalog")?;
     }
-    if agents {
-        oa_agents::seed_agents(pool).await.context("seeding templates and system agents")?;
+    if agents && oa_agents::seed_agents(pool).await.context("seeding templates and system agents")? {
+        // Running workers drop their indexes and pick up the shipped system agents.
+        let subject = oa_bus::Topology::new(&config.nats).agents_changed_subject("system");
+        if let Err(error) = nats.publish(subject, "changed".into()).await {
+            tracing::warn!(%error, "cannot announce the updated system agents; workers catch up within a minute");
+        }
     }
     Ok(())
 }
