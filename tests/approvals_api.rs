@@ -76,6 +76,26 @@ async fn guardian_gate(plane: &TestPlane, org: &str, device: &str, already: usiz
     (gate, execution_id)
 }
 
+/// Clones Guardian into an active custom agent after `edit` changed its clone's fields (as a PUT
+/// body), and pauses the system Guardian so only the clone answers. Returns the clone's id and the
+/// clone as created.
+async fn guardian_clone(plane: &TestPlane, org: &str, edit: impl FnOnce(&mut Value)) -> (String, Value) {
+    let clone = plane.as_user(Method::POST, "/api/agents/agent_system_guardian/clone", org, "admin");
+    let (status, clone) = status_and_json(clone.send().await.unwrap()).await;
+    assert_eq!(status, 201, "{clone}");
+    let id = clone["id"].as_str().unwrap().to_owned();
+    let mut update = json!({"steps": clone["steps"], "status": "active"});
+    edit(&mut update);
+    let put = plane.as_user(Method::PUT, &format!("/api/agents/{id}"), org, "admin").json(&update);
+    let (status, body) = status_and_json(put.send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let pause = plane
+        .as_user(Method::PUT, "/api/agents/agent_system_guardian", org, "admin")
+        .json(&json!({"status": "paused"}));
+    assert_eq!(pause.send().await.unwrap().status(), 200);
+    (id, clone)
+}
+
 fn isolations(plane: &TestPlane, device: &str) -> usize {
     plane.sandbox.of_kind("action").iter().filter(|a| a.body["device_id"] == device).count()
 }
@@ -190,35 +210,17 @@ async fn a_gate_left_alone_expires_and_follows_on_timeout() {
     // A clone that approves on timeout goes on to isolate; one that escalates hands the gate to
     // admins with a new expiry, and records it in the trace.
     for (on_timeout, device) in [("approve", "dev_ws04"), ("escalate", "dev_ws05")] {
-        let (status, clone) = status_and_json(
-            plane
-                .as_user(Method::POST, "/api/agents/agent_system_guardian/clone", &org, "admin")
-                .json(&json!({"name": format!("Guardian ({on_timeout})")}))
-                .send()
-                .await
-                .unwrap(),
-        )
+        guardian_clone(&plane, &org, |update| {
+            update["steps"][1]["on_timeout"] = json!(on_timeout);
+            if on_timeout == "escalate" {
+                update["steps"][1]["escalate_to"] = json!("admin");
+            }
+            update["trigger"] = json!({"type": "bus_event", "source_product": "defend",
+                "event_type": "ransomware.detected",
+                "filters": [{"field": "client_id", "operator": "eq", "value": format!("cl_{device}")}]});
+        })
         .await;
-        assert_eq!(status, 201, "{clone}");
-        let clone_id = clone["id"].as_str().unwrap();
-        let mut steps = clone["steps"].clone();
-        steps[1]["on_timeout"] = json!(on_timeout);
-        if on_timeout == "escalate" {
-            steps[1]["escalate_to"] = json!("admin");
-        }
-        let update = plane
-            .as_user(Method::PUT, &format!("/api/agents/{clone_id}"), &org, "admin")
-            .json(&json!({"steps": steps, "trigger": {"type": "bus_event", "source_product": "defend",
-                          "event_type": "ransomware.detected",
-                          "filters": [{"field": "client_id", "operator": "eq", "value": format!("cl_{device}")}]},
-                          "status": "active"}));
-        let (status, body) = status_and_json(update.send().await.unwrap()).await;
-        assert_eq!(status, 200, "{body}");
     }
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_guardian", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
 
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_ws04", 0).await;
     age(&plane, gate["id"].as_str().unwrap()).await;
@@ -352,24 +354,7 @@ async fn cancelling_denies_the_gate_and_deleting_an_agent_cancels_its_executions
     assert!(conflict["message"].as_str().unwrap().contains("cancelled"), "{conflict}");
 
     // A custom agent waiting at its gate is cancelled when the agent is deleted.
-    let (status, clone) = status_and_json(
-        plane
-            .as_user(Method::POST, "/api/agents/agent_system_guardian/clone", &org, "admin")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let clone_id = clone["id"].as_str().unwrap();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{clone_id}"), &org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_guardian", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
+    let (clone_id, _) = guardian_clone(&plane, &org, |_| {}).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_delete", 0).await;
     assert_eq!(gate["agent_id"], clone_id);
     let delete = plane.as_user(Method::DELETE, &format!("/api/agents/{clone_id}"), &org, "admin");
@@ -498,27 +483,9 @@ async fn an_expired_link_decides_nothing() {
 async fn a_denied_gate_with_on_deny_goes_on_at_that_step() {
     let plane = start().await;
     let org = plane.db.create_org("pro").await.unwrap();
-    let (status, clone) = status_and_json(
-        plane
-            .as_user(Method::POST, "/api/agents/agent_system_guardian/clone", &org, "admin")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let clone_id = clone["id"].as_str().unwrap();
+    let (clone_id, clone) =
+        guardian_clone(&plane, &org, |update| update["steps"][1]["on_deny"] = json!("notify_security")).await;
     let mut steps = clone["steps"].clone();
-    steps[1]["on_deny"] = json!("notify_security");
-    let update = plane
-        .as_user(Method::PUT, &format!("/api/agents/{clone_id}"), &org, "admin")
-        .json(&json!({"steps": steps, "status": "active"}));
-    let (status, body) = status_and_json(update.send().await.unwrap()).await;
-    assert_eq!(status, 200, "{body}");
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_guardian", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
 
     // on_deny must name a later step.
     steps[1]["on_deny"] = json!("assess_threat");
