@@ -129,61 +129,72 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
     Ok(inserted)
 }
 
-/// Inserts many executions (and their pending steps) in two statements, skipping any (event, agent)
-/// that already has one. The ingest path uses it: one round trip per event, not per agent.
-pub async fn insert_many(
+/// One execution an event starts: its agent, the version it pins, and that definition both parsed
+/// and serialized (the index serializes each agent once, not once per event).
+pub struct EventExecution<'a> {
+    pub id: &'a str,
+    pub agent_id: &'a str,
+    pub agent_version: i32,
+    pub definition: &'a AgentDefinition,
+    pub definition_json: &'a str,
+}
+
+/// Inserts the executions one event starts, with their pending steps, in one statement, skipping
+/// any (event, agent) that already has one; returns the ids it inserted. The ingest path uses it:
+/// one round trip per event, whatever the number of agents.
+pub async fn insert_for_event(
     tx: &mut PgConnection,
-    news: &[NewExecution<'_>],
+    org_id: &str,
+    event_id: &str,
+    trigger_event: &Value,
+    news: &[EventExecution<'_>],
 ) -> Result<Vec<String>, sqlx::Error> {
     if news.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = news.iter().map(|n| n.id).collect();
-    let orgs: Vec<&str> = news.iter().map(|n| n.org_id).collect();
     let agents: Vec<&str> = news.iter().map(|n| n.agent_id).collect();
     let versions: Vec<i32> = news.iter().map(|n| n.agent_version).collect();
-    let definitions: Vec<Json<&AgentDefinition>> = news.iter().map(|n| Json(n.definition)).collect();
-    let events: Vec<&str> = news.iter().map(|n| n.event_id).collect();
-    let triggers: Vec<Json<&Value>> = news.iter().map(|n| Json(n.trigger_event)).collect();
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO executions.executions (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
-         SELECT i, o, a, v, d, e, t, 'pending'
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::text[], $7::jsonb[]) AS u(i, o, a, v, d, e, t)
-         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
-         RETURNING id",
-    )
-    .bind(&ids)
-    .bind(&orgs)
-    .bind(&agents)
-    .bind(&versions)
-    .bind(&definitions)
-    .bind(&events)
-    .bind(&triggers)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (mut step_executions, mut step_orgs, mut positions, mut step_ids, mut step_types) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for new in news.iter().filter(|n| inserted.iter().any(|id| id == n.id)) {
+    let definitions: Vec<&str> = news.iter().map(|n| n.definition_json).collect();
+    let (mut step_executions, mut positions, mut step_ids, mut step_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for new in news {
         for (position, step) in new.definition.steps.iter().enumerate() {
             step_executions.push(new.id);
-            step_orgs.push(new.org_id);
             positions.push(position as i32);
             step_ids.push(step.id.as_str());
             step_types.push(step.kind.type_name());
         }
     }
-    sqlx::query(
-        "INSERT INTO executions.steps (execution_id, org_id, position, step_id, step_type, status)
-         SELECT x, o, p, i, t, 'pending' FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[]) AS s(x, o, p, i, t)",
+    sqlx::query_scalar(
+        "WITH inserted AS (
+             INSERT INTO executions.executions
+                 (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
+             SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending'
+             FROM unnest($1::text[], $5::text[], $6::int[], $7::text[]) AS u(i, a, v, d)
+             ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
+             RETURNING id
+         ), steps AS (
+             INSERT INTO executions.steps (execution_id, org_id, position, step_id, step_type, status)
+             SELECT s.x, $2, s.p, s.i, s.t, 'pending'
+             FROM unnest($8::text[], $9::int[], $10::text[], $11::text[]) AS s(x, p, i, t)
+             WHERE s.x IN (SELECT id FROM inserted)
+         )
+         SELECT id FROM inserted",
     )
+    .bind(&ids)
+    .bind(org_id)
+    .bind(event_id)
+    .bind(Json(trigger_event))
+    .bind(&agents)
+    .bind(&versions)
+    .bind(&definitions)
     .bind(&step_executions)
-    .bind(&step_orgs)
     .bind(&positions)
     .bind(&step_ids)
     .bind(&step_types)
-    .execute(&mut *tx)
-    .await?;
-    Ok(inserted)
+    .fetch_all(&mut *tx)
+    .await
 }
 
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {

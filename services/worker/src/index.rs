@@ -65,13 +65,16 @@ impl AgentIndex {
         for agent in response.agents {
             let value: serde_json::Value = serde_json::from_str(&agent.agent_json)
                 .map_err(|e| ApiError::internal_from("agent index", &e))?;
-            let definition = serde_json::from_value(value.clone())
+            let definition: oa_domain::agent::AgentDefinition = serde_json::from_value(value.clone())
                 .map_err(|e| ApiError::internal_from("agent index", &e))?;
+            let definition_json =
+                serde_json::to_string(&definition).map_err(|e| ApiError::internal_from("agent index", &e))?;
             set.push(Candidate {
                 id: value["id"].as_str().unwrap_or_default().to_owned(),
                 version: value["version"].as_i64().unwrap_or(1) as i32,
                 cloned_from: value["cloned_from"].as_str().map(str::to_owned),
                 definition,
+                definition_json,
             });
         }
         let set = Arc::new(set);

@@ -168,22 +168,19 @@ impl Ingest {
         }
         let trigger_event = serde_json::to_value(&envelope)?;
         let execution_ids: Vec<String> = matched.iter().map(|_| ids::new_id("exec")).collect();
-        let news: Vec<store::NewExecution> = matched
+        let news: Vec<store::EventExecution> = matched
             .iter()
             .zip(&execution_ids)
-            .map(|(candidate, id)| store::NewExecution {
+            .map(|(candidate, id)| store::EventExecution {
                 id,
-                org_id,
                 agent_id: &candidate.id,
                 agent_version: candidate.version,
                 definition: &candidate.definition,
-                event_id: &envelope.id,
-                trigger_event: &trigger_event,
-                retry_of: None,
+                definition_json: &candidate.definition_json,
             })
             .collect();
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let inserted = store::insert_many(&mut tx, &news).await?;
+        let inserted = store::insert_for_event(&mut tx, org_id, &envelope.id, &trigger_event, &news).await?;
         // On a first delivery every execution is new. On a redelivery some or all exist already:
         // every one still unfinished gets its work published again (JetStream drops duplicates).
         let unfinished: Vec<String> = if inserted.len() == news.len() {

@@ -14,6 +14,8 @@ pub struct Candidate {
     pub version: i32,
     pub cloned_from: Option<String>,
     pub definition: AgentDefinition,
+    /// The definition serialized once, as executions pin it.
+    pub definition_json: String,
 }
 
 /// Why an event cannot be matched: it goes to the dead letters with this reason.
@@ -146,7 +148,14 @@ mod tests {
             "conflict_behavior": behavior, "client_scope": scope
         }))
         .unwrap();
-        Candidate { id: id.into(), version: 1, cloned_from: cloned_from.map(Into::into), definition }
+        let definition_json = serde_json::to_string(&definition).unwrap();
+        Candidate {
+            id: id.into(),
+            version: 1,
+            cloned_from: cloned_from.map(Into::into),
+            definition,
+            definition_json,
+        }
     }
 
     fn event(payload: Value) -> Envelope {
