@@ -112,7 +112,7 @@ impl ExecutionsService {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let execution =
             store::get(&mut tx, &caller.org_id, id).await.map_err(db)?.ok_or_else(|| not_found(id))?;
-        let steps = store::steps(&mut tx, id).await.map_err(db)?;
+        let steps = store::steps(&mut tx, &execution).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(pb::Execution { execution_json: convert::detail_json(&execution, &steps).to_string() })
     }

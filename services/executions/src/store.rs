@@ -89,8 +89,9 @@ pub struct NewExecution<'a> {
     pub retry_of: Option<&'a str>,
 }
 
-/// Inserts an execution with one pending step row per step. Returns false when this (event,
-/// agent) already has one: redeliveries create nothing.
+/// Inserts an execution. Returns false when this (event, agent) already has one: redeliveries
+/// create nothing. Step rows are written as steps start or end; until then [`steps`] shows them
+/// from the pinned definition.
 pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO executions.executions
@@ -110,22 +111,6 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
     .await?
     .rows_affected()
         == 1;
-    if inserted {
-        let positions: Vec<i32> = (0..new.definition.steps.len() as i32).collect();
-        let ids: Vec<&str> = new.definition.steps.iter().map(|s| s.id.as_str()).collect();
-        let types: Vec<&str> = new.definition.steps.iter().map(|s| s.kind.type_name()).collect();
-        sqlx::query(
-            "INSERT INTO executions.steps (execution_id, position, org_id, step_id, step_type, status)
-             SELECT $1, p, $2, i, t, 'pending' FROM unnest($3::int[], $4::text[], $5::text[]) AS s(p, i, t)",
-        )
-        .bind(new.id)
-        .bind(new.org_id)
-        .bind(&positions)
-        .bind(&ids)
-        .bind(&types)
-        .execute(&mut *tx)
-        .await?;
-    }
     Ok(inserted)
 }
 
@@ -139,9 +124,9 @@ pub struct EventExecution<'a> {
     pub definition_json: &'a str,
 }
 
-/// Inserts the executions one event starts, with their pending steps, in one statement, skipping
-/// any (event, agent) that already has one; returns the ids it inserted. The ingest path uses it:
-/// one round trip per event, whatever the number of agents.
+/// Inserts the executions one event starts in one statement, skipping any (event, agent) that
+/// already has one; returns the ids it inserted. The ingest path uses it: one round trip per
+/// event, whatever the number of agents. Step rows come later, as steps run (see [`steps`]).
 pub async fn insert_for_event(
     tx: &mut PgConnection,
     org_id: &str,
@@ -156,31 +141,13 @@ pub async fn insert_for_event(
     let agents: Vec<&str> = news.iter().map(|n| n.agent_id).collect();
     let versions: Vec<i32> = news.iter().map(|n| n.agent_version).collect();
     let definitions: Vec<&str> = news.iter().map(|n| n.definition_json).collect();
-    let (mut step_executions, mut positions, mut step_ids, mut step_types) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for new in news {
-        for (position, step) in new.definition.steps.iter().enumerate() {
-            step_executions.push(new.id);
-            positions.push(position as i32);
-            step_ids.push(step.id.as_str());
-            step_types.push(step.kind.type_name());
-        }
-    }
     sqlx::query_scalar(
-        "WITH inserted AS (
-             INSERT INTO executions.executions
-                 (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
-             SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending'
-             FROM unnest($1::text[], $5::text[], $6::int[], $7::text[]) AS u(i, a, v, d)
-             ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
-             RETURNING id
-         ), steps AS (
-             INSERT INTO executions.steps (execution_id, org_id, position, step_id, step_type, status)
-             SELECT s.x, $2, s.p, s.i, s.t, 'pending'
-             FROM unnest($8::text[], $9::int[], $10::text[], $11::text[]) AS s(x, p, i, t)
-             WHERE s.x IN (SELECT id FROM inserted)
-         )
-         SELECT id FROM inserted",
+        "INSERT INTO executions.executions
+             (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
+         SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending'
+         FROM unnest($1::text[], $5::text[], $6::int[], $7::text[]) AS u(i, a, v, d)
+         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
+         RETURNING id",
     )
     .bind(&ids)
     .bind(org_id)
@@ -189,10 +156,6 @@ pub async fn insert_for_event(
     .bind(&agents)
     .bind(&versions)
     .bind(&definitions)
-    .bind(&step_executions)
-    .bind(&positions)
-    .bind(&step_ids)
-    .bind(&step_types)
     .fetch_all(&mut *tx)
     .await
 }
@@ -220,12 +183,50 @@ pub async fn lock(
     row.as_ref().map(execution_from_row).transpose()
 }
 
-pub async fn steps(tx: &mut PgConnection, execution_id: &str) -> Result<Vec<StepRow>, sqlx::Error> {
+/// The trace of an execution: one record per step of its pinned definition. A step that has not
+/// started has no row yet (ingest writes executions only): it shows as `pending` while the
+/// execution can still run it, and as `skipped` once the execution ended without it.
+pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Vec<StepRow>, sqlx::Error> {
     let rows = sqlx::query("SELECT * FROM executions.steps WHERE execution_id = $1 ORDER BY position")
-        .bind(execution_id)
+        .bind(&execution.id)
         .fetch_all(&mut *tx)
         .await?;
-    rows.iter().map(step_from_row).collect()
+    let mut written: Vec<StepRow> = rows.iter().map(step_from_row).collect::<Result<_, _>>()?;
+    let unstarted = if matches!(execution.status.as_str(), "pending" | "running" | "waiting_approval") {
+        "pending"
+    } else {
+        "skipped"
+    };
+    let mut trace = Vec::with_capacity(execution.definition.steps.len());
+    for (position, step) in execution.definition.steps.iter().enumerate() {
+        let position = position as i32;
+        match written.iter().position(|r| r.position == position) {
+            Some(index) => trace.push(written.swap_remove(index)),
+            None => trace.push(StepRow {
+                position,
+                step_id: step.id.clone(),
+                step_type: step.kind.type_name().to_owned(),
+                status: unstarted.to_owned(),
+                attempt: 0,
+                output: None,
+                error: None,
+                credits_used: 0,
+                duration_ms: None,
+                started_at: None,
+                completed_at: None,
+            }),
+        }
+    }
+    Ok(trace)
+}
+
+/// Where a step row lives: its execution and org, its position, and what the definition says it is.
+pub struct StepAt<'a> {
+    pub execution_id: &'a str,
+    pub org_id: &'a str,
+    pub position: i32,
+    pub step_id: &'a str,
+    pub step_type: &'a str,
 }
 
 /// Moves an execution to `status`; terminal statuses set `completed_at`.
@@ -252,16 +253,23 @@ pub async fn set_status(
 
 /// Marks a step running and returns its attempt, or `None` when another runner already finished
 /// it (its result then stands).
-pub async fn start_step(tx: &mut PgConnection, id: &str, position: i32) -> Result<Option<i32>, sqlx::Error> {
+pub async fn start_step(tx: &mut PgConnection, at: &StepAt<'_>) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
         // A step found running was interrupted by a dead worker: resuming it is the same attempt,
         // so its side effects keep their idempotency key.
-        "UPDATE executions.steps SET attempt = CASE WHEN status = 'running' THEN GREATEST(attempt, 1) ELSE attempt + 1 END,
-                status = 'running', started_at = COALESCE(started_at, now())
-         WHERE execution_id = $1 AND position = $2 AND status IN ('pending', 'running') RETURNING attempt",
+        "INSERT INTO executions.steps (execution_id, position, org_id, step_id, step_type, status, attempt, started_at)
+         VALUES ($1, $2, $3, $4, $5, 'running', 1, now())
+         ON CONFLICT (execution_id, position) DO UPDATE
+            SET attempt = CASE WHEN steps.status = 'running' THEN GREATEST(steps.attempt, 1) ELSE steps.attempt + 1 END,
+                status = 'running', started_at = COALESCE(steps.started_at, now())
+            WHERE steps.status IN ('pending', 'running')
+         RETURNING attempt",
     )
-    .bind(id)
-    .bind(position)
+    .bind(at.execution_id)
+    .bind(at.position)
+    .bind(at.org_id)
+    .bind(at.step_id)
+    .bind(at.step_type)
     .fetch_optional(&mut *tx)
     .await
 }
@@ -286,17 +294,22 @@ pub struct StepOutcome<'a> {
 
 pub async fn finish_step(
     tx: &mut PgConnection,
-    id: &str,
-    position: i32,
+    at: &StepAt<'_>,
     outcome: &StepOutcome<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE executions.steps SET status = $3, output = $4, error = $5, credits_used = $6, duration_ms = $7,
-                completed_at = now(), started_at = COALESCE(started_at, now())
-         WHERE execution_id = $1 AND position = $2",
+        "INSERT INTO executions.steps (execution_id, position, org_id, step_id, step_type, status, output, error,
+                                       credits_used, duration_ms, started_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now())
+         ON CONFLICT (execution_id, position) DO UPDATE
+            SET status = $6, output = $7, error = $8, credits_used = $9, duration_ms = $10,
+                completed_at = now(), started_at = COALESCE(steps.started_at, now())",
     )
-    .bind(id)
-    .bind(position)
+    .bind(at.execution_id)
+    .bind(at.position)
+    .bind(at.org_id)
+    .bind(at.step_id)
+    .bind(at.step_type)
     .bind(outcome.status)
     .bind(outcome.output.map(Json))
     .bind(outcome.error.map(Json))
@@ -325,7 +338,8 @@ pub async fn set_waiting_output(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Marks every step not yet finished as `status` (cancelled executions skip what is left).
+/// Marks every step row not yet finished as `status` (cancelled executions skip what is left;
+/// steps that never started have no row and show as skipped once the execution ended).
 pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE executions.steps SET status = $2, completed_at = now()

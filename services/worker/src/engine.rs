@@ -134,7 +134,7 @@ impl Engine {
         if execution.status == "pending" {
             store::set_status(&mut tx, &execution.id, "running", None).await?;
         }
-        let rows = store::steps(&mut tx, &execution.id).await?;
+        let rows = store::steps(&mut tx, &execution).await?;
         tx.commit().await?;
 
         let mut context = base_context(&execution.trigger_event);
@@ -143,6 +143,13 @@ impl Engine {
         for (position, step) in execution.definition.steps.iter().enumerate() {
             let position = position as i32;
             let row = rows.iter().find(|r| r.position == position);
+            let here = store::StepAt {
+                execution_id: &execution.id,
+                org_id,
+                position,
+                step_id: &step.id,
+                step_type: step.kind.type_name(),
+            };
             match row.map(|r| r.status.as_str()) {
                 Some("completed") => {
                     let output = row.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
@@ -164,7 +171,7 @@ impl Engine {
                 StepOutcome { status: "skipped", output: None, error: None, credits_used: 0, duration_ms: 0 };
             if let Some(target) = skip_until {
                 if target != step.id {
-                    store::finish_step(&mut tx, &execution.id, position, &skipped).await?;
+                    store::finish_step(&mut tx, &here, &skipped).await?;
                     tx.commit().await?;
                     continue;
                 }
@@ -174,7 +181,7 @@ impl Engine {
                 match oa_template::evaluate(when, &context) {
                     Ok(true) => {}
                     Ok(false) => {
-                        store::finish_step(&mut tx, &execution.id, position, &skipped).await?;
+                        store::finish_step(&mut tx, &here, &skipped).await?;
                         tx.commit().await?;
                         continue;
                     }
@@ -186,12 +193,12 @@ impl Engine {
                             agent_id: &execution.agent_id,
                             key: "",
                         };
-                        self.fail(tx, &at, position, &error, 0, started).await?;
+                        self.fail(tx, &at, &here, &error, 0, started).await?;
                         return Ok(());
                     }
                 }
             }
-            let Some(attempt) = store::start_step(&mut tx, &execution.id, position).await? else {
+            let Some(attempt) = store::start_step(&mut tx, &here).await? else {
                 // Another runner of this execution finished the step: take its result and go on.
                 let done = store::step(&mut tx, &execution.id, position).await?;
                 tx.commit().await?;
@@ -235,7 +242,7 @@ impl Engine {
                         credits_used: credits,
                         duration_ms,
                     };
-                    store::finish_step(&mut tx, &execution.id, position, &outcome).await?;
+                    store::finish_step(&mut tx, &here, &outcome).await?;
                     if current.status == "waiting_approval" {
                         store::set_status(&mut tx, &execution.id, "running", None).await?;
                     }
@@ -253,7 +260,7 @@ impl Engine {
                     return Ok(());
                 }
                 Err(error) => {
-                    self.fail(tx, &at, position, &error, duration_ms, started).await?;
+                    self.fail(tx, &at, &here, &error, duration_ms, started).await?;
                     return Ok(());
                 }
             }
@@ -269,7 +276,7 @@ impl Engine {
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         at: &StepAt<'_>,
-        position: i32,
+        here: &store::StepAt<'_>,
         error: &StepError,
         duration_ms: i64,
         started: Instant,
@@ -282,7 +289,7 @@ impl Engine {
             credits_used: 0,
             duration_ms,
         };
-        store::finish_step(&mut tx, at.execution_id, position, &outcome).await?;
+        store::finish_step(&mut tx, here, &outcome).await?;
         store::close_open_steps(&mut tx, at.execution_id, "skipped").await?;
         store::set_status(&mut tx, at.execution_id, "failed", Some(&error_json)).await?;
         tx.commit().await?;

@@ -49,7 +49,7 @@ impl Sweeper {
         else {
             return Ok(Settle::Release);
         };
-        let steps = store::steps(&mut tx, &execution.id).await?;
+        let steps = store::steps(&mut tx, &execution).await?;
         tx.commit().await?;
         let step = steps.iter().find(|s| s.step_id == reservation.step_id);
         Ok(match (step.map(|s| s.status.as_str()), execution.status.as_str()) {
