@@ -38,6 +38,10 @@ pub struct Record {
     pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// How many records the sandbox keeps (the oldest tenth goes when full); idempotency keys are kept
+/// for good.
+const MAX_RECORDS: usize = 50_000;
+
 #[derive(Clone, Default)]
 pub struct Recorder {
     inner: Arc<Mutex<(Vec<Record>, HashSet<String>)>>,
@@ -52,6 +56,10 @@ impl Recorder {
         {
             return false;
         }
+        // A long-running local plane keeps the most recent records, not all of them.
+        if inner.0.len() >= MAX_RECORDS {
+            inner.0.drain(..MAX_RECORDS / 10);
+        }
         inner.0.push(Record {
             kind: kind.into(),
             target: target.into(),
@@ -62,12 +70,22 @@ impl Recorder {
         true
     }
 
+    /// How many records there are, without copying them (the model stand-in numbers its answers).
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn records(&self) -> Vec<Record> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
     pub fn of_kind(&self, kind: &str) -> Vec<Record> {
-        self.records().into_iter().filter(|r| r.kind == kind).collect()
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0.iter().filter(|r| r.kind == kind).cloned().collect()
     }
 }
 
@@ -140,7 +158,7 @@ async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     Json(json!({
-        "id": format!("chatcmpl-sandbox-{}", recorder.records().len()),
+        "id": format!("chatcmpl-sandbox-{}", recorder.len()),
         "object": "chat.completion",
         "model": model,
         "system_fingerprint": "one-agents-sandbox",
