@@ -152,3 +152,22 @@ async fn org_creation_rejects_bad_ids_tiers_and_duplicates() {
     let row = sqlx::query("SELECT count(*) AS n FROM tenancy.orgs").fetch_one(&db.admin).await.unwrap();
     assert_eq!(row.get::<i64, _>("n"), 1);
 }
+
+#[tokio::test]
+async fn an_org_transaction_sees_its_org_whatever_the_id_looks_like() {
+    let db = oa_testkit::TestDb::create().await.unwrap();
+    for org in ["org_plain-Id_1", "org_it's \"odd\"; SELECT 1; --"] {
+        let mut tx = oa_store::begin_org(&db.app, org).await.unwrap();
+        let seen: String =
+            sqlx::query_scalar("SELECT current_setting('app.org_id')").fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(seen, org);
+        tx.commit().await.unwrap();
+        // The setting was the transaction's own.
+        let after: Option<String> =
+            sqlx::query_scalar("SELECT nullif(current_setting('app.org_id', true), '')")
+                .fetch_one(&db.app)
+                .await
+                .unwrap();
+        assert_eq!(after, None);
+    }
+}
