@@ -26,9 +26,7 @@ async fn own_agents_in_db(plane: &TestPlane, org: &str) -> i64 {
 async fn an_org_sees_the_system_agents_with_its_own_status_and_zero_stats() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (status, list) =
-        status_and_json(plane.as_user(Method::GET, "/api/agents", &org, "viewer").send().await.unwrap())
-            .await;
+    let (status, list) = plane.get_json("/api/agents", &org).await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 6);
     let agents = list["agents"].as_array().unwrap();
@@ -44,17 +42,11 @@ async fn an_org_sees_the_system_agents_with_its_own_status_and_zero_stats() {
     for (query, expected) in
         [("type=system", 6), ("category=security", 1), ("status=paused", 0), ("type=custom", 0)]
     {
-        let (status, list) = status_and_json(
-            plane.as_user(Method::GET, &format!("/api/agents?{query}"), &org, "viewer").send().await.unwrap(),
-        )
-        .await;
+        let (status, list) = plane.get_json(&format!("/api/agents?{query}"), &org).await;
         assert_eq!((status, list["total"].as_u64()), (200, Some(expected)), "{query}");
     }
     for query in ["status=sleeping", "type=robot", "category=gardening"] {
-        let (status, body) = status_and_json(
-            plane.as_user(Method::GET, &format!("/api/agents?{query}"), &org, "viewer").send().await.unwrap(),
-        )
-        .await;
+        let (status, body) = plane.get_json(&format!("/api/agents?{query}"), &org).await;
         assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{query}");
     }
 }
@@ -107,14 +99,7 @@ async fn an_admin_creates_reads_updates_versions_and_deletes_a_custom_agent() {
         (200, Some("active"), Some(3))
     );
 
-    let (status, versions) = status_and_json(
-        plane
-            .as_user(Method::GET, &format!("/api/agents/{id}/versions"), &org, "viewer")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, versions) = plane.get_json(&format!("/api/agents/{id}/versions"), &org).await;
     assert_eq!(status, 200);
     let numbers: Vec<i64> =
         versions["versions"].as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
@@ -308,10 +293,7 @@ async fn a_system_agent_can_only_be_paused_or_resumed_for_the_org_or_cloned() {
     );
     assert_eq!(clone["steps"], paused["steps"]);
     assert_eq!(clone["org_id"], org.as_str());
-    let (status, versions) = status_and_json(
-        plane.as_user(Method::GET, &format!("{path}/versions"), &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, versions) = plane.get_json(&format!("{path}/versions"), &org).await;
     assert_eq!((status, versions["versions"][0]["version"].as_i64()), (200, Some(1)));
 }
 
@@ -433,9 +415,7 @@ async fn twenty_parallel_activations_against_a_cap_of_five_leave_exactly_five_ac
 async fn templates_are_listed_by_category_and_cloned_into_draft_agents() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (status, list) =
-        status_and_json(plane.as_user(Method::GET, "/api/templates", &org, "viewer").send().await.unwrap())
-            .await;
+    let (status, list) = plane.get_json("/api/templates", &org).await;
     assert_eq!(status, 200);
     let templates = list["templates"].as_array().unwrap();
     assert!(templates.len() >= 10);
@@ -443,16 +423,10 @@ async fn templates_are_listed_by_category_and_cloned_into_draft_agents() {
     assert_eq!((sla["category"].as_str(), sla["version"].as_str()), (Some("operations"), Some("1.0.0")));
     assert_eq!(sla["trigger"]["event_type"], "ticket.sla_warning");
 
-    let (_, security) = status_and_json(
-        plane.as_user(Method::GET, "/api/templates?category=security", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, security) = plane.get_json("/api/templates?category=security", &org).await;
     assert!(security["templates"].as_array().unwrap().iter().all(|t| t["category"] == "security"));
     assert!(!security["templates"].as_array().unwrap().is_empty());
-    let (status, error) = status_and_json(
-        plane.as_user(Method::GET, "/api/templates?category=fun", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, error) = plane.get_json("/api/templates?category=fun", &org).await;
     assert_eq!((status, error["error"].as_str()), (400, Some("bad_request")));
 
     let (status, named) = status_and_json(

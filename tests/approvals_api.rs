@@ -29,7 +29,7 @@ async fn start() -> TestPlane {
 }
 
 async fn get(plane: &TestPlane, org: &str, path: &str) -> (u16, Value) {
-    status_and_json(plane.as_user(Method::GET, path, org, "viewer").send().await.unwrap()).await
+    plane.get_json(path, org).await
 }
 
 async fn decide(plane: &TestPlane, org: &str, role: &str, id: &str, decision: &str) -> (u16, Value) {

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 async fn the_seeded_catalog_lists_realistic_event_types_with_filters() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (status, list) =
-        status_and_json(plane.as_user(Method::GET, "/api/events", &org, "viewer").send().await.unwrap())
-            .await;
+    let (status, list) = plane.get_json("/api/events", &org).await;
     assert_eq!(status, 200);
     let events = list["events"].as_array().unwrap();
     assert!(events.len() >= 24, "{}", events.len());
@@ -30,35 +28,16 @@ async fn the_seeded_catalog_lists_realistic_event_types_with_filters() {
     );
     assert!(events.iter().all(|e| e["sample_payload"]["client_id"].is_string()));
 
-    let (_, psa) = status_and_json(
-        plane.as_user(Method::GET, "/api/events?source_product=psa", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, psa) = plane.get_json("/api/events?source_product=psa", &org).await;
     assert!(psa["events"].as_array().unwrap().iter().all(|e| e["source_product"] == "psa"));
-    let (_, security) = status_and_json(
-        plane.as_user(Method::GET, "/api/events?category=security", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, security) = plane.get_json("/api/events?category=security", &org).await;
     let security = security["events"].as_array().unwrap();
     assert!(!security.is_empty() && security.iter().all(|e| e["category"] == "security"));
-    let (status, error) = status_and_json(
-        plane.as_user(Method::GET, "/api/events?category=weather", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, error) = plane.get_json("/api/events?category=weather", &org).await;
     assert_eq!((status, error["error"].as_str()), (400, Some("bad_request")));
-    let (status, one) = status_and_json(
-        plane
-            .as_user(Method::GET, "/api/events/defend:ransomware.detected", &org, "viewer")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, one) = plane.get_json("/api/events/defend:ransomware.detected", &org).await;
     assert_eq!((status, one["display_name"].as_str()), (200, Some("Ransomware Detected")));
-    let (status, error) = status_and_json(
-        plane.as_user(Method::GET, "/api/events/psa:nothing", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, error) = plane.get_json("/api/events/psa:nothing", &org).await;
     assert_eq!((status, error["error"].as_str()), (404, Some("event_type_not_found")));
 }
 
@@ -147,10 +126,7 @@ async fn an_event_type_cannot_drop_a_field_that_agents_filter_on() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
     let (_, product) = plane.db.create_key(&org, &[Scope::CatalogWrite]).await.unwrap();
-    let (_, original) = status_and_json(
-        plane.as_user(Method::GET, "/api/events/psa:ticket.escalated", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, original) = plane.get_json("/api/events/psa:ticket.escalated", &org).await;
     let response = plane
         .as_user(Method::POST, "/api/agents", &org, "admin")
         .json(&p1_escalation("Uses escalated_to"))

@@ -64,9 +64,7 @@ async fn a_thousand_concurrent_reservations_never_overdraw() {
     .await
     .unwrap();
     assert_eq!(ledger, 500);
-    let (_, usage) =
-        status_and_json(plane.as_user(Method::GET, "/api/credits", &org, "viewer").send().await.unwrap())
-            .await;
+    let (_, usage) = plane.get_json("/api/credits", &org).await;
     assert_eq!(usage["remaining"], 0);
 
     // The database itself refuses an overdraw or a negative total, whatever the code does.
@@ -171,22 +169,13 @@ async fn metered_steps_charge_their_tier_and_an_org_without_credits_gets_402_and
         .unwrap();
     let first = plane
         .eventually(20, || async {
-            let (_, list) = status_and_json(
-                plane
-                    .as_user(Method::GET, "/api/executions?status=completed", &org, "viewer")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let (_, list) = plane.get_json("/api/executions?status=completed", &org).await;
             list["executions"].get(0).cloned()
         })
         .await
         .expect("a completed execution");
     assert_eq!(first["credits_used"], 5);
-    let (_, usage) =
-        status_and_json(plane.as_user(Method::GET, "/api/credits", &org, "viewer").send().await.unwrap())
-            .await;
+    let (_, usage) = plane.get_json("/api/credits", &org).await;
     assert_eq!(
         (usage["total_used"].as_i64(), usage["remaining"].as_i64(), usage["allocation"].as_i64()),
         (Some(5), Some(0), Some(5))
@@ -208,31 +197,13 @@ async fn metered_steps_charge_their_tier_and_an_org_without_credits_gets_402_and
         .unwrap();
     let failed = plane
         .eventually(20, || async {
-            let (_, list) = status_and_json(
-                plane
-                    .as_user(Method::GET, "/api/executions?status=failed", &org, "viewer")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let (_, list) = plane.get_json("/api/executions?status=failed", &org).await;
             list["executions"].get(0).cloned()
         })
         .await
         .expect("a failed execution");
-    let (_, detail) = status_and_json(
-        plane
-            .as_user(
-                Method::GET,
-                &format!("/api/executions/{}", failed["id"].as_str().unwrap()),
-                &org,
-                "viewer",
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", failed["id"].as_str().unwrap()), &org).await;
     assert_eq!(detail["steps"][0]["error"]["code"], "credit_insufficient");
     assert_eq!(detail["error"]["code"], "credit_insufficient");
     assert_eq!(plane.sandbox.of_kind("llm").len(), llm_calls, "no model call without credits");
@@ -255,10 +226,7 @@ async fn metered_steps_charge_their_tier_and_an_org_without_credits_gets_402_and
     assert_eq!(retry.send().await.unwrap().status(), 402);
 
     // History: 12 months, newest first, zeros included.
-    let (status, history) = status_and_json(
-        plane.as_user(Method::GET, "/api/credits/history", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, history) = plane.get_json("/api/credits/history", &org).await;
     assert_eq!(status, 200);
     let months = history["history"].as_array().unwrap();
     assert_eq!(months.len(), 12);
@@ -271,8 +239,5 @@ async fn metered_steps_charge_their_tier_and_an_org_without_credits_gets_402_and
         status_and_json(plane.as_user(Method::GET, "/api/credits", &other, "viewer").send().await.unwrap())
             .await;
     assert_eq!((theirs["total_used"].as_i64(), theirs["allocation"].as_i64()), (Some(0), Some(100_000)));
-    let (_, _) = status_and_json(
-        plane.as_user(Method::GET, "/api/credits?month=march", &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, _) = plane.get_json("/api/credits?month=march", &org).await;
 }

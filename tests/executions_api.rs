@@ -114,10 +114,7 @@ async fn a_ticket_event_from_the_bus_and_from_the_api_runs_the_matching_agent_wi
 
     let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "completed").await;
     let id = runs[0]["id"].as_str().unwrap();
-    let (status, detail) = status_and_json(
-        plane.as_user(Method::GET, &format!("/api/executions/{id}"), &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (status, detail) = plane.get_json(&format!("/api/executions/{id}"), &org).await;
     assert_eq!(status, 200);
     assert_eq!(detail["trigger_event"]["id"], event.id.as_str());
     assert_eq!(detail["trigger_event"]["payload"]["ticket_id"], "tkt_bus");
@@ -159,20 +156,10 @@ async fn a_ticket_event_from_the_bus_and_from_the_api_runs_the_matching_agent_wi
     assert_eq!(executions(&plane, &org, &format!("agent_id={scoped}")).await["total"], 0);
     assert_eq!(executions(&plane, &org, "agent_id=agent_system_dispatch").await["total"], 0);
     assert_eq!(executions(&plane, &org, "").await["total"], 2);
-    let (_, stats) = status_and_json(
-        plane.as_user(Method::GET, &format!("/api/agents/{agent}"), &org, "viewer").send().await.unwrap(),
-    )
-    .await;
+    let (_, stats) = plane.get_json(&format!("/api/agents/{agent}"), &org).await;
     let stats = plane
         .eventually(5, || async {
-            let (_, a) = status_and_json(
-                plane
-                    .as_user(Method::GET, &format!("/api/agents/{agent}"), &org, "viewer")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let (_, a) = plane.get_json(&format!("/api/agents/{agent}"), &org).await;
             (a["stats"]["total_runs"] == 2).then_some(a["stats"].clone())
         })
         .await
@@ -386,14 +373,7 @@ async fn cursor_pagination_stays_correct_while_executions_arrive() {
     for (query, status) in
         [("limit=0", 400), ("limit=201", 400), ("status=sleeping", 400), ("from=yesterday", 400)]
     {
-        let (got, _) = status_and_json(
-            plane
-                .as_user(Method::GET, &format!("/api/executions?{query}"), &org, "viewer")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (got, _) = plane.get_json(&format!("/api/executions?{query}"), &org).await;
         assert_eq!(got, status, "{query}");
     }
 }
@@ -408,10 +388,7 @@ async fn malformed_and_unknown_events_land_in_dead_letter_and_replay() {
     plane.publish_on_bus(&unknown).await.unwrap();
     let letters = plane
         .eventually(20, || async {
-            let (_, list) = status_and_json(
-                plane.as_user(Method::GET, "/api/events/dead-letter", &org, "viewer").send().await.unwrap(),
-            )
-            .await;
+            let (_, list) = plane.get_json("/api/events/dead-letter", &org).await;
             let letters = list["dead_letters"].as_array().cloned().unwrap_or_default();
             (letters.len() == 2).then_some(letters)
         })

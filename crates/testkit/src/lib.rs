@@ -280,6 +280,18 @@ impl TestPlane {
         self.http.request(method, self.url(path)).bearer_auth(self.token(org_id, role))
     }
 
+    /// `GET path` as a viewer of `org_id` (reads are open to every role): the status and the JSON
+    /// body (`null` when the body is not JSON).
+    pub async fn get_json(&self, path: &str, org_id: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .as_user(reqwest::Method::GET, path, org_id, "viewer")
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Sends `method path` with an integration key.
     pub fn as_key(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).header("x-integration-key", key)

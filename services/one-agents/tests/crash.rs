@@ -86,14 +86,7 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
     let mut rescuer = spawn_worker(&plane);
     let finished = plane
         .eventually(40, || async {
-            let (_, list) = json_of(
-                plane
-                    .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let (_, list) = plane.get_json(&format!("/api/executions?agent_id={id}"), &org).await;
             let execution = list["executions"].get(0).cloned()?;
             (execution["status"] == "completed").then_some(execution)
         })
@@ -106,24 +99,12 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
     let bodies: Vec<&str> = sms.iter().map(|r| r.body["body"].as_str().unwrap()).collect();
     assert_eq!(bodies, vec!["first tkt_crash", "last"], "each notification exactly once");
     assert_eq!(plane.sandbox.of_kind("action").len(), 1, "the product action exactly once");
-    let (_, detail) = json_of(
-        plane
-            .as_user(
-                Method::GET,
-                &format!("/api/executions/{}", execution["id"].as_str().unwrap()),
-                &org,
-                "viewer",
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", execution["id"].as_str().unwrap()), &org).await;
     let statuses: Vec<&str> =
         detail["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["completed", "completed", "completed"]);
-    let (_, list) =
-        json_of(plane.as_user(Method::GET, "/api/executions", &org, "viewer").send().await.unwrap()).await;
+    let (_, list) = plane.get_json("/api/executions", &org).await;
     assert_eq!(list["total"], 1, "the crash created no second execution");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
@@ -224,7 +205,6 @@ async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_nev
     .await
     .unwrap();
     assert_eq!(ledger, vec![("commit".to_owned(), 5), ("release".to_owned(), 5), ("reserve".to_owned(), 10)]);
-    let (_, usage) =
-        json_of(plane.as_user(Method::GET, "/api/credits", &org, "viewer").send().await.unwrap()).await;
+    let (_, usage) = plane.get_json("/api/credits", &org).await;
     assert_eq!((usage["total_used"].as_i64(), usage["remaining"].as_i64()), (Some(5), Some(99_995)));
 }

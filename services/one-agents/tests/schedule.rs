@@ -47,19 +47,8 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
 
     let runs = plane
         .eventually(30, || async {
-            let (_, list) = json_of(
-                plane
-                    .as_user(
-                        Method::GET,
-                        &format!("/api/executions?agent_id={id}&status=completed"),
-                        &org,
-                        "viewer",
-                    )
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let (_, list) =
+                plane.get_json(&format!("/api/executions?agent_id={id}&status=completed"), &org).await;
             let items = list["executions"].as_array().cloned().unwrap_or_default();
             (items.len() >= 3).then_some(items)
         })
@@ -71,19 +60,8 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
 
     let mut ticks = HashSet::new();
     for run in &runs {
-        let (_, detail) = json_of(
-            plane
-                .as_user(
-                    Method::GET,
-                    &format!("/api/executions/{}", run["id"].as_str().unwrap()),
-                    &org,
-                    "viewer",
-                )
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, detail) =
+            plane.get_json(&format!("/api/executions/{}", run["id"].as_str().unwrap()), &org).await;
         assert_eq!(detail["trigger_event"]["source_product"], "schedule");
         assert!(
             ticks.insert(detail["trigger_event"]["id"].as_str().unwrap().to_owned()),
@@ -92,22 +70,8 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
     }
     // Paused: the count settles.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, before) = json_of(
-        plane
-            .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, before) = plane.get_json(&format!("/api/executions?agent_id={id}"), &org).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, after) = json_of(
-        plane
-            .as_user(Method::GET, &format!("/api/executions?agent_id={id}"), &org, "viewer")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, after) = plane.get_json(&format!("/api/executions?agent_id={id}"), &org).await;
     assert_eq!(before["total"], after["total"], "a paused agent is not scheduled");
 }
