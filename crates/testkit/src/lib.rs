@@ -140,6 +140,16 @@ impl Drop for TempDir {
     }
 }
 
+/// The plane's logs go to the test's output, which nextest shows when a test fails. `RUST_LOG`
+/// picks what is logged (`warn` by default).
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
 impl Drop for TestPlane {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -199,6 +209,7 @@ impl TestPlane {
         roles: &[&'static str],
         adjust: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestPlane> {
+        init_logs();
         let db = TestDb::create().await?;
         let dir = TempDir::new()?;
         let jwks_path = dir.0.join("jwks.json");
