@@ -102,18 +102,26 @@ async fn setup_orgs_with(plane: &TestPlane, agent: fn(usize) -> Value) -> anyhow
     Ok(orgs)
 }
 
-async fn count_executions(plane: &TestPlane) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM executions.executions").fetch_one(&plane.db.admin).await?)
-}
-
-async fn wait_for_count(plane: &TestPlane, expected: i64, limit: Duration) -> anyhow::Result<Instant> {
+/// Waits until the plane holds `expected` executions (in `status`, or in any status); returns when.
+async fn wait_for_count(
+    plane: &TestPlane,
+    status: Option<&str>,
+    expected: i64,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
-        if count_executions(plane).await? >= expected {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM executions.executions WHERE $1::text IS NULL OR status = $1",
+        )
+        .bind(status)
+        .fetch_one(&plane.db.admin)
+        .await?;
+        if count >= expected {
             return Ok(Instant::now());
         }
         anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {expected} executions");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -144,7 +152,7 @@ async fn ingest(events: usize) -> anyhow::Result<Value> {
         oa_bus::publish_event(&js, &topology, &event(org, i)).await?;
     }
     let warm = (orgs.len() * AGENTS_PER_ORG) as i64;
-    wait_for_count(&plane, warm, Duration::from_secs(120)).await?;
+    wait_for_count(&plane, None, warm, Duration::from_secs(120)).await?;
 
     let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 1_000_000 + n)).collect();
     let started = Instant::now();
@@ -157,7 +165,7 @@ async fn ingest(events: usize) -> anyhow::Result<Value> {
         .collect::<Result<Vec<_>, _>>()?;
     let published = started.elapsed();
     let expected = warm + (events * AGENTS_PER_ORG) as i64;
-    let done = wait_for_count(&plane, expected, Duration::from_secs(600)).await?;
+    let done = wait_for_count(&plane, None, expected, Duration::from_secs(600)).await?;
     let elapsed = done.duration_since(started).as_secs_f64();
 
     // Latency at a fixed offered rate.
@@ -179,7 +187,8 @@ async fn ingest(events: usize) -> anyhow::Result<Value> {
         }
         n += per_tick;
     }
-    wait_for_count(&plane, expected + (total * AGENTS_PER_ORG) as i64, Duration::from_secs(600)).await?;
+    wait_for_count(&plane, None, expected + (total * AGENTS_PER_ORG) as i64, Duration::from_secs(600))
+        .await?;
     let ids: Vec<String> = sent.keys().cloned().collect();
     let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT event_id, max(created_at) FROM executions.executions WHERE event_id = ANY($1) GROUP BY event_id",
@@ -324,19 +333,8 @@ async fn metered_throughput(events: usize, metering: bool) -> anyhow::Result<f64
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     let expected = (events * AGENTS_PER_ORG) as i64;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM executions.executions WHERE status = 'completed'")
-                .fetch_one(&plane.db.admin)
-                .await?;
-        if done >= expected {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "metered executions did not complete");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(expected as f64 / started.elapsed().as_secs_f64())
+    let done = wait_for_count(&plane, Some("completed"), expected, Duration::from_secs(900)).await?;
+    Ok(expected as f64 / done.duration_since(started).as_secs_f64())
 }
 
 /// (c) Engine overhead: one execution of 40 transform steps.
@@ -371,19 +369,7 @@ async fn engine() -> anyhow::Result<Value> {
     let mut per_step = Vec::new();
     for run in 0..7 {
         plane.publish_on_bus(&event(&org, run)).await?;
-        let expected = run as i64 + 1;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM executions.executions WHERE status = 'completed'")
-                    .fetch_one(&plane.db.admin)
-                    .await?;
-            if done >= expected {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "the 40-step execution did not complete");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_count(&plane, Some("completed"), run as i64 + 1, Duration::from_secs(60)).await?;
     }
     let rows: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT started_at, completed_at FROM executions.executions WHERE status = 'completed' ORDER BY created_at",

@@ -8,6 +8,7 @@ pub mod caller;
 pub mod catalog;
 pub mod error;
 pub mod ids;
+pub mod page;
 
 pub use caller::{Caller, Permission, Principal, Role, Scope};
 pub use error::{ApiError, ErrorCode};

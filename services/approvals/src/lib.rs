@@ -62,8 +62,7 @@ fn reply(gate: &store::Gate) -> tonic::Response<pb::Approval> {
 /// Why a decided or expired gate takes no further decision.
 fn already_closed(gate: &store::Gate) -> ApiError {
     let by = gate.decided_by.as_deref().unwrap_or("unknown");
-    let at =
-        gate.decided_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+    let at = gate.decided_at.as_ref().map(store::time).unwrap_or_default();
     let message = match gate.decided_via.as_deref() {
         Some("cancel") => format!("This approval was denied when its execution was cancelled ({at})"),
         Some("timeout") => format!("This approval expired at {at}"),
@@ -100,12 +99,9 @@ impl Shared {
 }
 
 impl ApprovalsService {
-    pub fn build(
-        pool: PgPool,
-        nats: oa_bus::async_nats::Client,
-        config: &oa_config::Config,
-    ) -> GuardedApprovals {
-        let service = ApprovalsService { shared: Shared::new(pool, nats, config) };
+    /// The service over `shared`, which the process's [`sweeper`] uses too.
+    pub fn build(shared: Shared, config: &oa_config::Config) -> GuardedApprovals {
+        let service = ApprovalsService { shared };
         ApprovalsServer::with_interceptor(
             service,
             oa_auth::service::ServiceGuard::new(config.grpc.service_token.clone()),
@@ -190,11 +186,7 @@ impl Approvals for ApprovalsService {
             }
         };
         let page = request.page.unwrap_or_default();
-        let limit = match page.limit {
-            0 => 50,
-            1..=200 => page.limit,
-            _ => return Err(ApiError::bad_request("limit must be between 1 and 200").into()),
-        };
+        let limit = oa_domain::page::limit(page.limit)?;
         if !page.cursor.is_empty() && !ids::has_prefix(&page.cursor, "appr") {
             return Err(ApiError::bad_request("cursor is the next_cursor of a previous page").into());
         }
@@ -204,10 +196,7 @@ impl Approvals for ApprovalsService {
                 .await
                 .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let more = gates.len() > limit as usize;
-        gates.truncate(limit as usize);
-        let next_cursor =
-            if more { gates.last().map(|g| g.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_cursor = oa_domain::page::cut(&mut gates, limit, |g| &g.id);
         Ok(tonic::Response::new(pb::ListApprovalsResponse {
             approvals: gates
                 .iter()

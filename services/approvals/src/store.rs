@@ -58,7 +58,7 @@ fn gate_from_row(row: &PgRow) -> Result<Gate, sqlx::Error> {
     })
 }
 
-fn time(t: &DateTime<Utc>) -> String {
+pub(crate) fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

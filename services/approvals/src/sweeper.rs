@@ -60,7 +60,7 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
             let escalated = store::escalate(&mut tx, &gate.id, role).await?;
             let detail = serde_json::json!({
                 "approvers": escalated.approvers,
-                "expires_at": escalated.to_json()["expires_at"],
+                "expires_at": store::time(&escalated.expires_at),
             });
             store::audit(&mut tx, &escalated, "escalated", "timeout", "system", None, Some(&detail)).await?;
             escalated

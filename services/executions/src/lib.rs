@@ -170,11 +170,7 @@ impl Executions for ExecutionsService {
             );
         }
         let page = request.page.unwrap_or_default();
-        let limit = match page.limit {
-            0 => 50,
-            1..=200 => page.limit,
-            _ => return Err(ApiError::bad_request("limit must be between 1 and 200").into()),
-        };
+        let limit = oa_domain::page::limit(page.limit)?;
         let filter = store::ListFilter {
             agent_id: &request.agent_id,
             status: &request.status,
@@ -186,10 +182,7 @@ impl Executions for ExecutionsService {
         let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
         let (mut rows, total) = store::list(&mut tx, &caller.org_id, &filter).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_cursor =
-            if more { rows.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_cursor = oa_domain::page::cut(&mut rows, limit, |r| &r.id);
         Ok(tonic::Response::new(pb::ListExecutionsResponse {
             executions: rows
                 .iter()

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiJson, ApiQuery, ApiResult, Failure};
-use crate::routes::{grpc, service_json};
+use crate::routes::{grpc, page_body, page_request, service_json};
 
 /// The `/api` routes.
 pub fn router() -> Router<AppState> {
@@ -55,15 +55,9 @@ async fn list_approvals(
     Extension(caller): Extension<Caller>,
     ApiQuery(query): ApiQuery<ApprovalsQuery>,
 ) -> ApiResult<Json<Value>> {
-    if query.limit == Some(0) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200").into());
-    }
     let request = pb::ListApprovalsRequest {
         status: query.status.unwrap_or_default(),
-        page: Some(oa_proto::common::PageRequest {
-            limit: query.limit.unwrap_or(0),
-            cursor: query.cursor.unwrap_or_default(),
-        }),
+        page: Some(page_request(query.limit, query.cursor)?),
     };
     let response = state
         .approvals
@@ -74,9 +68,7 @@ async fn list_approvals(
         .into_inner();
     let approvals =
         response.approvals.iter().map(|a| service_json(&a.approval_json)).collect::<Result<Vec<_>, _>>()?;
-    let page = response.page.unwrap_or_default();
-    let next_cursor = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
-    Ok(Json(json!({ "approvals": approvals, "total": page.total, "next_cursor": next_cursor })))
+    Ok(page_body("approvals", approvals, response.page))
 }
 
 async fn get_approval(

@@ -89,6 +89,30 @@ async fn require_credit(state: &AppState, caller: &Caller) -> Result<(), Failure
     Ok(())
 }
 
+/// The page a list route asks for: `limit` (1 to 200; an explicit 0 is refused, absent means the
+/// default) and `cursor`.
+pub(crate) fn page_request(
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<oa_proto::common::PageRequest, Failure> {
+    if limit == Some(0) {
+        let max = oa_domain::page::MAX_LIMIT;
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {max}")).into());
+    }
+    Ok(oa_proto::common::PageRequest { limit: limit.unwrap_or(0), cursor: cursor.unwrap_or_default() })
+}
+
+/// A list answer: `{<key>: [...], "total", "next_cursor"}` (`null` on the last page).
+pub(crate) fn page_body(
+    key: &str,
+    items: Vec<Value>,
+    page: Option<oa_proto::common::PageInfo>,
+) -> Json<Value> {
+    let page = page.unwrap_or_default();
+    let next_cursor = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
+    Json(json!({ key: items, "total": page.total, "next_cursor": next_cursor }))
+}
+
 pub(crate) fn grpc(status: tonic::Status) -> Failure {
     Failure(ApiError::from_status(&status))
 }
@@ -461,14 +485,8 @@ async fn list_executions(
         status: query.status.unwrap_or_default(),
         from: query.from.unwrap_or_default(),
         to: query.to.unwrap_or_default(),
-        page: Some(oa_proto::common::PageRequest {
-            limit: query.limit.unwrap_or(0),
-            cursor: query.cursor.unwrap_or_default(),
-        }),
+        page: Some(page_request(query.limit, query.cursor)?),
     };
-    if query.limit == Some(0) {
-        return Err(ApiError::bad_request("limit must be between 1 and 200").into());
-    }
     let response = state
         .executions
         .clone()
@@ -478,9 +496,7 @@ async fn list_executions(
         .into_inner();
     let executions =
         response.executions.iter().map(|e| service_json(&e.execution_json)).collect::<Result<Vec<_>, _>>()?;
-    let page = response.page.unwrap_or_default();
-    let next_cursor = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
-    Ok(Json(json!({ "executions": executions, "total": page.total, "next_cursor": next_cursor })))
+    Ok(page_body("executions", executions, response.page))
 }
 
 async fn get_execution(

@@ -121,12 +121,9 @@ impl Plane {
                 )?);
             }
             if self.roles.contains(&"approvals") {
-                router = router.add_service(oa_approvals::ApprovalsService::build(
-                    pool.clone(),
-                    nats.clone(),
-                    &self.config,
-                ));
                 let shared = oa_approvals::Shared::new(pool.clone(), nats.clone(), &self.config);
+                router =
+                    router.add_service(oa_approvals::ApprovalsService::build(shared.clone(), &self.config));
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     oa_approvals::sweeper::run(shared, stop).await;

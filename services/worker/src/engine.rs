@@ -55,6 +55,10 @@ fn render(text: &str, context: &Value) -> Result<String, StepError> {
     oa_template::render(text, context).map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))
 }
 
+fn render_all(texts: &[String], context: &Value) -> Result<Vec<String>, StepError> {
+    texts.iter().map(|text| render(text, context)).collect()
+}
+
 fn render_map(map: &Map<String, Value>, context: &Value) -> Result<Value, StepError> {
     let mut out = Map::new();
     for (key, value) in map {
@@ -502,12 +506,7 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> anyhow::Result<()> {
         let approval_id = gate["id"].as_str().unwrap_or_default();
-        let recipients = match notify
-            .recipients
-            .iter()
-            .map(|r| render(r, context))
-            .collect::<Result<Vec<_>, _>>()
-        {
+        let recipients = match render_all(&notify.recipients, context) {
             Ok(recipients) => recipients,
             Err(error) => {
                 tracing::warn!(approval_id, error = error.message, "cannot render the approval's recipients");
@@ -515,64 +514,50 @@ impl Engine {
             }
         };
         let key = format!("{}:{approval_id}:announce", at.execution_id);
-        let mut tx = begin_org(&self.pool, at.org_id).await?;
-        let sent = store::side_effect(&mut tx, &key).await?.is_some();
-        tx.commit().await?;
-        if sent {
-            return Ok(());
+        let announced = self
+            .once(at.org_id, at.execution_id, step_id, &key, || async {
+                let caller = Caller::service("worker", at.org_id);
+                let request =
+                    MintLinksRequest { approval_id: approval_id.to_owned(), recipients: recipients.clone() };
+                let links = match self
+                    .approvals
+                    .clone()
+                    .mint_links(oa_auth::service::outgoing(request, &caller, &self.token))
+                    .await
+                {
+                    Ok(response) => response.into_inner().links,
+                    Err(status) => return Err(StepError::new("unavailable", status.message())),
+                };
+                let message = gate["message"].as_str().unwrap_or_default();
+                let expires = gate["expires_at"].as_str().unwrap_or_default();
+                let subject = format!("Approval needed: {}", message.chars().take(80).collect::<String>());
+                let mut delivered = Vec::new();
+                for (index, recipient) in recipients.iter().enumerate() {
+                    let link = links.get(recipient).map(String::as_str).unwrap_or_default();
+                    let body = format!("{message}\n\nApprove or deny (expires {expires}): {link}");
+                    let to = std::slice::from_ref(recipient);
+                    match self
+                        .outbound
+                        .notify(&notify.channel, to, Some(&subject), &body, &format!("{key}:{index}"))
+                        .await
+                    {
+                        Ok(_) => delivered.push(recipient.clone()),
+                        // A channel failure does not hold the gate: it stays decidable in the API.
+                        Err(error) => tracing::warn!(
+                            approval_id,
+                            recipient,
+                            error = error.message,
+                            "approval announcement not delivered"
+                        ),
+                    }
+                }
+                Ok(json!({ "delivered": delivered }))
+            })
+            .await?;
+        // Without links nothing was sent; the work is retried.
+        if let Err(error) = announced {
+            anyhow::bail!("approvals unavailable: {}", error.message);
         }
-        let caller = Caller::service("worker", at.org_id);
-        let request =
-            MintLinksRequest { approval_id: approval_id.to_owned(), recipients: recipients.clone() };
-        let links = match self
-            .approvals
-            .clone()
-            .mint_links(oa_auth::service::outgoing(request, &caller, &self.token))
-            .await
-        {
-            Ok(response) => response.into_inner().links,
-            Err(status) => anyhow::bail!("approvals unavailable: {}", status.message()),
-        };
-        let message = gate["message"].as_str().unwrap_or_default();
-        let expires = gate["expires_at"].as_str().unwrap_or_default();
-        let subject = format!("Approval needed: {}", message.chars().take(80).collect::<String>());
-        let mut delivered = Vec::new();
-        for (index, recipient) in recipients.iter().enumerate() {
-            let link = links.get(recipient).map(String::as_str).unwrap_or_default();
-            let body = format!("{message}\n\nApprove or deny (expires {expires}): {link}");
-            let recipient_key = format!("{key}:{index}");
-            match self
-                .outbound
-                .notify(
-                    &notify.channel,
-                    std::slice::from_ref(recipient),
-                    Some(&subject),
-                    &body,
-                    &recipient_key,
-                )
-                .await
-            {
-                Ok(_) => delivered.push(recipient.clone()),
-                // A channel failure does not hold the gate: it stays decidable in the API.
-                Err(error) => tracing::warn!(
-                    approval_id,
-                    recipient,
-                    error = error.message,
-                    "approval announcement not delivered"
-                ),
-            }
-        }
-        let mut tx = begin_org(&self.pool, at.org_id).await?;
-        store::record_side_effect(
-            &mut tx,
-            &key,
-            at.org_id,
-            at.execution_id,
-            step_id,
-            &json!({"delivered": delivered}),
-        )
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -609,8 +594,7 @@ impl Engine {
             }
             StepKind::Notification { channel, recipients, subject, body } => {
                 let rendered = (|| {
-                    let recipients =
-                        recipients.iter().map(|r| render(r, context)).collect::<Result<Vec<_>, _>>()?;
+                    let recipients = render_all(recipients, context)?;
                     let subject = subject.as_deref().map(|s| render(s, context)).transpose()?;
                     Ok::<_, StepError>((recipients, subject, render(body, context)?))
                 })();
