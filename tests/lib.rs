@@ -1,5 +1,9 @@
 //! Shared helpers of the end-to-end tests; the tests themselves are the files beside this one.
 
+use oa_testkit::TestPlane;
+use reqwest::Method;
+use serde_json::{Value, json};
+
 /// Reads a response as `(status, body bytes)`.
 pub async fn status_and_body(response: reqwest::Response) -> (u16, Vec<u8>) {
     let status = response.status().as_u16();
@@ -29,4 +33,58 @@ pub fn p1_escalation(name: &str) -> serde_json::Value {
         "conflict_behavior": "additive",
         "client_scope": "all"
     })
+}
+
+/// Creates and activates an agent; pauses the system agents so counts are the test's own.
+pub async fn active_agent(plane: &TestPlane, org: &str, body: &Value) -> String {
+    let (status, agent) = status_and_json(
+        plane.as_user(Method::POST, "/api/agents", org, "admin").json(body).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let (status, _) = status_and_json(
+        plane
+            .as_user(Method::PUT, &format!("/api/agents/{id}"), org, "admin")
+            .json(&json!({"status": "active"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    id
+}
+
+pub async fn pause_system_dispatch(plane: &TestPlane, org: &str) {
+    let pause = plane
+        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", org, "admin")
+        .json(&json!({"status": "paused"}));
+    assert_eq!(pause.send().await.unwrap().status(), 200);
+}
+
+pub async fn executions(plane: &TestPlane, org: &str, query: &str) -> Value {
+    let (status, list) = status_and_json(
+        plane.as_user(Method::GET, &format!("/api/executions?{query}"), org, "viewer").send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
+pub async fn wait_for_status(
+    plane: &TestPlane,
+    org: &str,
+    query: &str,
+    count: usize,
+    status: &str,
+) -> Vec<Value> {
+    plane
+        .eventually(20, || async {
+            let list = executions(plane, org, query).await;
+            let items = list["executions"].as_array().cloned().unwrap_or_default();
+            (items.len() == count && items.iter().all(|e| e["status"] == status)).then_some(items)
+        })
+        .await
+        .unwrap_or_else(|| panic!("expected {count} {status} executions for {query}"))
 }

@@ -59,9 +59,21 @@ impl Envelope {
         }
     }
 
+    /// The id JetStream deduplicates this event by (`Nats-Msg-Id`): `<org_id>:<event id>`. Event
+    /// ids are chosen by publishers, so only the pair is unique; a publisher straight to NATS must
+    /// use the same form, or its resends are not dropped.
+    pub fn dedup_id(&self) -> String {
+        dedup_id(&self.org_id, &self.id)
+    }
+
     pub fn event_type_id(&self) -> String {
         format!("{}:{}", self.source_product, self.event_type)
     }
+}
+
+/// The dedup id (`Nats-Msg-Id`) of an org's event: two orgs never share one.
+pub fn dedup_id(org_id: &str, event_id: &str) -> String {
+    format!("{org_id}:{event_id}")
 }
 
 /// Subjects and stream names of one plane (tests give each plane its own prefix).
@@ -72,6 +84,9 @@ pub struct Topology {
     pub work_stream: String,
     pub consumer: String,
     pub ack_wait: Duration,
+    /// Deliveries of a message before the plane gives it up (dead letter or failed execution).
+    pub max_deliveries: u64,
+    pub redelivery_delay: Duration,
 }
 
 impl Topology {
@@ -82,6 +97,8 @@ impl Topology {
             work_stream: config.work_stream.clone(),
             consumer: config.consumer.clone(),
             ack_wait: Duration::from_secs(config.ack_wait_seconds.max(1)),
+            max_deliveries: config.max_deliveries.max(1),
+            redelivery_delay: Duration::from_millis(config.redelivery_delay_ms),
         }
     }
 
@@ -158,7 +175,7 @@ pub async fn publish_event(
     envelope: &Envelope,
 ) -> Result<(), BusError> {
     let subject = topology.event_subject(&envelope.org_id, &envelope.source_product, &envelope.event_type);
-    publish_raw(js, subject, &envelope.id, serde_json::to_vec(envelope)?.into()).await
+    publish_raw(js, subject, &envelope.dedup_id(), serde_json::to_vec(envelope)?.into()).await
 }
 
 /// Publishes bytes on a subject under a dedup id (replays of dead letters use it as is).

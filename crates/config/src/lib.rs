@@ -52,6 +52,7 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub channels: ChannelsConfig,
     pub actions: ActionsConfig,
+    pub egress: EgressConfig,
     pub sandbox: SandboxConfig,
 }
 
@@ -143,6 +144,52 @@ pub struct ChannelsConfig {
 pub struct ActionsConfig {
     pub endpoints: BTreeMap<String, String>,
     pub timeout_ms: u64,
+}
+
+/// Outbound calls: webhooks, chat channels, SMS and product APIs all leave through one client that
+/// refuses loopback, link-local, private, multicast and unspecified addresses and the plane's own
+/// listeners, checked on the resolved address at connect time.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EgressConfig {
+    /// What may be reached although private: CIDRs (`10.20.0.0/16`) and `host:port` pairs
+    /// (`10.1.2.3:8443`, `psa.internal:443`). In development the sandbox's port is added.
+    pub allow: Vec<String>,
+}
+
+/// One entry of `egress.allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRule {
+    Network(ipnet::IpNet),
+    HostPort(String, u16),
+}
+
+impl EgressRule {
+    pub fn parse(entry: &str) -> Option<EgressRule> {
+        if let Ok(network) = entry.parse::<ipnet::IpNet>() {
+            return Some(EgressRule::Network(network));
+        }
+        if let Ok(address) = entry.parse::<SocketAddr>() {
+            return Some(EgressRule::HostPort(address.ip().to_string(), address.port()));
+        }
+        let (host, port) = entry.rsplit_once(':')?;
+        let valid_host =
+            !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        Some(EgressRule::HostPort(host.to_ascii_lowercase(), port.parse().ok()?)).filter(|_| valid_host)
+    }
+}
+
+impl Config {
+    /// The egress allow-list in force: the configured rules, plus the sandbox in development.
+    pub fn egress_rules(&self) -> Vec<EgressRule> {
+        let mut rules: Vec<EgressRule> =
+            self.egress.allow.iter().filter_map(|e| EgressRule::parse(e)).collect();
+        if self.environment == Environment::Development {
+            let sandbox = self.sandbox.http_listen;
+            rules.push(EgressRule::HostPort(sandbox.ip().to_string(), sandbox.port()));
+        }
+        rules
+    }
 }
 
 /// The local sandbox that stands in for outside services. Development and tests only.
@@ -272,6 +319,12 @@ pub struct NatsConfig {
     pub event_concurrency: usize,
     /// Executions one worker runs at once; 0 runs no executions (an ingest-only worker).
     pub work_concurrency: usize,
+    /// Deliveries of one message before it is given up: an event goes to the dead letters and a
+    /// work item fails its executions, both with reason `max_deliveries`. Outages (a server down)
+    /// do not use deliveries up: the worker holds the message and retries in place.
+    pub max_deliveries: u64,
+    /// How long a failed message waits before its next delivery.
+    pub redelivery_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -367,6 +420,7 @@ impl Default for Config {
             approvals: ApprovalsConfig::default(),
             channels: ChannelsConfig::default(),
             actions: ActionsConfig::default(),
+            egress: EgressConfig::default(),
             sandbox: SandboxConfig::default(),
         }
     }
@@ -400,6 +454,8 @@ impl Default for NatsConfig {
             ack_wait_seconds: 30,
             event_concurrency: 64,
             work_concurrency: 32,
+            max_deliveries: 5,
+            redelivery_delay_ms: 1_000,
         }
     }
 }
@@ -519,6 +575,12 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be positive");
+        }
+        if let Some(bad) = self.egress.allow.iter().find(|e| EgressRule::parse(e).is_none()) {
+            return invalid(&format!("egress.allow entry {bad:?} is neither a CIDR nor host:port"));
+        }
+        if self.nats.max_deliveries == 0 {
+            return invalid("nats.max_deliveries must be at least 1");
         }
         if self.grpc.service_token.expose_secret().len() < 16 {
             return invalid("grpc.service_token must be at least 16 characters");

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod caller;
 pub mod catalog;
 pub mod error;
+pub mod hostile;
 pub mod ids;
 pub mod page;
 

@@ -120,3 +120,35 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
 pub fn is_rls_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"))
 }
+
+/// What a failed database call means for the message that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The server cannot be reached or is overloaded: the same call will work later. A consumer
+    /// holds its message and retries; an outage must not use up a message's deliveries.
+    Outage,
+    /// The data itself cannot be stored (bad encoding, a NUL, too large, a broken constraint):
+    /// trying again changes nothing, so the message is given up at once, with this reason.
+    BadData,
+    /// Anything else (a schema or permission problem after a bad deploy, a bug): retried on a
+    /// later delivery, up to the consumer's maximum.
+    Other,
+}
+
+/// Sorts a database error by what a retry can do about it (SQLSTATE classes 08, 40, 53 and 57
+/// are outages; 22, 23 and 54 are bad data).
+pub fn fault(error: &sqlx::Error) -> Fault {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Fault::Outage,
+        sqlx::Error::Database(db) => match db.code().as_deref().map(|code| code.get(..2).unwrap_or(code)) {
+            Some("08" | "40" | "53" | "57") => Fault::Outage,
+            Some("22" | "23" | "54") => Fault::BadData,
+            _ => Fault::Other,
+        },
+        _ => Fault::Other,
+    }
+}

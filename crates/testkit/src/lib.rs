@@ -6,6 +6,8 @@
 //! Server addresses come from `ONE_AGENTS_TEST_*` variables (see `deploy/local/env.sh`), with the
 //! local stack's ports as defaults.
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -35,6 +37,21 @@ pub fn redis_url() -> String {
 
 pub fn nats_url() -> String {
     env_or("ONE_AGENTS_TEST_NATS_URL", "nats://127.0.0.1:54222")
+}
+
+/// The test Postgres server's address (for a [`proxy::Proxy`] in front of it).
+pub fn postgres_addr() -> SocketAddr {
+    let options: PgConnectOptions = admin_url().parse().expect("ONE_AGENTS_TEST_ADMIN_URL");
+    let host = if options.get_host() == "localhost" { "127.0.0.1" } else { options.get_host() };
+    SocketAddr::new(host.parse().expect("the test Postgres host is an IP address"), options.get_port())
+}
+
+/// Points the plane's database connections at `proxy` instead of the server itself.
+pub fn connect_database_through(config: &mut Config, proxy: SocketAddr) {
+    use secrecy::ExposeSecret;
+    let server = postgres_addr();
+    let url = config.database.url.expose_secret().replace(&format!("@{server}/"), &format!("@{proxy}/"));
+    config.database.url = SecretString::from(url);
 }
 
 /// A short random name for per-test resources.
@@ -181,6 +198,8 @@ pub fn test_config(db: &TestDb, jwks_file: Option<PathBuf>) -> Config {
 /// Points every outside service of `config` at a running sandbox.
 pub fn use_sandbox(config: &mut Config, sandbox: &oa_sandbox::Sandbox) {
     let base = format!("http://{}", sandbox.http_addr);
+    // The sandbox is the one loopback address the egress client admits (in development).
+    config.sandbox.http_listen = sandbox.http_addr;
     for provider in config.llm.providers.values_mut() {
         provider.base_url = base.clone();
     }
@@ -368,6 +387,7 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("ONE_AGENTS_NATS__ACK_WAIT_SECONDS".into(), config.nats.ack_wait_seconds.to_string()),
         ("ONE_AGENTS_REDIS__URL".into(), config.redis.url.expose_secret().to_owned()),
         ("ONE_AGENTS_CHANNELS__SMS_URL".into(), config.channels.sms_url.clone()),
+        ("ONE_AGENTS_SANDBOX__HTTP_LISTEN".into(), config.sandbox.http_listen.to_string()),
         ("ONE_AGENTS_CHANNELS__SMTP_PORT".into(), config.channels.smtp_port.to_string()),
         ("ONE_AGENTS_CHANNELS__SLACK_WEBHOOK_URL".into(), config.channels.slack_webhook_url.clone()),
         ("ONE_AGENTS_CHANNELS__TEAMS_WEBHOOK_URL".into(), config.channels.teams_webhook_url.clone()),

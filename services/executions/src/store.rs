@@ -97,7 +97,7 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
         "INSERT INTO executions.executions
              (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status, retry_of)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)
-         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING",
+         ON CONFLICT (org_id, event_id, agent_id) WHERE retry_of IS NULL DO NOTHING",
     )
     .bind(new.id)
     .bind(new.org_id)
@@ -146,7 +146,7 @@ pub async fn insert_for_event(
              (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
          SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending'
          FROM unnest($1::text[], $5::text[], $6::int[], $7::text[]) AS u(i, a, v, d)
-         ON CONFLICT (event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
+         ON CONFLICT (org_id, event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
          RETURNING id",
     )
     .bind(&ids)
@@ -347,6 +347,19 @@ pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> 
     )
     .bind(id)
     .bind(status)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Fails the step an execution was running when it was given up, with `error`.
+pub async fn fail_running_steps(tx: &mut PgConnection, id: &str, error: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions.steps SET status = 'failed', error = $2, completed_at = now()
+         WHERE execution_id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(Json(error))
     .execute(&mut *tx)
     .await?;
     Ok(())

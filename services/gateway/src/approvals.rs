@@ -235,6 +235,9 @@ async fn decide_by_link(
     if !matches!(body.decision.as_str(), "approved" | "denied") {
         return link_failure(ApiError::bad_request("decision must be \"approved\" or \"denied\""), html);
     }
+    if body.note.as_deref().is_some_and(|note| note.contains('\0')) {
+        return link_failure(ApiError::bad_request("note holds a NUL character"), html);
+    }
     // Used once: the first post takes the marker, for as long as the link could live.
     let marker = format!("{}approval-link:{}", state.config.redis.key_prefix, claims.jti);
     let ttl = claims.exp.saturating_sub(chrono::Utc::now().timestamp().max(0) as u64) + 60;

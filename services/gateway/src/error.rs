@@ -39,11 +39,47 @@ where
     type Rejection = Failure;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(Failure(json_rejection(rejection))),
-        }
+        let value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(Failure(json_rejection(rejection))),
+        };
+        refuse_nul(&value)?;
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|e| {
+            Failure(ApiError::bad_request(format!("The request body does not have the expected shape: {e}")))
+        })
     }
+}
+
+/// A NUL character cannot be stored and would poison whatever carries it on: refused at the edge.
+pub fn refuse_nul(body: &serde_json::Value) -> Result<(), Failure> {
+    match oa_domain::hostile::find_nul(body, "") {
+        None => Ok(()),
+        Some(path) => Err(Failure(ApiError::bad_request(format!(
+            "The request body holds a NUL character (\\u0000) at {}; strings may not contain one",
+            if path.is_empty() { "its root" } else { &path }
+        )))),
+    }
+}
+
+/// Refuses a request whose path or query decodes to a NUL character, naming the query parameter.
+pub async fn refuse_nul_in_uri(request: Request, next: axum::middleware::Next) -> Response {
+    use oa_domain::hostile::encodes_nul;
+    let uri = request.uri();
+    if encodes_nul(uri.path()) {
+        return Failure(ApiError::bad_request("The request path holds a NUL character (%00)"))
+            .into_response();
+    }
+    if let Some(query) = uri.query().filter(|q| encodes_nul(q)) {
+        let name = query
+            .split('&')
+            .find(|pair| encodes_nul(pair))
+            .map(|pair| pair.split('=').next().unwrap_or_default())
+            .filter(|name| !encodes_nul(name))
+            .unwrap_or("a query parameter name");
+        let message = format!("The query parameter {name} holds a NUL character (%00)");
+        return Failure(ApiError::bad_request(message)).into_response();
+    }
+    next.run(request).await
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

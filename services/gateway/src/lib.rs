@@ -213,6 +213,7 @@ pub fn router(state: AppState) -> Router {
         .merge(approvals::link_router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(error::refuse_nul_in_uri))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             limit_declared_body(body_limit, request, next)
         }))

@@ -133,6 +133,7 @@ fn optional_name(body: &Bytes) -> Result<String, Failure> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| Failure(ApiError::bad_request("The request body is not valid JSON")))?;
+    crate::error::refuse_nul(&value)?;
     match value.get("name") {
         None | Some(Value::Null) if value.is_object() => Ok(String::new()),
         Some(Value::String(name)) => Ok(name.clone()),
@@ -454,6 +455,9 @@ async fn replay_dead_letter(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Permission::ControlExecutions)?;
+    // A replay runs the event's agents again: paid work, refused like a publish when nothing is left.
+    require_credit(&state, &caller).await?;
     let request = executions_pb::ReplayDeadLetterRequest { id };
     let letter = state
         .executions
@@ -499,6 +503,27 @@ async fn list_executions(
     Ok(page_body("executions", executions, response.page))
 }
 
+/// A retry runs the execution's agent again: refused with 409 once that agent was deleted. An
+/// execution the caller cannot see is left for the retry itself to answer (404).
+async fn require_agent_of_execution(state: &AppState, caller: &Caller, id: &str) -> Result<(), Failure> {
+    let request = executions_pb::GetExecutionRequest { id: id.to_owned() };
+    let Ok(execution) = state.executions.clone().get_execution(state.outgoing(request, caller)).await else {
+        return Ok(());
+    };
+    let execution = service_json(&execution.into_inner().execution_json)?;
+    let agent_id = execution["agent_id"].as_str().unwrap_or_default().to_owned();
+    let plane = Caller::service("gateway", &caller.org_id);
+    let request = agents_pb::GetAgentRequest { id: agent_id.clone() };
+    match state.agents.clone().get_agent(state.outgoing(request, &plane)).await {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::NotFound => Err(Failure(ApiError::new(
+            oa_domain::ErrorCode::Conflict,
+            format!("Agent {agent_id} was deleted: its executions can no longer be retried"),
+        ))),
+        Err(status) => Err(grpc(status)),
+    }
+}
+
 async fn get_execution(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -538,6 +563,7 @@ async fn retry_execution(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Permission::ControlExecutions)?;
     require_credit(&state, &caller).await?;
+    require_agent_of_execution(&state, &caller, &id).await?;
     let request = executions_pb::RetryExecutionRequest { id };
     let execution = state
         .executions

@@ -148,9 +148,18 @@ fn requested_delay(request: &Value) -> u64 {
         .min(30_000)
 }
 
+/// A prompt containing `sandbox-nul` gets an answer whose strings hold a NUL character, as a
+/// hostile or broken model may send (poison-input tests).
+fn with_requested_nul(answer: Value, request: &Value) -> Value {
+    if !request.to_string().contains("sandbox-nul") {
+        return answer;
+    }
+    serde_json::from_str(&answer.to_string().replace("sandbox", "sandbox\\u0000")).unwrap_or(answer)
+}
+
 async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
     let schema = &request["response_format"]["json_schema"]["schema"];
-    let answer = value_for_schema(schema, "answer");
+    let answer = with_requested_nul(value_for_schema(schema, "answer"), &request);
     let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
     recorder.record("llm", &model, None, request.clone());
     let delay = requested_delay(&request);

@@ -52,7 +52,24 @@ fn base_context(trigger_event: &Value) -> Value {
 }
 
 fn render(text: &str, context: &Value) -> Result<String, StepError> {
-    oa_template::render(text, context).map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))
+    let rendered = oa_template::render(text, context)
+        .map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))?;
+    if rendered.contains('\0') {
+        return Err(StepError::new("template_error", format!("{text:?} renders a NUL character (\\u0000)")));
+    }
+    Ok(rendered)
+}
+
+/// A step's result, refused when it holds what cannot be stored: the step then fails once, with a
+/// clear error, instead of failing to be recorded (and being run again) forever.
+fn storable(output: Value) -> Result<Value, StepError> {
+    match oa_domain::hostile::find_nul(&output, "output") {
+        None => Ok(output),
+        Some(path) => Err(StepError::new(
+            "invalid_output",
+            format!("the step's output holds a NUL character (\\u0000) at {path}, which cannot be stored"),
+        )),
+    }
 }
 
 fn render_all(texts: &[String], context: &Value) -> Result<Vec<String>, StepError> {
@@ -225,7 +242,13 @@ impl Engine {
             let span =
                 tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
             let at = StepAt { org_id, execution_id: &execution.id, agent_id: &execution.agent_id, key: &key };
-            let result = self.execute(step, &context, &at).instrument(span).await?;
+            let result =
+                self.execute(step, &context, &at).instrument(span).await?.and_then(|result| match result {
+                    StepResult::Done { output, credits } => {
+                        Ok(StepResult::Done { output: storable(output)?, credits })
+                    }
+                    waiting => Ok(waiting),
+                });
             let mut duration_ms = step_started.elapsed().as_millis() as i64;
             if matches!(step.kind, StepKind::Approval { .. }) {
                 // An approval step lasts from its gate opening to its decision.
@@ -273,6 +296,28 @@ impl Engine {
         store::set_status(&mut tx, &execution.id, "completed", None).await?;
         tx.commit().await?;
         self.record_run(org_id, &execution.agent_id, true, started).await;
+        Ok(())
+    }
+
+    /// Fails every execution of `item` that has not ended, with `reason`: the work item was given
+    /// up (`max_deliveries`, or data that cannot be stored). Its running step fails with it.
+    pub async fn give_up(&self, item: &WorkItem, reason: String) -> anyhow::Result<()> {
+        let code = if reason.starts_with("max_deliveries") { "max_deliveries" } else { "unprocessable" };
+        let error = StepError::new(code, reason).to_json();
+        let started = Instant::now();
+        for id in &item.execution_ids {
+            let mut tx = begin_org(&self.pool, &item.org_id).await?;
+            let Some(execution) = store::lock(&mut tx, &item.org_id, id).await? else { continue };
+            if !LIVE.contains(&execution.status.as_str()) {
+                continue;
+            }
+            store::fail_running_steps(&mut tx, id, &error).await?;
+            store::close_open_steps(&mut tx, id, "skipped").await?;
+            store::set_status(&mut tx, id, "failed", Some(&error)).await?;
+            tx.commit().await?;
+            tracing::warn!(execution_id = %id, %error, "execution given up");
+            self.record_run(&item.org_id, &execution.agent_id, false, started).await;
+        }
         Ok(())
     }
 
@@ -333,7 +378,9 @@ impl Engine {
             return Ok(Ok(done));
         }
         tx.commit().await?;
-        let result = act().await;
+        // What the outside answered is checked before it is recorded: an answer that cannot be
+        // stored fails the step once, and the side effect is not repeated.
+        let result = act().await.and_then(storable);
         if let Ok(value) = &result {
             let mut tx = begin_org(&self.pool, org_id).await?;
             store::record_side_effect(&mut tx, key, org_id, execution_id, step_id, value).await?;
@@ -379,7 +426,7 @@ impl Engine {
                     if error.code == oa_domain::ErrorCode::CreditInsufficient {
                         return Ok(Err(StepError::new("credit_insufficient", error.message)));
                     }
-                    anyhow::bail!("credits unavailable: {}", error.message);
+                    return Err(crate::delivery::Unavailable::new("credits", error.message).into());
                 }
             }
         }
@@ -404,7 +451,7 @@ impl Engine {
                 }
             };
             if let Err(status) = settled {
-                anyhow::bail!("credits unavailable: {}", status.message());
+                return Err(crate::delivery::Unavailable::new("credits", status.message()).into());
             }
         }
         Ok(answer.map(|output| StepResult::Done { output, credits: price }))
@@ -449,7 +496,9 @@ impl Engine {
             self.approvals.clone().open_gate(oa_auth::service::outgoing(request, &caller, &self.token)).await;
         let gate: Value = match opened {
             Ok(response) => serde_json::from_str(&response.into_inner().approval_json)?,
-            Err(status) => anyhow::bail!("approvals unavailable: {}", status.message()),
+            Err(status) => {
+                return Err(crate::delivery::Unavailable::new("approvals", status.message()).into());
+            }
         };
         let approval_id = gate["id"].as_str().unwrap_or_default().to_owned();
         if gate["status"] == "pending" {
@@ -556,7 +605,7 @@ impl Engine {
             .await?;
         // Without links nothing was sent; the work is retried.
         if let Err(error) = announced {
-            anyhow::bail!("approvals unavailable: {}", error.message);
+            return Err(crate::delivery::Unavailable::new("approvals", error.message).into());
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! It writes schema `executions` through `oa_executions::store` as the engine of that context,
 //! asks the agents and catalog services for what it needs, and touches no other schema.
 
+mod delivery;
+pub mod egress;
 pub mod engine;
 mod index;
 pub mod matching;
@@ -65,7 +67,7 @@ impl Ingest {
         let caller = Caller::service("worker", org_id);
         let found = oa_catalog::fetch_event_type(&mut self.catalog.clone(), &caller, &self.token, id)
             .await
-            .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+            .map_err(|e| delivery::Unavailable::new("catalog", e))?;
         if found.is_some() {
             self.known_event_types
                 .lock()
@@ -85,12 +87,15 @@ impl Ingest {
         reason: String,
     ) -> anyhow::Result<Handled> {
         tracing::warn!(org_id, subject, %reason, "event dead-lettered");
+        // Postgres text holds no NUL: the letter keeps everything else of what arrived.
+        let storable = |text: &str| text.replace('\0', "\u{FFFD}");
+        let reason = storable(&reason);
         let letter = store::DeadLetter {
             id: format!("dlq_{}_{sequence}", self.topology.bus_stream),
             org_id: org_id.to_owned(),
             subject: subject.to_owned(),
-            event_id: event_id.map(str::to_owned),
-            payload: String::from_utf8_lossy(payload).into_owned(),
+            event_id: event_id.map(storable),
+            payload: storable(&String::from_utf8_lossy(payload)),
             reason: reason.clone(),
             created_at: chrono::Utc::now(),
             replayed_at: None,
@@ -140,6 +145,11 @@ impl Ingest {
                 .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason.into())
                 .await;
         }
+        if let Some(reason) = unstorable(&envelope) {
+            return self
+                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason)
+                .await;
+        }
         if !self.event_type_known(org_id, &envelope.event_type_id()).await? {
             let reason = format!("event type {} is not in the event catalog", envelope.event_type_id());
             return self
@@ -147,7 +157,7 @@ impl Ingest {
                 .await;
         }
         let candidates =
-            self.index.candidates(org_id).await.map_err(|e| anyhow::anyhow!("agent index: {e}"))?;
+            self.index.candidates(org_id).await.map_err(|e| delivery::Unavailable::new("agents", e))?;
         let matched = match matching::select(&candidates, &envelope) {
             Ok(matched) => matched,
             Err(unmatchable) => {
@@ -189,10 +199,11 @@ impl Ingest {
             let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
             sqlx::query_scalar(
                 "SELECT id FROM executions.executions
-                 WHERE event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
+                 WHERE org_id = $3 AND event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
             )
             .bind(&envelope.id)
             .bind(&agent_ids)
+            .bind(org_id)
             .fetch_all(&mut *tx)
             .await?
         };
@@ -200,9 +211,39 @@ impl Ingest {
         // One work item for the event's executions, confirmed by JetStream before the event is acked.
         if !unfinished.is_empty() {
             let item = WorkItem { org_id: org_id.to_owned(), execution_ids: unfinished };
-            oa_bus::publish_work(&self.jetstream, &self.topology, &envelope.id, &item).await?;
+            oa_bus::publish_work(&self.jetstream, &self.topology, &envelope.dedup_id(), &item).await?;
         }
         Ok(Handled::Executions(matched.len()))
+    }
+}
+
+/// Longest event id the plane stores (ids are chosen by publishers).
+const MAX_EVENT_ID_LEN: usize = 128;
+
+/// Why an envelope can never be stored, if it cannot: such an event is dead-lettered at once
+/// rather than retried. The gateway refuses the same input with 400; this guards the bus.
+fn unstorable(envelope: &Envelope) -> Option<String> {
+    if envelope.id.is_empty() || envelope.id.len() > MAX_EVENT_ID_LEN {
+        return Some(format!("the event id must have 1 to {MAX_EVENT_ID_LEN} characters"));
+    }
+    let value = serde_json::to_value(envelope).ok()?;
+    oa_domain::hostile::find_nul(&value, "")
+        .map(|path| format!("the event holds a NUL character (\\u0000) at {path}, which cannot be stored"))
+}
+
+impl Ingest {
+    /// Dead-letters a message the worker gives up on, with `reason`.
+    async fn give_up(&self, message: &jetstream::Message, reason: String) -> anyhow::Result<()> {
+        let subject = message.subject.as_str();
+        let Some(org_id) = self.topology.org_of_subject(subject).filter(|o| ids::is_valid_org_id(o)) else {
+            return Ok(());
+        };
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        let event_id = serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned));
+        self.dead_letter(org_id, subject, sequence, event_id.as_deref(), &message.payload, reason).await?;
+        Ok(())
     }
 }
 
@@ -237,7 +278,11 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let engine = Arc::new(Engine {
         pool: worker.pool.clone(),
         llm: providers::Llm::new(config.llm.clone()),
-        outbound: providers::Outbound::new(config.channels.clone(), config.actions.clone()),
+        outbound: providers::Outbound::new(
+            config.channels.clone(),
+            config.actions.clone(),
+            egress::Egress::new(egress::Policy::from_config(config)),
+        ),
         prices: config.credits.prices.clone(),
         agents,
         credits: oa_proto::credits::credits_client::CreditsClient::new(channel(config, "credits")?),
@@ -287,6 +332,9 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         filter_subject: subject,
         ack_wait: topology.ack_wait,
         max_ack_pending: 10_000,
+        // The last guard: the worker gives a message up after `max_deliveries` itself (it must
+        // record the dead letter first); the server stops a little later, whatever happens.
+        max_deliver: i64::try_from(topology.max_deliveries + 2).unwrap_or(i64::MAX),
         ..Default::default()
     };
     let events = jetstream
@@ -313,29 +361,28 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let event_concurrency = config.nats.event_concurrency.max(1);
     let work_concurrency = config.nats.work_concurrency;
     let event_messages = events.messages().await.context("consuming the bus")?;
+    let event_stop = shutdown.clone();
+    let event_topology = topology.clone();
     let event_loop = event_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(
         event_concurrency,
         |message| {
             let ingest = ingest.clone();
+            let (stop, topology) = (event_stop.clone(), event_topology.clone());
             async move {
                 let Ok(message) = message else { return };
                 let span = tracing::info_span!("bus_event", subject = %message.subject);
                 if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
                     oa_telemetry::adopt_remote_parent(&span, context);
                 }
-                match ingest.handle(&message).instrument(span).await {
-                    Ok(Handled::Executions(count)) => {
+                let handle = || async {
+                    let handled = ingest.handle(&message).await?;
+                    if let Handled::Executions(count) = handled {
                         tracing::debug!(count, subject = %message.subject, "event matched");
-                        let _ = message.double_ack().await;
                     }
-                    Ok(Handled::DeadLettered) => {
-                        let _ = message.double_ack().await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "event not processed; it will be redelivered");
-                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    }
-                }
+                    Ok(())
+                };
+                let give_up = |reason: String| ingest.give_up(&message, reason);
+                delivery::settle(&message, &topology, &stop, handle, give_up).instrument(span).await;
             }
         },
     );
@@ -346,10 +393,12 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if work_concurrency == 0 {
         work_stop.cancel();
     }
+    let (work_settle_stop, work_topology) = (shutdown.clone(), topology.clone());
     let work_loop = work_messages.take_until(work_stop.cancelled_owned()).for_each_concurrent(
         work_concurrency.max(1),
         |message| {
             let engine = engine.clone();
+            let (stop, topology) = (work_settle_stop.clone(), work_topology.clone());
             async move {
                 let Ok(message) = message else { return };
                 let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
@@ -373,18 +422,12 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
                     oa_telemetry::adopt_remote_parent(&span, context);
                 }
-                let outcome = tokio::select! {
-                    outcome = engine.run_all(&item, &progress).instrument(span) => outcome,
+                let handle = || engine.run_all(&item, &progress);
+                let give_up = |reason: String| engine.give_up(&item, reason);
+                let settled = delivery::settle(&message, &topology, &stop, handle, give_up);
+                tokio::select! {
+                    () = settled.instrument(span) => {}
                     () = heartbeat => unreachable!("the heartbeat never ends"),
-                };
-                match outcome {
-                    Ok(()) => {
-                        let _ = message.double_ack().await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "execution interrupted; it will resume");
-                        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    }
                 }
             }
         },

@@ -15,6 +15,8 @@ use oa_config::{ActionsConfig, ChannelsConfig, LlmConfig, ProviderConfig};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use crate::egress::{Egress, EgressError};
+
 /// Why a step failed, as its trace shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepError {
@@ -24,7 +26,8 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        StepError { code: code.to_owned(), message: message.into() }
+        // The message is stored and shown: whatever it quotes, it must hold no NUL.
+        StepError { code: code.to_owned(), message: message.into().replace('\0', "\\u0000") }
     }
 
     pub fn to_json(&self) -> Value {
@@ -235,29 +238,33 @@ impl Llm {
     }
 }
 
-/// Notification channels and product actions.
+/// Notification channels and product actions, all through the one egress client.
 pub struct Outbound {
-    http: reqwest::Client,
+    egress: Egress,
     channels: ChannelsConfig,
     actions: ActionsConfig,
 }
 
 impl Outbound {
-    pub fn new(channels: ChannelsConfig, actions: ActionsConfig) -> Self {
-        Outbound { http: reqwest::Client::new(), channels, actions }
+    pub fn new(channels: ChannelsConfig, actions: ActionsConfig, egress: Egress) -> Self {
+        Outbound { egress, channels, actions }
     }
 
-    async fn post(&self, url: &str, key: &str, body: &Value, timeout_ms: u64) -> Result<Value, StepError> {
-        let attempt = || async {
-            let request =
-                self.http.post(url).timeout(Duration::from_millis(timeout_ms)).header("Idempotency-Key", key);
-            send_json(request, body).await
-        };
-        attempt
-            .retry(backoff(3))
-            .when(|e: &CallError| e.retryable)
-            .await
-            .map_err(|e| StepError::new("delivery_failed", format!("{url} {}", e.message)))
+    /// Posts to `url`, retrying what may succeed again. `what` names the call for the tenant
+    /// ("the webhook", "the SMS"); the URL and any answer stay in the logs.
+    async fn post(
+        &self,
+        what: &str,
+        url: &str,
+        key: &str,
+        body: &Value,
+        timeout_ms: u64,
+    ) -> Result<Value, StepError> {
+        let timeout = Duration::from_millis(timeout_ms);
+        let attempt = || self.egress.post_json(url, key, body, timeout);
+        attempt.retry(backoff(3)).when(EgressError::is_retryable).await.map_err(|e| {
+            StepError::new("delivery_failed", format!("{what} was not delivered: {}", e.tenant_message()))
+        })
     }
 
     /// Sends one notification to every recipient under one idempotency key per recipient.
@@ -278,7 +285,8 @@ impl Outbound {
                     if let Some(api_key) = &self.channels.sms_api_key {
                         payload["api_key"] = json!(api_key.expose_secret());
                     }
-                    self.post(&self.channels.sms_url, &key, &payload, self.channels.timeout_ms).await?;
+                    self.post("the SMS", &self.channels.sms_url, &key, &payload, self.channels.timeout_ms)
+                        .await?;
                 }
                 "email" => {
                     self.email(recipient, subject.unwrap_or("One Agents notification"), body, &key).await?
@@ -294,7 +302,8 @@ impl Outbound {
                             };
                             (url, json!({"channel": recipient, "text": body}))
                         };
-                    self.post(&url, &key, &payload, self.channels.timeout_ms).await?;
+                    let what = format!("the {channel} message to recipient {}", index + 1);
+                    self.post(&what, &url, &key, &payload, self.channels.timeout_ms).await?;
                 }
             }
             delivered.push(recipient.clone());
@@ -304,8 +313,11 @@ impl Outbound {
 
     async fn email(&self, to: &str, subject: &str, body: &str, key: &str) -> Result<(), StepError> {
         use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-        let failed =
-            |e: &dyn std::fmt::Display| StepError::new("delivery_failed", format!("email to {to}: {e}"));
+        // The relay's own words may name hosts of the operator's: they go to the logs only.
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::warn!(to, error = %e, "email not delivered");
+            StepError::new("delivery_failed", format!("the email to {to} was not delivered"))
+        };
         let message = Message::builder()
             .from(self.channels.email_from.parse().map_err(|e| failed(&e))?)
             .to(to.parse().map_err(|e| failed(&e))?)
@@ -331,6 +343,6 @@ impl Outbound {
             StepError::new("action_unavailable", format!("no endpoint is configured for product {product}"))
         })?;
         let url = format!("{}/{operation}", base.trim_end_matches('/'));
-        self.post(&url, key, params, self.actions.timeout_ms).await
+        self.post(&format!("the {action} call"), &url, key, params, self.actions.timeout_ms).await
     }
 }
