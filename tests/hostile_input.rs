@@ -325,3 +325,49 @@ async fn a_webhook_aimed_inside_the_network_fails_with_a_generic_error_and_sends
     }
     assert!(plane.sandbox.of_kind("webhook").is_empty(), "nothing was delivered");
 }
+
+#[tokio::test]
+async fn an_org_cannot_hold_more_definitions_than_its_tier_allows_drafts_included() {
+    let plane = TestPlane::start_with(|config| config.tiers.starter.max_agents = 3).await.unwrap();
+    let org = plane.db.create_org("starter").await.unwrap();
+    let create = |name: &str| {
+        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&noting_agent(name)).send()
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, agent) = status_and_json(create(&format!("Draft {n}")).await.unwrap()).await;
+        assert_eq!(status, 201, "{agent}");
+        ids.push(agent["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = status_and_json(create("One too many").await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("quota_exceeded")), "{body}");
+    assert_eq!(body["status"], 429);
+    let clone = plane.as_user(Method::POST, &format!("/api/agents/{}/clone", ids[0]), &org, "admin");
+    assert_eq!(clone.send().await.unwrap().status(), 429, "a clone is a definition too");
+    // Another org is not affected, and deleting one makes room.
+    let other = plane.db.create_org("starter").await.unwrap();
+    let other_create =
+        plane.as_user(Method::POST, "/api/agents", &other, "admin").json(&noting_agent("Mine"));
+    assert_eq!(other_create.send().await.unwrap().status(), 201);
+    let delete = plane.as_user(Method::DELETE, &format!("/api/agents/{}", ids[0]), &org, "admin");
+    assert_eq!(delete.send().await.unwrap().status(), 204);
+    assert_eq!(create("Room again").await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn a_template_that_multiplies_strings_past_the_cap_fails_its_step_with_a_clear_error() {
+    let plane = TestPlane::start().await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    let mut bomb = noting_agent("Bomb");
+    bomb["steps"][0]["output"]["ticket"] =
+        json!("{% for c in 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' %}{{ c * 100000000 }}{% endfor %}");
+    let agent = active_agent(&plane, &org, &bomb).await;
+    plane.publish_on_bus(&ticket(&org, "tkt_bomb")).await.unwrap();
+    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let error = &detail["steps"][0]["error"];
+    assert_eq!(error["code"], "template_error", "{detail}");
+    assert!(error["message"].as_str().unwrap().contains("larger than the limit"), "{detail}");
+}

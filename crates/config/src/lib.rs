@@ -384,6 +384,8 @@ pub struct AuthConfig {
 pub struct TierConfig {
     pub monthly_credits: i64,
     pub max_active_agents: u32,
+    /// Agent definitions an org may hold, drafts and paused ones included (429 `quota_exceeded`).
+    pub max_agents: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -520,9 +522,9 @@ impl Default for TierConfig {
 impl Default for TiersConfig {
     fn default() -> Self {
         TiersConfig {
-            starter: TierConfig { monthly_credits: 10_000, max_active_agents: 5 },
-            pro: TierConfig { monthly_credits: 100_000, max_active_agents: 25 },
-            enterprise: TierConfig { monthly_credits: 1_000_000, max_active_agents: 200 },
+            starter: TierConfig { monthly_credits: 10_000, max_active_agents: 5, max_agents: 50 },
+            pro: TierConfig { monthly_credits: 100_000, max_active_agents: 25, max_agents: 250 },
+            enterprise: TierConfig { monthly_credits: 1_000_000, max_active_agents: 200, max_agents: 2_000 },
         }
     }
 }

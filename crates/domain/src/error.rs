@@ -25,13 +25,14 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     InvalidAgentConfig,
     AgentLimitReached,
+    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::CreditInsufficient,
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::InvalidAgentConfig,
         ErrorCode::AgentLimitReached,
+        ErrorCode::QuotaExceeded,
         ErrorCode::RateLimited,
         ErrorCode::ServiceUnavailable,
         ErrorCode::InternalError,
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidAgentConfig => "invalid_agent_config",
             ErrorCode::AgentLimitReached => "agent_limit_reached",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::InternalError => "internal_error",
@@ -98,7 +101,9 @@ impl ErrorCode {
             ErrorCode::Conflict => S::CONFLICT,
             ErrorCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::AgentLimitReached | ErrorCode::RateLimited => S::TOO_MANY_REQUESTS,
+            ErrorCode::AgentLimitReached | ErrorCode::QuotaExceeded | ErrorCode::RateLimited => {
+                S::TOO_MANY_REQUESTS
+            }
             ErrorCode::ServiceUnavailable => S::SERVICE_UNAVAILABLE,
             ErrorCode::InternalError => S::INTERNAL_SERVER_ERROR,
         }
@@ -121,9 +126,10 @@ impl ErrorCode {
             | ErrorCode::TemplateNotFound
             | ErrorCode::EventTypeNotFound => C::NotFound,
             ErrorCode::Conflict => C::Aborted,
-            ErrorCode::CreditInsufficient | ErrorCode::AgentLimitReached | ErrorCode::RateLimited => {
-                C::ResourceExhausted
-            }
+            ErrorCode::CreditInsufficient
+            | ErrorCode::AgentLimitReached
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::RateLimited => C::ResourceExhausted,
             ErrorCode::ServiceUnavailable => C::Unavailable,
             ErrorCode::InternalError => C::Internal,
         }

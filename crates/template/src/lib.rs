@@ -58,10 +58,53 @@ pub fn expression_references(expression: &str) -> Result<BTreeSet<String>, Templ
     Ok(compiled.undeclared_variables(true).into_iter().collect())
 }
 
-/// Renders a text template against a JSON context.
+/// The most one render may write. Fuel bounds how long a template runs, not how much it writes:
+/// `{% for i in range(1000) %}{{ "x" * 100000000 }}{% endfor %}` would otherwise grow the worker
+/// by a hundred gigabytes.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Collects a render's output and refuses to grow past its limit; the render stops at once.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + bytes.len() > self.limit {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders a text template against a JSON context, writing at most [`MAX_OUTPUT_BYTES`].
 pub fn render(source: &str, context: &serde_json::Value) -> Result<String, TemplateError> {
+    render_limited(source, context, MAX_OUTPUT_BYTES)
+}
+
+/// Renders a text template, refusing output over `limit` bytes with an error that says so.
+pub fn render_limited(
+    source: &str,
+    context: &serde_json::Value,
+    limit: usize,
+) -> Result<String, TemplateError> {
     let template = environment().template_from_str(source).map_err(|e| describe(&e))?;
-    template.render(context).map_err(|e| describe(&e))
+    let mut capped = Capped { out: Vec::new(), limit };
+    if let Err(error) = template.render_captured_to(context, &mut capped) {
+        if error.kind() == minijinja::ErrorKind::WriteFailure {
+            return Err(TemplateError(format!(
+                "the rendered text is larger than the limit of {limit} bytes"
+            )));
+        }
+        return Err(describe(&error));
+    }
+    String::from_utf8(capped.out).map_err(|_| TemplateError("the rendered text is not UTF-8".into()))
 }
 
 /// Evaluates a `when` expression; it holds when its value is truthy.
@@ -108,6 +151,30 @@ mod tests {
             &context,
         );
         assert!(error.is_err());
+    }
+
+    /// The peak resident memory of this process (nextest runs each test in a process of its own).
+    fn peak_rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    #[test]
+    fn a_template_that_multiplies_strings_past_the_cap_fails_and_memory_stays_bounded() {
+        let before = peak_rss_bytes();
+        let context = json!({});
+        // Unbounded, this writes 100 x 100 MB.
+        let error =
+            render("{% for i in range(100) %}{{ 'x' * 100000000 }}{% endfor %}", &context).unwrap_err();
+        assert!(error.0.contains("larger than the limit"), "{error}");
+        let error = render("{{ 'x' * 1000000000 }}", &context).unwrap_err();
+        assert!(error.0.contains("too large"), "{error}");
+        let small = render_limited("{% for i in range(10) %}ab{% endfor %}", &context, 20).unwrap();
+        assert_eq!(small.len(), 20);
+        assert!(render_limited("{% for i in range(11) %}ab{% endfor %}", &context, 20).is_err());
+        let grown = peak_rss_bytes().saturating_sub(before);
+        assert!(grown < 400 * 1024 * 1024, "the render grew the process by {grown} bytes");
     }
 
     #[test]

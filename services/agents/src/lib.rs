@@ -209,6 +209,27 @@ impl AgentsService {
         let id = ids::new_id("agent");
         let created_by = caller.principal_label();
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        // Creates of one org take turns, so the count below cannot be raced past the cap.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('agents.create:' || $1))")
+            .bind(&caller.org_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM agents.agents WHERE org_id = $1 AND deleted_at IS NULL")
+                .bind(&caller.org_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        let cap = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_agents;
+        if held >= i64::from(cap) {
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "The org holds {held} agent definitions, the most its tier allows ({cap}); delete some first"
+                ),
+            ));
+        }
         let new = store::NewAgent {
             id: &id,
             org_id: &caller.org_id,
