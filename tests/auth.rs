@@ -44,7 +44,10 @@ fn hs256_with_public_key(claims: &HubClaims) -> Vec<String> {
 
 #[tokio::test]
 async fn every_bad_credential_gets_one_identical_401_body() {
-    let plane = TestPlane::start().await.unwrap();
+    // Dozens of refusals from one address: the failure limit (its own test) is lifted here.
+    let plane = TestPlane::start_with(|config| config.gateway.rate_limit.auth_failures_per_client = 10_000)
+        .await
+        .unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
     let (revoked_key_id, revoked_key) = plane.db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
     oa_tenancy::KeyStore::new(plane.db.admin.clone()).revoke(&org, &revoked_key_id).await.unwrap();

@@ -371,3 +371,93 @@ async fn a_template_that_multiplies_strings_past_the_cap_fails_its_step_with_a_c
     assert_eq!(error["code"], "template_error", "{detail}");
     assert!(error["message"].as_str().unwrap().contains("larger than the limit"), "{detail}");
 }
+
+#[tokio::test]
+async fn cookie_writes_from_outside_the_hub_are_refused() {
+    let plane =
+        TestPlane::start_with(|config| config.gateway.hub_origins = vec!["https://hub.example.com".into()])
+            .await
+            .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let cookie = format!("{}={}", plane.config.auth.session_cookie, plane.token(&org, "admin"));
+    let write = |origin: Option<&str>, content_type: &str| {
+        let mut request = plane
+            .http
+            .post(plane.url("/api/agents"))
+            .header("cookie", cookie.as_str())
+            .header("content-type", content_type)
+            .body(noting_agent("From a browser").to_string());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    for (origin, content_type) in [
+        (Some("https://evil.example.com"), "application/json"),
+        (None, "application/json"),
+        (Some("https://hub.example.com"), "text/plain"),
+        (Some("https://hub.example.com"), "application/x-www-form-urlencoded"),
+    ] {
+        let (status, body) = status_and_json(write(origin, content_type).await.unwrap()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("forbidden")),
+            "{origin:?} {content_type}: {body}"
+        );
+    }
+    let (_, list) = plane.get_json("/api/agents?type=custom", &org).await;
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(0), "nothing was written");
+    let (status, body) =
+        status_and_json(write(Some("https://hub.example.com"), "application/json").await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    // Reads with the cookie, and writes with a bearer token or a key, need no Origin.
+    let read = plane.http.get(plane.url("/api/agents")).header("cookie", cookie.as_str());
+    assert_eq!(read.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let plane = TestPlane::start().await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    for response in [
+        plane.http.get(plane.url("/healthz")).send().await.unwrap(),
+        plane.as_user(Method::GET, "/api/me", &org, "viewer").send().await.unwrap(),
+        plane.http.get(plane.url("/api/me")).send().await.unwrap(),
+    ] {
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(headers.get("strict-transport-security").is_none(), "plain http: no HSTS");
+    }
+    let behind_https = plane.http.get(plane.url("/healthz")).header("x-forwarded-proto", "https");
+    let response = behind_https.send().await.unwrap();
+    assert!(response.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));
+}
+
+#[tokio::test]
+async fn the_request_timeout_is_applied() {
+    let plane = TestPlane::start_with(|config| config.gateway.request_timeout_ms = 1).await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let (status, body) = plane.get_json("/api/executions", &org).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("service_unavailable")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("1 ms"), "{body}");
+}
+
+#[tokio::test]
+async fn failed_authentication_is_limited_per_client_address() {
+    let plane =
+        TestPlane::start_with(|config| config.gateway.rate_limit.auth_failures_per_client = 3).await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    let guess = || plane.http.get(plane.url("/api/me")).header("x-integration-key", "oak_guess_wrong").send();
+    for _ in 0..3 {
+        assert_eq!(guess().await.unwrap().status(), 401);
+    }
+    let (status, body) = status_and_json(guess().await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("rate_limited")), "{body}");
+    // A right credential from the same address waits out the window too: guessing cannot go on.
+    let response = plane.as_user(Method::GET, "/api/me", &org, "viewer").send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+}

@@ -331,6 +331,9 @@ pub struct NatsConfig {
 #[serde(default)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Origins of the Hub pages that may send cookie-authenticated writes (CSRF defence):
+    /// `https://hub.example.com`. A write with a session cookie from anywhere else is 403.
+    pub hub_origins: Vec<String>,
     pub body_limit_bytes: usize,
     pub rate_limit: RateLimitConfig,
     pub request_timeout_ms: u64,
@@ -344,6 +347,8 @@ pub struct RateLimitConfig {
     pub window_seconds: u64,
     pub per_org: u64,
     pub per_key: u64,
+    /// Failed authentications one client address may make per window; past it, 429.
+    pub auth_failures_per_client: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -466,6 +471,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            hub_origins: Vec::new(),
             body_limit_bytes: 1024 * 1024,
             rate_limit: RateLimitConfig::default(),
             request_timeout_ms: 30_000,
@@ -475,7 +481,13 @@ impl Default for GatewayConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { enabled: true, window_seconds: 60, per_org: 6_000, per_key: 1_200 }
+        RateLimitConfig {
+            enabled: true,
+            window_seconds: 60,
+            per_org: 6_000,
+            per_key: 1_200,
+            auth_failures_per_client: 30,
+        }
     }
 }
 

@@ -106,17 +106,84 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
     Ok(caller)
 }
 
+/// Whether the request authenticates with the Hub session cookie (not a key, not a bearer token):
+/// a browser sends that cookie on its own, so such writes must prove they come from the Hub.
+fn by_cookie(headers: &HeaderMap) -> bool {
+    headers.get(INTEGRATION_KEY_HEADER).is_none() && bearer_token(headers).is_none()
+}
+
+/// A cookie-authenticated write must be JSON (a cross-site form cannot send it without a
+/// preflight) and come from a Hub origin (`Origin`, else `Sec-Fetch-Site: same-origin`).
+fn refuse_cross_site(state: &AppState, request: &Request) -> Result<(), ApiError> {
+    let headers = request.headers();
+    let refused = |why: &str| ApiError::forbidden(format!("Cross-site request refused: {why}"));
+    if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        if !json {
+            return Err(refused("a write with the session cookie must be sent as application/json"));
+        }
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin)
+            if state.config.gateway.hub_origins.iter().any(|o| o.trim_end_matches('/') == origin) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(refused("the request's Origin is not one of the Hub's")),
+        None => match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+            Some("same-origin") => Ok(()),
+            _ => Err(refused("a write with the session cookie needs the Hub's Origin")),
+        },
+    }
+}
+
+/// The address the request came from (the peer of the connection).
+fn client_address(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
+}
+
+fn too_many(retry_after_seconds: u64, message: String) -> Response {
+    let mut response = Failure(ApiError::new(oa_domain::ErrorCode::RateLimited, message)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+    response
+}
+
 /// Authenticates, applies the viewer rule and the rate limits, then hands the request on with
 /// its [`Caller`] in the extensions.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let client = client_address(&request).filter(|_| state.limiter.enabled());
+    if let Some(client) = client
+        && let Ok(mut redis) = state.redis().await
+        && let Ok(Some(retry_after)) = state.limiter.auth_failures_exceeded(&mut redis, client).await
+    {
+        return too_many(retry_after, format!("Too many failed sign-ins; retry in {retry_after} seconds"));
+    }
     let caller = match resolve(&state, request.headers()).await {
         Ok(caller) => caller,
-        Err(error) => return Failure(error).into_response(),
+        Err(error) => {
+            if error.code == oa_domain::ErrorCode::Unauthorized
+                && let Some(client) = client
+                && let Ok(mut redis) = state.redis().await
+                && let Err(e) = state.limiter.record_auth_failure(&mut redis, client).await
+            {
+                tracing::warn!(error = %e, "cannot count a failed authentication");
+            }
+            return Failure(error).into_response();
+        }
     };
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe
+        && by_cookie(request.headers())
+        && let Err(error) = refuse_cross_site(&state, &request)
+    {
+        return Failure(error).into_response();
+    }
     tracing::Span::current().record("org_id", caller.org_id.as_str());
 
     // Viewers are read-only everywhere; routes check finer permissions themselves.
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if caller.is_viewer() && !safe {
         return Failure(ApiError::forbidden("Viewers have read-only access")).into_response();
     }
@@ -127,15 +194,8 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             Ok(mut redis) => match state.limiter.check(&mut redis, &caller).await {
                 Ok(Decision::Allowed { remaining: left }) => remaining = Some(left),
                 Ok(Decision::Limited { retry_after_seconds }) => {
-                    let mut response = Failure(ApiError::new(
-                        oa_domain::ErrorCode::RateLimited,
-                        format!("Too many requests; retry in {retry_after_seconds} seconds"),
-                    ))
-                    .into_response();
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
-                    return response;
+                    let message = format!("Too many requests; retry in {retry_after_seconds} seconds");
+                    return too_many(retry_after_seconds, message);
                 }
                 Err(error) => tracing::warn!(%error, "rate limiter unavailable; request allowed"),
             },

@@ -26,6 +26,7 @@ use axum::routing::get;
 use http::header;
 use oa_auth::HubVerifier;
 use oa_config::Config;
+use oa_domain::ApiError;
 use oa_tenancy::{KeyStore, OrgStore};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -155,7 +156,8 @@ impl Gateway {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
-        axum::serve(self.listener, self.router)
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("gateway server")
@@ -181,12 +183,51 @@ async fn limit_declared_body(limit: usize, request: Request, next: Next) -> Resp
     next.run(request).await
 }
 
+/// Headers every answer carries: no MIME sniffing, no framing, no referrer, a content policy that
+/// lets the link page style itself and post its own form and nothing else, and HSTS when the
+/// request came over https (directly or through a proxy that says so).
+async fn security_headers(request: Request, next: Next) -> Response {
+    let https = request.uri().scheme_str() == Some("https")
+        || request.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let set = |headers: &mut http::HeaderMap, name: &'static str, value: &'static str| {
+        headers.entry(name).or_insert(http::HeaderValue::from_static(value));
+    };
+    set(headers, "x-content-type-options", "nosniff");
+    set(headers, "x-frame-options", "DENY");
+    set(headers, "referrer-policy", "no-referrer");
+    set(
+        headers,
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    if https {
+        set(headers, "strict-transport-security", "max-age=31536000; includeSubDomains");
+    }
+    response
+}
+
+/// Ordinary requests get `gateway.request_timeout_ms`, then 503 with the API's body; the work a
+/// service was doing is not lost (it is its own transaction), only the wait is cut.
+async fn request_timeout(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Failure(ApiError::new(
+            oa_domain::ErrorCode::ServiceUnavailable,
+            format!("The request took longer than {} ms; try again", timeout.as_millis()),
+        ))
+        .into_response(),
+    }
+}
+
 fn api_routes() -> Router<AppState> {
     Router::new().route("/me", get(me::me)).merge(routes::router()).merge(approvals::router())
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.gateway.body_limit_bytes;
+    let timeout = Duration::from_millis(state.config.gateway.request_timeout_ms.max(1));
     let api = api_routes()
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -213,7 +254,11 @@ pub fn router(state: AppState) -> Router {
         .merge(approvals::link_router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            request_timeout(timeout, request, next)
+        }))
         .layer(middleware::from_fn(error::refuse_nul_in_uri))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             limit_declared_body(body_limit, request, next)
         }))
