@@ -355,6 +355,21 @@ impl TestPlane {
         Ok(())
     }
 
+    /// Publishes many envelopes straight onto the bus at once (all sent, then all confirmed).
+    pub async fn publish_many_on_bus(&self, envelopes: &[oa_bus::Envelope]) -> anyhow::Result<()> {
+        let client = oa_bus::connect(&self.config.nats).await?;
+        let jetstream = oa_bus::async_nats::jetstream::new(client);
+        let topology = oa_bus::Topology::new(&self.config.nats);
+        oa_bus::ensure_streams(&jetstream, &topology).await?;
+        for chunk in envelopes.chunks(1_000) {
+            let sends = chunk.iter().map(|envelope| oa_bus::publish_event(&jetstream, &topology, envelope));
+            for sent in futures::future::join_all(sends).await {
+                sent?;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes raw bytes on an event subject of the plane (for malformed events).
     pub async fn publish_raw_on_bus(
         &self,

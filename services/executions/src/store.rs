@@ -486,17 +486,20 @@ fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx:
     })
 }
 
-pub async fn insert_dead_letter(tx: &mut PgConnection, letter: &DeadLetter) -> Result<(), sqlx::Error> {
+/// Stores dead letters of one org in one statement (a letter already stored is left as it is).
+pub async fn insert_dead_letters(tx: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), sqlx::Error> {
+    let column = |pick: fn(&DeadLetter) -> Option<&str>| letters.iter().map(pick).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO executions.dead_letters (id, org_id, subject, event_id, payload, reason)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT DO NOTHING",
     )
-    .bind(&letter.id)
-    .bind(&letter.org_id)
-    .bind(&letter.subject)
-    .bind(&letter.event_id)
-    .bind(&letter.payload)
-    .bind(&letter.reason)
+    .bind(column(|l| Some(&l.id)))
+    .bind(column(|l| Some(&l.org_id)))
+    .bind(column(|l| Some(&l.subject)))
+    .bind(column(|l| l.event_id.as_deref()))
+    .bind(column(|l| Some(&l.payload)))
+    .bind(column(|l| Some(&l.reason)))
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -32,6 +32,9 @@ pub fn fault_of(error: &anyhow::Error) -> Fault {
         if let Some(error) = cause.downcast_ref::<sqlx::Error>() {
             return oa_store::fault(error);
         }
+        if let Some(failed) = cause.downcast_ref::<crate::dead_letters::BatchFailed>() {
+            return failed.fault;
+        }
         if cause.is::<Unavailable>() || cause.is::<oa_bus::BusError>() {
             return Fault::Outage;
         }

@@ -6,6 +6,7 @@
 //! It writes schema `executions` through `oa_executions::store` as the engine of that context,
 //! asks the agents and catalog services for what it needs, and touches no other schema.
 
+mod dead_letters;
 mod delivery;
 pub mod egress;
 pub mod engine;
@@ -48,6 +49,7 @@ struct Ingest {
     token: SecretString,
     known_event_types: Mutex<HashMap<String, Instant>>,
     nats: oa_bus::async_nats::Client,
+    dead_letters: dead_letters::DeadLetters,
 }
 
 /// What handling one bus message came to.
@@ -100,9 +102,7 @@ impl Ingest {
             created_at: chrono::Utc::now(),
             replayed_at: None,
         };
-        let mut tx = begin_org(&self.pool, org_id).await?;
-        store::insert_dead_letter(&mut tx, &letter).await?;
-        tx.commit().await?;
+        self.dead_letters.store(letter.clone()).await?;
         // Observers may follow dead letters live on this subject; the table is the record.
         let notice = serde_json::json!({"id": letter.id, "subject": subject, "reason": reason});
         let _ = self
@@ -274,6 +274,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         token: config.grpc.service_token.clone(),
         known_event_types: Mutex::new(HashMap::new()),
         nats: worker.nats.clone(),
+        dead_letters: dead_letters::DeadLetters::start(worker.pool.clone()),
     });
     let engine = Arc::new(Engine {
         pool: worker.pool.clone(),
