@@ -461,3 +461,135 @@ async fn failed_authentication_is_limited_per_client_address() {
     assert_eq!(response.status(), 429);
     assert!(response.headers().get("retry-after").is_some());
 }
+
+#[tokio::test]
+async fn work_that_keeps_failing_fails_its_execution_with_max_deliveries() {
+    let plane = TestPlane::start_with(|config| {
+        config.nats.max_deliveries = 3;
+        config.nats.redelivery_delay_ms = 100;
+    })
+    .await
+    .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    let agent = json!({
+        "name": "Pager", "category": "service_desk", "client_scope": "all",
+        "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
+        "steps": [{"id": "page", "type": "notification", "channel": "sms", "recipients": ["+15550001111"], "body": "ticket"}]
+    });
+    let agent = active_agent(&plane, &org, &agent).await;
+    // A bad deploy: the record of sent notifications is gone, so the step fails on every delivery.
+    sqlx::query("ALTER TABLE executions.side_effects RENAME TO side_effects_gone")
+        .execute(&plane.db.admin)
+        .await
+        .unwrap();
+    plane.publish_on_bus(&ticket(&org, "tkt_doomed")).await.unwrap();
+    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    assert_eq!(detail["error"]["code"], "max_deliveries", "{detail}");
+    assert!(detail["error"]["message"].as_str().unwrap().contains("3 deliveries"), "{detail}");
+    assert_eq!(detail["steps"][0]["status"], "failed", "{detail}");
+    assert!(plane.sandbox.of_kind("sms").is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn definitions_stay_within_the_tiers_recipient_and_schedule_caps() {
+    let plane = TestPlane::start().await.unwrap();
+    let org = plane.db.create_org("starter").await.unwrap();
+    let create = |body: Value| plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&body).send();
+    let mut crowd = noting_agent("Crowd");
+    let recipients: Vec<String> = (0..11).map(|n| format!("+1555000{n:04}")).collect();
+    crowd["steps"] = json!([{"id": "page", "type": "notification", "channel": "sms", "recipients": recipients, "body": "hi"}]);
+    let (status, body) = status_and_json(create(crowd).await.unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_agent_config")), "{body}");
+    assert_eq!(body["details"][0]["path"], "steps[0].recipients", "{body}");
+
+    let scheduled = |cron: &str| {
+        let mut agent = noting_agent("Scheduled");
+        agent["trigger"] = json!({"type": "schedule", "cron": cron, "timezone": "Europe/Paris"});
+        agent["steps"][0]["output"] = json!({"at": "{{ event.occurred_at }}"});
+        agent
+    };
+    let (status, body) = status_and_json(create(scheduled("* * * * *")).await.unwrap()).await;
+    assert_eq!(status, 400, "every minute is below the starter tier's five: {body}");
+    assert!(body["details"][0]["message"].as_str().unwrap().contains("300 seconds"), "{body}");
+    let (status, body) = status_and_json(create(scheduled("*/5 * * * *")).await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn steps_past_the_size_and_time_caps_fail_once_with_errors_naming_the_cap() {
+    let plane = TestPlane::start_with(|config| {
+        config.limits.max_rendered_bytes = 200;
+        config.limits.max_prompt_bytes = 100;
+        config.limits.max_step_output_bytes = 150;
+        config.limits.notification_budget_ms = 500;
+    })
+    .await
+    .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    let schema =
+        json!({"type": "object", "required": ["summary"], "properties": {"summary": {"type": "string"}}});
+    let hook = format!("http://{}/webhooks/slow", plane.config.sandbox.http_listen);
+    let cases = [
+        (
+            "rendered",
+            json!({"id": "s", "type": "transform", "output": {"x": "{{ event_payload.subject }}"}}),
+            "template_error",
+        ),
+        (
+            "prompt",
+            json!({"id": "s", "type": "ai_reason", "model_tier": "quick", "prompt": "Summarise {{ event_payload.ticket_id }} {{ event_payload.ticket_id }} {{ event_payload.ticket_id }}", "output_schema": schema}),
+            "prompt_too_large",
+        ),
+        (
+            "output",
+            json!({"id": "s", "type": "transform", "output": {"a": "{{ event_payload.ticket_id }}", "b": "{{ event_payload.ticket_id }}", "c": "{{ event_payload.ticket_id }}", "d": "{{ event_payload.ticket_id }}"}}),
+            "output_too_large",
+        ),
+        (
+            "budget",
+            json!({"id": "s", "type": "notification", "channel": "webhook", "recipients": [hook.clone(), hook.clone(), hook], "body": "sandbox-delay-ms:400"}),
+            "delivery_failed",
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (name, step, code) in &cases {
+        let mut agent = noting_agent(name);
+        agent["steps"] = json!([step]);
+        agents.push((active_agent(&plane, &org, &agent).await, *code));
+    }
+    let mut event = ticket(&org, &"t".repeat(40));
+    event.payload["subject"] = json!("s".repeat(300));
+    plane.publish_on_bus(&event).await.unwrap();
+    for (agent, code) in agents {
+        let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
+        let (_, detail) =
+            plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+        assert_eq!(detail["steps"][0]["error"]["code"], code, "{detail}");
+    }
+    assert!(plane.sandbox.of_kind("llm").is_empty(), "an oversized prompt never reaches the model");
+    assert!(plane.sandbox.of_kind("webhook").len() <= 2, "the budget ran out before the third recipient");
+}
+
+#[tokio::test]
+async fn every_model_call_carries_the_tiers_max_tokens() {
+    let plane = TestPlane::start_with(|config| {
+        config.llm.tiers.get_mut("quick").unwrap().max_tokens = 321;
+    })
+    .await
+    .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    let mut agent = noting_agent("Think");
+    agent["steps"] = json!([{"id": "s", "type": "ai_reason", "model_tier": "quick", "prompt": "Summarise {{ event_payload.ticket_id }}",
+        "output_schema": {"type": "object", "required": ["summary"], "properties": {"summary": {"type": "string"}}}}]);
+    let agent = active_agent(&plane, &org, &agent).await;
+    plane.publish_on_bus(&ticket(&org, "tkt_1")).await.unwrap();
+    wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "completed").await;
+    let calls = plane.sandbox.of_kind("llm");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["max_tokens"], 321, "{:?}", calls[0].body);
+}

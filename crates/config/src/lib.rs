@@ -53,6 +53,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub actions: ActionsConfig,
     pub egress: EgressConfig,
+    pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
 }
 
@@ -65,11 +66,19 @@ pub struct LlmConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TierModel {
     pub provider: String,
     pub model: String,
+    /// The most tokens one answer may take (sent as `max_tokens` on every call).
+    pub max_tokens: u32,
+}
+
+impl Default for TierModel {
+    fn default() -> Self {
+        TierModel { provider: String::new(), model: String::new(), max_tokens: 1024 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +166,32 @@ pub struct EgressConfig {
     pub allow: Vec<String>,
 }
 
+/// What one step may grow to, whatever its definition or its event says. A step past a cap fails
+/// once with an error naming the cap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// The most one template may render (a message, a recipient, a field of a transform).
+    pub max_rendered_bytes: usize,
+    /// The most a rendered prompt (system prompt included) may hold.
+    pub max_prompt_bytes: usize,
+    /// The most a step's output may hold, as JSON.
+    pub max_step_output_bytes: usize,
+    /// The time one notification step has for all its recipients together.
+    pub notification_budget_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_rendered_bytes: 256 * 1024,
+            max_prompt_bytes: 64 * 1024,
+            max_step_output_bytes: 1024 * 1024,
+            notification_budget_ms: 60_000,
+        }
+    }
+}
+
 /// One entry of `egress.allow`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressRule {
@@ -221,7 +256,14 @@ impl Default for LlmConfig {
         let tiers = ["quick", "standard", "premium", "expert"]
             .into_iter()
             .map(|tier| {
-                (tier.to_owned(), TierModel { provider: "sandbox".into(), model: format!("sandbox-{tier}") })
+                (
+                    tier.to_owned(),
+                    TierModel {
+                        provider: "sandbox".into(),
+                        model: format!("sandbox-{tier}"),
+                        ..TierModel::default()
+                    },
+                )
             })
             .collect();
         LlmConfig { tiers, providers }
@@ -391,6 +433,10 @@ pub struct TierConfig {
     pub max_active_agents: u32,
     /// Agent definitions an org may hold, drafts and paused ones included (429 `quota_exceeded`).
     pub max_agents: u32,
+    /// Recipients one notification (or one approval's `notify`) may list.
+    pub max_recipients: u32,
+    /// The shortest interval between two ticks of a schedule trigger.
+    pub min_schedule_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -428,6 +474,7 @@ impl Default for Config {
             channels: ChannelsConfig::default(),
             actions: ActionsConfig::default(),
             egress: EgressConfig::default(),
+            limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
         }
     }
@@ -534,9 +581,27 @@ impl Default for TierConfig {
 impl Default for TiersConfig {
     fn default() -> Self {
         TiersConfig {
-            starter: TierConfig { monthly_credits: 10_000, max_active_agents: 5, max_agents: 50 },
-            pro: TierConfig { monthly_credits: 100_000, max_active_agents: 25, max_agents: 250 },
-            enterprise: TierConfig { monthly_credits: 1_000_000, max_active_agents: 200, max_agents: 2_000 },
+            starter: TierConfig {
+                monthly_credits: 10_000,
+                max_active_agents: 5,
+                max_agents: 50,
+                max_recipients: 10,
+                min_schedule_interval_seconds: 300,
+            },
+            pro: TierConfig {
+                monthly_credits: 100_000,
+                max_active_agents: 25,
+                max_agents: 250,
+                max_recipients: 25,
+                min_schedule_interval_seconds: 60,
+            },
+            enterprise: TierConfig {
+                monthly_credits: 1_000_000,
+                max_active_agents: 200,
+                max_agents: 2_000,
+                max_recipients: 100,
+                min_schedule_interval_seconds: 60,
+            },
         }
     }
 }

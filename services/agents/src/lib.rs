@@ -171,7 +171,8 @@ impl AgentsService {
 
     async fn validated(&self, caller: &Caller, definition: &Value) -> Result<AgentDefinition, ApiError> {
         let catalog = self.event_types_for(caller, definition).await?;
-        validate::validate_definition(definition, &catalog).map_err(invalid)
+        let tier = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter);
+        validate::validate_within(definition, &catalog, validate::Limits::of_tier(tier)).map_err(invalid)
     }
 
     /// Tells the workers that `org_id`'s agents changed.

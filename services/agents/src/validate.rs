@@ -35,9 +35,46 @@ impl Problem {
     }
 }
 
+/// What the org's subscription tier allows a definition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_recipients: usize,
+    pub min_schedule_interval_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_recipients: 100, min_schedule_interval_seconds: 1 }
+    }
+}
+
+impl Limits {
+    pub fn of_tier(tier: &oa_config::TierConfig) -> Limits {
+        Limits {
+            max_recipients: tier.max_recipients as usize,
+            min_schedule_interval_seconds: tier.min_schedule_interval_seconds,
+        }
+    }
+}
+
 struct Checker<'a> {
     problems: Vec<Problem>,
     catalog: &'a HashMap<String, EventType>,
+    limits: Limits,
+}
+
+/// The shortest gap between the next ticks of `cron` (UTC), looking a few dozen ticks ahead.
+fn shortest_interval_seconds(cron: &croner::Cron) -> Option<i64> {
+    // The gap from now to the first tick is partial: gaps are measured from tick to tick.
+    let mut cursor = cron.find_next_occurrence(&chrono::Utc::now(), false).ok()?;
+    let mut shortest: Option<i64> = None;
+    for _ in 0..48 {
+        let next = cron.find_next_occurrence(&cursor, false).ok()?;
+        let gap = (next - cursor).num_seconds();
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        cursor = next;
+    }
+    shortest
 }
 
 impl Checker<'_> {
@@ -60,7 +97,16 @@ pub fn validate_definition(
     input: &Value,
     catalog: &HashMap<String, EventType>,
 ) -> Result<AgentDefinition, Vec<Problem>> {
-    let mut checker = Checker { problems: Vec::new(), catalog };
+    validate_within(input, catalog, Limits::default())
+}
+
+/// Validates a full definition within a tier's limits.
+pub fn validate_within(
+    input: &Value,
+    catalog: &HashMap<String, EventType>,
+    limits: Limits,
+) -> Result<AgentDefinition, Vec<Problem>> {
+    let mut checker = Checker { problems: Vec::new(), catalog, limits };
     let Some(object) = input.as_object() else {
         return Err(vec![Problem {
             path: String::new(),
@@ -154,7 +200,17 @@ fn check_trigger(checker: &mut Checker, trigger: Option<&Value>) -> Option<Event
         }
         Some("schedule") => {
             match trigger.get("cron").and_then(Value::as_str) {
-                Some(cron) if cron.parse::<croner::Cron>().is_ok() => {}
+                Some(cron) if cron.parse::<croner::Cron>().is_ok() => {
+                    let shortest =
+                        cron.parse::<croner::Cron>().ok().and_then(|c| shortest_interval_seconds(&c));
+                    let minimum = checker.limits.min_schedule_interval_seconds;
+                    if shortest.is_some_and(|s| s < minimum as i64) {
+                        checker.problem(
+                            "trigger.cron",
+                            format!("{cron:?} runs more often than the tier allows (at most once every {minimum} seconds)"),
+                        );
+                    }
+                }
                 Some(cron) => {
                     checker.problem("trigger.cron", format!("{cron:?} is not a valid cron expression"))
                 }
@@ -454,6 +510,11 @@ fn check_channel_and_recipients<'a>(
         checker.problem(format!("{path}.channel"), format!("channel is one of {}", CHANNELS.join(", ")));
     }
     match fields.get("recipients").and_then(Value::as_array) {
+        Some(recipients) if recipients.len() > checker.limits.max_recipients => {
+            let most = checker.limits.max_recipients;
+            checker
+                .problem(format!("{path}.recipients"), format!("the tier allows at most {most} recipients"))
+        }
         Some(recipients) if !recipients.is_empty() && recipients.len() <= 100 => {
             for (index, recipient) in recipients.iter().enumerate() {
                 match recipient.as_str() {

@@ -16,7 +16,9 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
-    let plane = TestPlane::start().await.unwrap();
+    // Ticks every two seconds: far below any tier's minimum interval, lifted for this test.
+    let plane =
+        TestPlane::start_with(|config| config.tiers.pro.min_schedule_interval_seconds = 1).await.unwrap();
     let mut second_worker = Command::new(env!("CARGO_BIN_EXE_one-agents"))
         .args(["serve", "--services", "worker"])
         .envs(oa_testkit::process_env(&plane.config))

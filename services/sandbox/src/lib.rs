@@ -204,7 +204,12 @@ async fn webhook(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> &'static str {
+    // A message containing `sandbox-delay-ms:<n>` is answered after n milliseconds (budget tests).
+    let delay = requested_delay(&body);
     recorder.record("webhook", &name, idempotency_key(&headers), body);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     "ok"
 }
 

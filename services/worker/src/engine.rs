@@ -34,6 +34,7 @@ pub struct Engine {
     pub credits: CreditsClient<Channel>,
     pub approvals: ApprovalsClient<Channel>,
     pub token: SecretString,
+    pub limits: oa_config::LimitsConfig,
 }
 
 /// The template context of a step: the event, its payload, and earlier steps' outputs.
@@ -51,8 +52,8 @@ fn base_context(trigger_event: &Value) -> Value {
     })
 }
 
-fn render(text: &str, context: &Value) -> Result<String, StepError> {
-    let rendered = oa_template::render(text, context)
+fn render(text: &str, context: &Value, limit: usize) -> Result<String, StepError> {
+    let rendered = oa_template::render_limited(text, context, limit)
         .map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))?;
     if rendered.contains('\0') {
         return Err(StepError::new("template_error", format!("{text:?} renders a NUL character (\\u0000)")));
@@ -72,15 +73,27 @@ fn storable(output: Value) -> Result<Value, StepError> {
     }
 }
 
-fn render_all(texts: &[String], context: &Value) -> Result<Vec<String>, StepError> {
-    texts.iter().map(|text| render(text, context)).collect()
+/// A step's result, refused when it is larger than `limit` bytes of JSON.
+fn within_output_limit(output: Value, limit: usize) -> Result<Value, StepError> {
+    let size = serde_json::to_vec(&output).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(StepError::new(
+            "output_too_large",
+            format!("the step's output is {size} bytes, more than the limit of {limit}"),
+        ));
+    }
+    Ok(output)
 }
 
-fn render_map(map: &Map<String, Value>, context: &Value) -> Result<Value, StepError> {
+fn render_all(texts: &[String], context: &Value, limit: usize) -> Result<Vec<String>, StepError> {
+    texts.iter().map(|text| render(text, context, limit)).collect()
+}
+
+fn render_map(map: &Map<String, Value>, context: &Value, limit: usize) -> Result<Value, StepError> {
     let mut out = Map::new();
     for (key, value) in map {
         let rendered = match value {
-            Value::String(text) => Value::String(render(text, context)?),
+            Value::String(text) => Value::String(render(text, context, limit)?),
             other => other.clone(),
         };
         out.insert(key.clone(), rendered);
@@ -245,7 +258,9 @@ impl Engine {
             let result =
                 self.execute(step, &context, &at).instrument(span).await?.and_then(|result| match result {
                     StepResult::Done { output, credits } => {
-                        Ok(StepResult::Done { output: storable(output)?, credits })
+                        let output =
+                            within_output_limit(storable(output)?, self.limits.max_step_output_bytes)?;
+                        Ok(StepResult::Done { output, credits })
                     }
                     waiting => Ok(waiting),
                 });
@@ -380,7 +395,8 @@ impl Engine {
         tx.commit().await?;
         // What the outside answered is checked before it is recorded: an answer that cannot be
         // stored fails the step once, and the side effect is not repeated.
-        let result = act().await.and_then(storable);
+        let limit = self.limits.max_step_output_bytes;
+        let result = act().await.and_then(storable).and_then(|output| within_output_limit(output, limit));
         if let Ok(value) = &result {
             let mut tx = begin_org(&self.pool, org_id).await?;
             store::record_side_effect(&mut tx, key, org_id, execution_id, step_id, value).await?;
@@ -471,7 +487,7 @@ impl Engine {
         else {
             unreachable!("gate() runs approval steps");
         };
-        let message = match render(message, context) {
+        let message = match render(message, context, self.limits.max_rendered_bytes) {
             Ok(message) => message,
             Err(error) => return Ok(Err(error)),
         };
@@ -555,7 +571,7 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> anyhow::Result<()> {
         let approval_id = gate["id"].as_str().unwrap_or_default();
-        let recipients = match render_all(&notify.recipients, context) {
+        let recipients = match render_all(&notify.recipients, context, self.limits.max_rendered_bytes) {
             Ok(recipients) => recipients,
             Err(error) => {
                 tracing::warn!(approval_id, error = error.message, "cannot render the approval's recipients");
@@ -619,11 +635,24 @@ impl Engine {
         let (key, org_id, execution_id) = (at.key, at.org_id, at.execution_id);
         let done = |output: Value| StepResult::Done { output, credits: 0 };
         Ok(match &step.kind {
-            StepKind::Transform { output } => render_map(output, context).map(done),
+            StepKind::Transform { output } => {
+                render_map(output, context, self.limits.max_rendered_bytes).map(done)
+            }
             StepKind::AiReason { model_tier, prompt, output_schema, system_prompt } => {
                 let rendered = (|| {
-                    let prompt = render(prompt, context)?;
-                    let system = system_prompt.as_deref().map(|s| render(s, context)).transpose()?;
+                    let prompt = render(prompt, context, self.limits.max_rendered_bytes)?;
+                    let system = system_prompt
+                        .as_deref()
+                        .map(|s| render(s, context, self.limits.max_rendered_bytes))
+                        .transpose()?;
+                    let size = prompt.len() + system.as_deref().map_or(0, str::len);
+                    let limit = self.limits.max_prompt_bytes;
+                    if size > limit {
+                        return Err(StepError::new(
+                            "prompt_too_large",
+                            format!("the rendered prompt is {size} bytes, more than the limit of {limit}"),
+                        ));
+                    }
                     Ok::<_, StepError>((prompt, system))
                 })();
                 match rendered {
@@ -643,27 +672,49 @@ impl Engine {
             }
             StepKind::Notification { channel, recipients, subject, body } => {
                 let rendered = (|| {
-                    let recipients = render_all(recipients, context)?;
-                    let subject = subject.as_deref().map(|s| render(s, context)).transpose()?;
-                    Ok::<_, StepError>((recipients, subject, render(body, context)?))
+                    let recipients = render_all(recipients, context, self.limits.max_rendered_bytes)?;
+                    let subject = subject
+                        .as_deref()
+                        .map(|s| render(s, context, self.limits.max_rendered_bytes))
+                        .transpose()?;
+                    Ok::<_, StepError>((
+                        recipients,
+                        subject,
+                        render(body, context, self.limits.max_rendered_bytes)?,
+                    ))
                 })();
                 match rendered {
                     Err(error) => Err(error),
                     Ok((recipients, subject, body)) => self
-                        .once(org_id, execution_id, &step.id, key, || {
-                            self.outbound.notify(channel, &recipients, subject.as_deref(), &body, key)
+                        .once(org_id, execution_id, &step.id, key, || async {
+                            // One budget for every recipient together: a slow endpoint cannot hold
+                            // the worker for recipients x timeout x retries.
+                            let budget = std::time::Duration::from_millis(self.limits.notification_budget_ms);
+                            let sending =
+                                self.outbound.notify(channel, &recipients, subject.as_deref(), &body, key);
+                            tokio::time::timeout(budget, sending).await.unwrap_or_else(|_| {
+                                Err(StepError::new(
+                                    "delivery_failed",
+                                    format!(
+                                        "the notification ran out of its {} ms budget",
+                                        budget.as_millis()
+                                    ),
+                                ))
+                            })
                         })
                         .await?
                         .map(done),
                 }
             }
-            StepKind::Action { action, params } => match render_map(params, context) {
-                Err(error) => Err(error),
-                Ok(params) => self
-                    .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
-                    .await?
-                    .map(done),
-            },
+            StepKind::Action { action, params } => {
+                match render_map(params, context, self.limits.max_rendered_bytes) {
+                    Err(error) => Err(error),
+                    Ok(params) => self
+                        .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
+                        .await?
+                        .map(done),
+                }
+            }
             StepKind::Approval { .. } => self.gate(step, context, at).await?,
         })
     }

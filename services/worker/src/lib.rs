@@ -289,6 +289,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         credits: oa_proto::credits::credits_client::CreditsClient::new(channel(config, "credits")?),
         approvals: oa_proto::approvals::approvals_client::ApprovalsClient::new(channel(config, "approvals")?),
         token: config.grpc.service_token.clone(),
+        limits: config.limits.clone(),
     });
 
     // Agents changes drop the affected org's index.

@@ -131,7 +131,7 @@ impl Llm {
         })?;
         let mut messages = vec![json!({"role": "user", "content": prompt})];
         for attempt in 0..2 {
-            let answer = match self.call(provider, &model.model, system, &messages, schema).await {
+            let answer = match self.call(provider, model, system, &messages, schema).await {
                 Ok(answer) => {
                     self.record(&model.provider, provider, true);
                     answer
@@ -170,7 +170,7 @@ impl Llm {
     async fn call(
         &self,
         provider: &ProviderConfig,
-        model: &str,
+        tier: &oa_config::TierModel,
         system: Option<&str>,
         messages: &[Value],
         schema: &Value,
@@ -189,8 +189,8 @@ impl Llm {
                         request = request.header("x-api-key", key.expose_secret());
                     }
                     let body = json!({
-                        "model": model,
-                        "max_tokens": 2048,
+                        "model": tier.model,
+                        "max_tokens": tier.max_tokens,
                         "system": system.unwrap_or("Answer by calling the step_output tool."),
                         "messages": messages,
                         "tools": [{"name": "step_output", "description": "The structured answer", "input_schema": schema}],
@@ -217,7 +217,8 @@ impl Llm {
                     }
                     all.extend_from_slice(messages);
                     let body = json!({
-                        "model": model,
+                        "model": tier.model,
+                        "max_tokens": tier.max_tokens,
                         "temperature": 0,
                         "messages": all,
                         "response_format": {"type": "json_schema", "json_schema": {"name": "step_output", "schema": schema}},

@@ -41,7 +41,8 @@ fn llm(url: &str) -> Llm {
         ..Default::default()
     };
     Llm::new(LlmConfig {
-        tiers: [("quick".to_owned(), TierModel { provider: "p".into(), model: "m".into() })].into(),
+        tiers: [("quick".to_owned(), TierModel { provider: "p".into(), model: "m".into(), max_tokens: 64 })]
+            .into(),
         providers: [("p".to_owned(), provider)].into(),
     })
 }
