@@ -593,3 +593,24 @@ async fn every_model_call_carries_the_tiers_max_tokens() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body["max_tokens"], 321, "{:?}", calls[0].body);
 }
+
+#[tokio::test]
+async fn with_starttls_required_no_mail_goes_out_in_clear_text() {
+    // The sandbox relay offers no STARTTLS, as a relay an attacker sits in front of might not.
+    let plane = TestPlane::start_with(|config| config.channels.smtp_tls = Some(oa_config::SmtpTls::Starttls))
+        .await
+        .unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    let mut agent = noting_agent("Mail");
+    agent["steps"] = json!([{"id": "mail", "type": "notification", "channel": "email",
+                             "recipients": ["oncall@example.com"], "subject": "Ticket", "body": "ticket {{ event_payload.ticket_id }}"}]);
+    let agent = active_agent(&plane, &org, &agent).await;
+    plane.publish_on_bus(&ticket(&org, "tkt_1")).await.unwrap();
+    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    assert_eq!(detail["steps"][0]["error"]["code"], "delivery_failed", "{detail}");
+    assert!(!detail["steps"][0]["error"]["message"].as_str().unwrap().contains("127.0.0.1"), "{detail}");
+    assert!(plane.sandbox.of_kind("email").is_empty(), "nothing was sent in clear text");
+}

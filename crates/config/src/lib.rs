@@ -145,6 +145,28 @@ pub struct ChannelsConfig {
     pub slack_webhook_url: String,
     pub teams_webhook_url: String,
     pub timeout_ms: u64,
+    /// How mail reaches the relay: `starttls` (upgrade on the submission port), `tls` (implicit
+    /// TLS, port 465) or `none`. `none` is refused in production; unset, it is `starttls` in
+    /// production and `none` in development (the sandbox speaks plain SMTP).
+    pub smtp_tls: Option<SmtpTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl Config {
+    /// The SMTP security in force.
+    pub fn smtp_tls(&self) -> SmtpTls {
+        self.channels.smtp_tls.unwrap_or(match self.environment {
+            Environment::Production => SmtpTls::Starttls,
+            Environment::Development => SmtpTls::None,
+        })
+    }
 }
 
 /// Product APIs that `action` steps call, by product (`rmm` for `rmm.isolate_device`).
@@ -308,6 +330,7 @@ impl Default for ChannelsConfig {
             slack_webhook_url: format!("{sandbox}/webhooks/slack"),
             teams_webhook_url: format!("{sandbox}/webhooks/teams"),
             timeout_ms: 10_000,
+            smtp_tls: None,
         }
     }
 }
@@ -724,6 +747,11 @@ impl Config {
             if self.approvals.link_secret.expose_secret() == DEV_LINK_SECRET {
                 return invalid("approvals.link_secret must be set to a secret of your own in production");
             }
+            if self.smtp_tls() == SmtpTls::None {
+                return invalid(
+                    "channels.smtp_tls = \"none\" sends mail in clear text; production needs starttls or tls",
+                );
+            }
             let sandbox_port = self.sandbox.http_listen.port().to_string();
             let urls = self
                 .llm
@@ -804,6 +832,45 @@ mod tests {
             assert!(error.contains("approvals.link_secret"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn production_sends_mail_over_tls_and_refuses_clear_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ONE_AGENTS_ENVIRONMENT", "production");
+            jail.set_env("ONE_AGENTS_CHANNELS__SMTP_TLS", "none");
+            jail.set_env("ONE_AGENTS_AUTH__JWKS_URL", "https://hub.example/jwks.json");
+            jail.set_env("ONE_AGENTS_GRPC__SERVICE_TOKEN", "a-real-secret-of-32-characters-xx");
+            jail.set_env("ONE_AGENTS_APPROVALS__LINK_SECRET", "another-real-secret-of-32-chars-x");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("smtp_tls"), "{error}");
+            Ok(())
+        });
+        let mut config = Config::default();
+        assert_eq!(config.smtp_tls(), SmtpTls::None, "the sandbox speaks plain SMTP");
+        config.environment = Environment::Production;
+        assert_eq!(config.smtp_tls(), SmtpTls::Starttls);
+        config.channels.smtp_tls = Some(SmtpTls::Tls);
+        assert_eq!(config.smtp_tls(), SmtpTls::Tls);
+    }
+
+    #[test]
+    fn egress_entries_are_networks_or_host_ports() {
+        assert!(matches!(EgressRule::parse("10.20.0.0/16"), Some(EgressRule::Network(_))));
+        assert_eq!(
+            EgressRule::parse("127.0.0.1:59100"),
+            Some(EgressRule::HostPort("127.0.0.1".into(), 59100))
+        );
+        assert_eq!(
+            EgressRule::parse("PSA.internal:443"),
+            Some(EgressRule::HostPort("psa.internal".into(), 443))
+        );
+        for bad in ["", "psa.internal", "psa internal:443", "10.0.0.0/99", "host:port"] {
+            assert_eq!(EgressRule::parse(bad), None, "{bad}");
+        }
+        let mut config = Config::default();
+        config.egress.allow = vec!["not a rule".into()];
+        assert!(config.validate().unwrap_err().to_string().contains("egress.allow"));
     }
 
     #[test]

@@ -279,11 +279,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let engine = Arc::new(Engine {
         pool: worker.pool.clone(),
         llm: providers::Llm::new(config.llm.clone()),
-        outbound: providers::Outbound::new(
-            config.channels.clone(),
-            config.actions.clone(),
-            egress::Egress::new(egress::Policy::from_config(config)),
-        ),
+        outbound: providers::Outbound::new(config, egress::Egress::new(egress::Policy::from_config(config))),
         prices: config.credits.prices.clone(),
         agents,
         credits: oa_proto::credits::credits_client::CreditsClient::new(channel(config, "credits")?),

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use oa_config::{ActionsConfig, ChannelsConfig, LlmConfig, ProviderConfig};
+use oa_config::{ActionsConfig, ChannelsConfig, LlmConfig, ProviderConfig, SmtpTls};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -42,15 +42,20 @@ struct CallError {
 }
 
 async fn send_json(request: reqwest::RequestBuilder, body: &Value) -> Result<Value, CallError> {
-    let response = request.json(body).send().await.map_err(|e| CallError {
-        message: format!("request failed: {e}"),
-        retryable: e.is_timeout() || e.is_connect(),
+    // The provider's URL and its own words stay in the logs: the step error (read by the tenant)
+    // says only what class of failure it was.
+    let response = request.json(body).send().await.map_err(|e| {
+        tracing::warn!(error = %e, "model provider call failed");
+        let what = if e.is_timeout() { "timed out" } else { "could not be reached" };
+        CallError { message: what.to_owned(), retryable: e.is_timeout() || e.is_connect() }
     })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
+        let excerpt: String = text.chars().take(300).collect();
+        tracing::warn!(%status, body = excerpt, "model provider answered with an error");
         return Err(CallError {
-            message: format!("answered {status}: {}", text.chars().take(300).collect::<String>()),
+            message: format!("answered with a {}xx status", status.as_u16() / 100),
             retryable: status.as_u16() == 429 || status.is_server_error(),
         });
     }
@@ -243,12 +248,18 @@ impl Llm {
 pub struct Outbound {
     egress: Egress,
     channels: ChannelsConfig,
+    smtp_tls: SmtpTls,
     actions: ActionsConfig,
 }
 
 impl Outbound {
-    pub fn new(channels: ChannelsConfig, actions: ActionsConfig, egress: Egress) -> Self {
-        Outbound { egress, channels, actions }
+    pub fn new(config: &oa_config::Config, egress: Egress) -> Self {
+        Outbound {
+            egress,
+            channels: config.channels.clone(),
+            smtp_tls: config.smtp_tls(),
+            actions: config.actions.clone(),
+        }
     }
 
     /// Posts to `url`, retrying what may succeed again. `what` names the call for the tenant
@@ -327,7 +338,15 @@ impl Outbound {
             .message_id(Some(format!("<{}@one-agents>", key.replace(':', "."))))
             .body(body.to_owned())
             .map_err(|e| failed(&e))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.channels.smtp_host)
+        let host = &self.channels.smtp_host;
+        let builder = match self.smtp_tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            SmtpTls::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(|e| failed(&e))?
+            }
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| failed(&e))?,
+        };
+        let transport = builder
             .port(self.channels.smtp_port)
             .timeout(Some(Duration::from_millis(self.channels.timeout_ms)))
             .build();

@@ -102,3 +102,17 @@ async fn a_provider_that_keeps_failing_opens_its_circuit() {
     assert_eq!(self::llm(&url).reason("quick", None, "x", &schema()).await.unwrap_err().code, "model_error");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_providers_error_reaches_the_step_as_its_status_class_only() {
+    let (url, _) =
+        provider(|_| (StatusCode::BAD_REQUEST, json!({"error": "key sk-live-123 of org-internal-7 is invalid"})))
+            .await;
+    let error = llm(&url).reason("quick", None, "x", &schema()).await.unwrap_err();
+    assert_eq!(error.code, "model_error");
+    assert!(error.message.contains("4xx"), "{}", error.message);
+    assert!(!error.message.contains("sk-live") && !error.message.contains(&url), "{}", error.message);
+    // No answer at all: neither the provider's address nor the connect error is shown.
+    let error = llm("http://127.0.0.1:9").reason("quick", None, "x", &schema()).await.unwrap_err();
+    assert!(!error.message.contains("127.0.0.1"), "{}", error.message);
+}
