@@ -614,3 +614,42 @@ async fn with_starttls_required_no_mail_goes_out_in_clear_text() {
     assert!(!detail["steps"][0]["error"]["message"].as_str().unwrap().contains("127.0.0.1"), "{detail}");
     assert!(plane.sandbox.of_kind("email").is_empty(), "nothing was sent in clear text");
 }
+
+/// The peak resident memory of this test's process, where the whole plane runs (nextest runs each
+/// test in a process of its own).
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test]
+async fn a_template_that_doubles_a_string_fails_its_step_and_the_worker_stays_small() {
+    let plane = TestPlane::start().await.unwrap();
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(&plane, &org).await;
+    // 15 MB doubled 40 times: far past any machine, in a definition an org admin may write.
+    let mut bomb = String::from("{% set s0 = event_payload.subject * 1000000 %}");
+    for n in 1..=40 {
+        bomb.push_str(&format!("{{% set s{n} = s{} ~ s{} %}}", n - 1, n - 1));
+    }
+    bomb.push_str("{{ s40 | length }}");
+    let mut agent = noting_agent("Doubler");
+    agent["steps"][0]["output"]["ticket"] = json!(bomb);
+    let doubler = active_agent(&plane, &org, &agent).await;
+    let notes = active_agent(&plane, &org, &noting_agent("Notes")).await;
+    let before = peak_rss_bytes();
+    plane.publish_on_bus(&ticket(&org, "tkt_1")).await.unwrap();
+    let runs = wait_for_status(&plane, &org, &format!("agent_id={doubler}"), 1, "failed").await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let error = &detail["steps"][0]["error"];
+    assert_eq!(error["code"], "template_error", "{detail}");
+    assert!(error["message"].as_str().unwrap().contains("memory"), "{detail}");
+    // The org's other agent ran on the same event, and the next event runs too.
+    wait_for_status(&plane, &org, &format!("agent_id={notes}"), 1, "completed").await;
+    plane.publish_on_bus(&ticket(&org, "tkt_2")).await.unwrap();
+    wait_for_status(&plane, &org, &format!("agent_id={notes}"), 2, "completed").await;
+    let grown = peak_rss_bytes().saturating_sub(before);
+    assert!(grown < 128 * 1024 * 1024, "the plane grew by {grown} bytes");
+}

@@ -201,6 +201,10 @@ pub struct LimitsConfig {
     pub max_step_output_bytes: usize,
     /// The time one notification step has for all its recipients together.
     pub notification_budget_ms: u64,
+    /// Memory one template render may use: renders run in helper processes capped by the kernel.
+    pub template_memory_bytes: u64,
+    /// Helper processes that render templates, per worker.
+    pub template_renderers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -210,6 +214,8 @@ impl Default for LimitsConfig {
             max_prompt_bytes: 64 * 1024,
             max_step_output_bytes: 1024 * 1024,
             notification_budget_ms: 60_000,
+            template_memory_bytes: 256 * 1024 * 1024,
+            template_renderers: 4,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! This crate knows nothing of agents; it parses, lists the variables a template refers to, and
 //! renders.
 
+pub mod isolated;
+
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 

@@ -35,6 +35,7 @@ pub struct Engine {
     pub approvals: ApprovalsClient<Channel>,
     pub token: SecretString,
     pub limits: oa_config::LimitsConfig,
+    pub renderer: oa_template::isolated::IsolatedRenderer,
 }
 
 /// The template context of a step: the event, its payload, and earlier steps' outputs.
@@ -52,13 +53,12 @@ fn base_context(trigger_event: &Value) -> Value {
     })
 }
 
-fn render(text: &str, context: &Value, limit: usize) -> Result<String, StepError> {
-    let rendered = oa_template::render_limited(text, context, limit)
-        .map_err(|e| StepError::new("template_error", format!("{text:?}: {e}")))?;
-    if rendered.contains('\0') {
-        return Err(StepError::new("template_error", format!("{text:?} renders a NUL character (\\u0000)")));
+/// The start of a template, to name it in an error without quoting all of it.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
     }
-    Ok(rendered)
 }
 
 /// A step's result, refused when it holds what cannot be stored: the step then fails once, with a
@@ -83,22 +83,6 @@ fn within_output_limit(output: Value, limit: usize) -> Result<Value, StepError> 
         ));
     }
     Ok(output)
-}
-
-fn render_all(texts: &[String], context: &Value, limit: usize) -> Result<Vec<String>, StepError> {
-    texts.iter().map(|text| render(text, context, limit)).collect()
-}
-
-fn render_map(map: &Map<String, Value>, context: &Value, limit: usize) -> Result<Value, StepError> {
-    let mut out = Map::new();
-    for (key, value) in map {
-        let rendered = match value {
-            Value::String(text) => Value::String(render(text, context, limit)?),
-            other => other.clone(),
-        };
-        out.insert(key.clone(), rendered);
-    }
-    Ok(Value::Object(out))
 }
 
 /// Where a step runs: its org, execution and agent, and its idempotency key.
@@ -136,6 +120,51 @@ fn on_deny_of<'a>(step: &'a Step, output: &Value) -> Option<&'a str> {
 }
 
 impl Engine {
+    /// Renders one template in an isolated, memory-capped renderer (see `oa_template::isolated`).
+    async fn render(&self, text: &str, context: &Value) -> Result<String, StepError> {
+        let rendered = self
+            .renderer
+            .render(text, context, self.limits.max_rendered_bytes)
+            .await
+            .map_err(|e| StepError::new("template_error", format!("{:?}: {e}", excerpt(text))))?;
+        if rendered.contains('\0') {
+            let error = format!("{:?} renders a NUL character (\\u0000)", excerpt(text));
+            return Err(StepError::new("template_error", error));
+        }
+        Ok(rendered)
+    }
+
+    async fn render_optional(
+        &self,
+        text: Option<&str>,
+        context: &Value,
+    ) -> Result<Option<String>, StepError> {
+        match text {
+            Some(text) => self.render(text, context).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn render_all(&self, texts: &[String], context: &Value) -> Result<Vec<String>, StepError> {
+        let mut rendered = Vec::with_capacity(texts.len());
+        for text in texts {
+            rendered.push(self.render(text, context).await?);
+        }
+        Ok(rendered)
+    }
+
+    async fn render_map(&self, map: &Map<String, Value>, context: &Value) -> Result<Value, StepError> {
+        let mut out = Map::new();
+        for (key, value) in map {
+            let rendered = match value {
+                Value::String(text) => Value::String(self.render(text, context).await?),
+                other => other.clone(),
+            };
+            out.insert(key.clone(), rendered);
+        }
+        Ok(Value::Object(out))
+    }
+
     /// Runs every execution of a work item side by side. Any infrastructure failure fails the
     /// item, which is redelivered; executions that finished return at once on the rerun.
     pub async fn run_all<F, Fut>(&self, item: &WorkItem, progress: &F) -> anyhow::Result<()>
@@ -212,7 +241,7 @@ impl Engine {
                 skip_until = None;
             }
             if let Some(when) = &step.when {
-                match oa_template::evaluate(when, &context) {
+                match self.renderer.evaluate(when, &context).await {
                     Ok(true) => {}
                     Ok(false) => {
                         store::finish_step(&mut tx, &here, &skipped).await?;
@@ -487,7 +516,7 @@ impl Engine {
         else {
             unreachable!("gate() runs approval steps");
         };
-        let message = match render(message, context, self.limits.max_rendered_bytes) {
+        let message = match self.render(message, context).await {
             Ok(message) => message,
             Err(error) => return Ok(Err(error)),
         };
@@ -571,7 +600,7 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> anyhow::Result<()> {
         let approval_id = gate["id"].as_str().unwrap_or_default();
-        let recipients = match render_all(&notify.recipients, context, self.limits.max_rendered_bytes) {
+        let recipients = match self.render_all(&notify.recipients, context).await {
             Ok(recipients) => recipients,
             Err(error) => {
                 tracing::warn!(approval_id, error = error.message, "cannot render the approval's recipients");
@@ -635,16 +664,11 @@ impl Engine {
         let (key, org_id, execution_id) = (at.key, at.org_id, at.execution_id);
         let done = |output: Value| StepResult::Done { output, credits: 0 };
         Ok(match &step.kind {
-            StepKind::Transform { output } => {
-                render_map(output, context, self.limits.max_rendered_bytes).map(done)
-            }
+            StepKind::Transform { output } => self.render_map(output, context).await.map(done),
             StepKind::AiReason { model_tier, prompt, output_schema, system_prompt } => {
-                let rendered = (|| {
-                    let prompt = render(prompt, context, self.limits.max_rendered_bytes)?;
-                    let system = system_prompt
-                        .as_deref()
-                        .map(|s| render(s, context, self.limits.max_rendered_bytes))
-                        .transpose()?;
+                let rendered = async {
+                    let prompt = self.render(prompt, context).await?;
+                    let system = self.render_optional(system_prompt.as_deref(), context).await?;
                     let size = prompt.len() + system.as_deref().map_or(0, str::len);
                     let limit = self.limits.max_prompt_bytes;
                     if size > limit {
@@ -654,7 +678,8 @@ impl Engine {
                         ));
                     }
                     Ok::<_, StepError>((prompt, system))
-                })();
+                }
+                .await;
                 match rendered {
                     Err(error) => Err(error),
                     Ok((prompt, system)) => {
@@ -671,18 +696,12 @@ impl Engine {
                 }
             }
             StepKind::Notification { channel, recipients, subject, body } => {
-                let rendered = (|| {
-                    let recipients = render_all(recipients, context, self.limits.max_rendered_bytes)?;
-                    let subject = subject
-                        .as_deref()
-                        .map(|s| render(s, context, self.limits.max_rendered_bytes))
-                        .transpose()?;
-                    Ok::<_, StepError>((
-                        recipients,
-                        subject,
-                        render(body, context, self.limits.max_rendered_bytes)?,
-                    ))
-                })();
+                let rendered = async {
+                    let recipients = self.render_all(recipients, context).await?;
+                    let subject = self.render_optional(subject.as_deref(), context).await?;
+                    Ok::<_, StepError>((recipients, subject, self.render(body, context).await?))
+                }
+                .await;
                 match rendered {
                     Err(error) => Err(error),
                     Ok((recipients, subject, body)) => self
@@ -706,15 +725,13 @@ impl Engine {
                         .map(done),
                 }
             }
-            StepKind::Action { action, params } => {
-                match render_map(params, context, self.limits.max_rendered_bytes) {
-                    Err(error) => Err(error),
-                    Ok(params) => self
-                        .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
-                        .await?
-                        .map(done),
-                }
-            }
+            StepKind::Action { action, params } => match self.render_map(params, context).await {
+                Err(error) => Err(error),
+                Ok(params) => self
+                    .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
+                    .await?
+                    .map(done),
+            },
             StepKind::Approval { .. } => self.gate(step, context, at).await?,
         })
     }

@@ -286,6 +286,10 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         approvals: oa_proto::approvals::approvals_client::ApprovalsClient::new(channel(config, "approvals")?),
         token: config.grpc.service_token.clone(),
         limits: config.limits.clone(),
+        renderer: oa_template::isolated::IsolatedRenderer::new(
+            config.limits.template_memory_bytes,
+            config.limits.template_renderers,
+        ),
     });
 
     // Agents changes drop the affected org's index.

@@ -105,9 +105,10 @@ async fn a_provider_that_keeps_failing_opens_its_circuit() {
 
 #[tokio::test]
 async fn a_providers_error_reaches_the_step_as_its_status_class_only() {
-    let (url, _) =
-        provider(|_| (StatusCode::BAD_REQUEST, json!({"error": "key sk-live-123 of org-internal-7 is invalid"})))
-            .await;
+    let (url, _) = provider(|_| {
+        (StatusCode::BAD_REQUEST, json!({"error": "key sk-live-123 of org-internal-7 is invalid"}))
+    })
+    .await;
     let error = llm(&url).reason("quick", None, "x", &schema()).await.unwrap_err();
     assert_eq!(error.code, "model_error");
     assert!(error.message.contains("4xx"), "{}", error.message);
