@@ -23,6 +23,31 @@ fn ticket(org: &str, ticket_id: &str) -> Envelope {
     Envelope::new(org, "psa", "ticket.created", json!({"ticket_id": ticket_id, "subject": "Printer on fire"}))
 }
 
+/// A plane that gives a failing message up after three quick deliveries.
+async fn impatient_plane() -> TestPlane {
+    TestPlane::start_with(|config| {
+        config.nats.max_deliveries = 3;
+        config.nats.redelivery_delay_ms = 100;
+    })
+    .await
+    .unwrap()
+}
+
+/// A new org whose system dispatcher is paused, so the only executions are the test's own.
+async fn quiet_org(plane: &TestPlane) -> String {
+    let org = plane.db.create_org("pro").await.unwrap();
+    pause_system_dispatch(plane, &org).await;
+    org
+}
+
+/// The detail of `agent`'s one execution, once it has `status`.
+async fn only_run(plane: &TestPlane, org: &str, agent: &str, status: &str) -> Value {
+    let runs = wait_for_status(plane, org, &format!("agent_id={agent}"), 1, status).await;
+    let (_, detail) =
+        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), org).await;
+    detail
+}
+
 async fn dead_letters(plane: &TestPlane, org: &str) -> Vec<Value> {
     let (status, list) = plane.get_json("/api/events/dead-letter", org).await;
     assert_eq!(status, 200, "{list}");
@@ -83,8 +108,7 @@ async fn a_nul_in_a_body_a_query_or_a_path_is_400_naming_where_it_is() {
 #[tokio::test]
 async fn a_nul_event_put_straight_on_the_bus_is_dead_lettered_once_and_the_worker_carries_on() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let agent = active_agent(&plane, &org, &noting_agent("Notes")).await;
     let mut poisoned = ticket(&org, "tkt_nul");
     poisoned.payload["subject"] = json!("a\u{0}b");
@@ -93,9 +117,7 @@ async fn a_nul_event_put_straight_on_the_bus_is_dead_lettered_once_and_the_worke
     plane.publish_raw_on_bus(&org, "psa", "ticket.created", b"{\"id\": \"a\0b\"".to_vec()).await.unwrap();
     plane.publish_on_bus(&ticket(&org, "tkt_good")).await.unwrap();
 
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "completed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &agent, "completed").await;
     assert_eq!(detail["steps"][0]["output"], json!({"ticket": "tkt_good"}));
     let letters = wait_for_dead_letters(&plane, &org, 2).await;
     let nul = letters.iter().find(|l| l["event_id"] == poisoned.id.as_str()).expect("the NUL event's letter");
@@ -110,8 +132,7 @@ async fn a_nul_event_put_straight_on_the_bus_is_dead_lettered_once_and_the_worke
 #[tokio::test]
 async fn a_step_whose_output_holds_a_nul_fails_once_and_nothing_is_sent_twice() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let agent = json!({
         "name": "Broken model", "category": "service_desk", "client_scope": "all",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
@@ -124,9 +145,7 @@ async fn a_step_whose_output_holds_a_nul_fails_once_and_nothing_is_sent_twice() 
     });
     let agent = active_agent(&plane, &org, &agent).await;
     plane.publish_on_bus(&ticket(&org, "tkt_model")).await.unwrap();
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &agent, "failed").await;
     let statuses: Vec<&str> =
         detail["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["completed", "failed", "skipped"], "{detail}");
@@ -139,14 +158,8 @@ async fn a_step_whose_output_holds_a_nul_fails_once_and_nothing_is_sent_twice() 
 
 #[tokio::test]
 async fn an_event_that_keeps_failing_is_dead_lettered_with_max_deliveries() {
-    let plane = TestPlane::start_with(|config| {
-        config.nats.max_deliveries = 3;
-        config.nats.redelivery_delay_ms = 100;
-    })
-    .await
-    .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let plane = impatient_plane().await;
+    let org = quiet_org(&plane).await;
     active_agent(&plane, &org, &noting_agent("Notes")).await;
     // A bad deploy: the executions table is gone, so every delivery of the event fails.
     sqlx::query("ALTER TABLE executions.executions RENAME TO executions_gone")
@@ -183,8 +196,7 @@ async fn during_a_postgres_outage_no_accepted_event_is_dropped() {
     })
     .await
     .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let agent = active_agent(&plane, &org, &noting_agent("Notes")).await;
 
     proxy.cut();
@@ -231,9 +243,7 @@ async fn two_orgs_publishing_the_same_event_id_both_run_and_a_republish_stays_de
         }
     }
     for (org, agent, _) in &orgs {
-        let runs = wait_for_status(&plane, org, &format!("agent_id={agent}"), 1, "completed").await;
-        let (_, detail) =
-            plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), org).await;
+        let detail = only_run(&plane, org, agent, "completed").await;
         assert_eq!(detail["trigger_event"]["id"], "evt_shared1");
         assert_eq!(detail["steps"][0]["output"]["ticket"], org.as_str(), "each org ran its own event");
     }
@@ -246,8 +256,7 @@ async fn two_orgs_publishing_the_same_event_id_both_run_and_a_republish_stays_de
 #[tokio::test]
 async fn a_deleted_agents_execution_cannot_be_retried_and_replay_needs_credits() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let mut failing = noting_agent("Fails");
     failing["steps"][0]["output"]["ticket"] = json!("{{ event_payload.missing.deeper }}");
     let agent = active_agent(&plane, &org, &failing).await;
@@ -287,8 +296,7 @@ async fn a_deleted_agents_execution_cannot_be_retried_and_replay_needs_credits()
 #[tokio::test]
 async fn a_webhook_aimed_inside_the_network_fails_with_a_generic_error_and_sends_nothing() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     // The recipient is a template: event data picks the URL.
     let agent = json!({
         "name": "Hook", "category": "service_desk", "client_scope": "all",
@@ -357,16 +365,13 @@ async fn an_org_cannot_hold_more_definitions_than_its_tier_allows_drafts_include
 #[tokio::test]
 async fn a_template_that_multiplies_strings_past_the_cap_fails_its_step_with_a_clear_error() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let mut bomb = noting_agent("Bomb");
     bomb["steps"][0]["output"]["ticket"] =
         json!("{% for c in 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' %}{{ c * 100000000 }}{% endfor %}");
     let agent = active_agent(&plane, &org, &bomb).await;
     plane.publish_on_bus(&ticket(&org, "tkt_bomb")).await.unwrap();
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &agent, "failed").await;
     let error = &detail["steps"][0]["error"];
     assert_eq!(error["code"], "template_error", "{detail}");
     assert!(error["message"].as_str().unwrap().contains("larger than the limit"), "{detail}");
@@ -464,14 +469,8 @@ async fn failed_authentication_is_limited_per_client_address() {
 
 #[tokio::test]
 async fn work_that_keeps_failing_fails_its_execution_with_max_deliveries() {
-    let plane = TestPlane::start_with(|config| {
-        config.nats.max_deliveries = 3;
-        config.nats.redelivery_delay_ms = 100;
-    })
-    .await
-    .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let plane = impatient_plane().await;
+    let org = quiet_org(&plane).await;
     let agent = json!({
         "name": "Pager", "category": "service_desk", "client_scope": "all",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
@@ -484,9 +483,7 @@ async fn work_that_keeps_failing_fails_its_execution_with_max_deliveries() {
         .await
         .unwrap();
     plane.publish_on_bus(&ticket(&org, "tkt_doomed")).await.unwrap();
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &agent, "failed").await;
     assert_eq!(detail["error"]["code"], "max_deliveries", "{detail}");
     assert!(detail["error"]["message"].as_str().unwrap().contains("3 deliveries"), "{detail}");
     assert_eq!(detail["steps"][0]["status"], "failed", "{detail}");
@@ -528,8 +525,7 @@ async fn steps_past_the_size_and_time_caps_fail_once_with_errors_naming_the_cap(
     })
     .await
     .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let schema =
         json!({"type": "object", "required": ["summary"], "properties": {"summary": {"type": "string"}}});
     let hook = format!("http://{}/webhooks/slow", plane.config.sandbox.http_listen);
@@ -565,9 +561,7 @@ async fn steps_past_the_size_and_time_caps_fail_once_with_errors_naming_the_cap(
     event.payload["subject"] = json!("s".repeat(300));
     plane.publish_on_bus(&event).await.unwrap();
     for (agent, code) in agents {
-        let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
-        let (_, detail) =
-            plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+        let detail = only_run(&plane, &org, &agent, "failed").await;
         assert_eq!(detail["steps"][0]["error"]["code"], code, "{detail}");
     }
     assert!(plane.sandbox.of_kind("llm").is_empty(), "an oversized prompt never reaches the model");
@@ -581,8 +575,7 @@ async fn every_model_call_carries_the_tiers_max_tokens() {
     })
     .await
     .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let mut agent = noting_agent("Think");
     agent["steps"] = json!([{"id": "s", "type": "ai_reason", "model_tier": "quick", "prompt": "Summarise {{ event_payload.ticket_id }}",
         "output_schema": {"type": "object", "required": ["summary"], "properties": {"summary": {"type": "string"}}}}]);
@@ -600,34 +593,22 @@ async fn with_starttls_required_no_mail_goes_out_in_clear_text() {
     let plane = TestPlane::start_with(|config| config.channels.smtp_tls = Some(oa_config::SmtpTls::Starttls))
         .await
         .unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     let mut agent = noting_agent("Mail");
     agent["steps"] = json!([{"id": "mail", "type": "notification", "channel": "email",
                              "recipients": ["oncall@example.com"], "subject": "Ticket", "body": "ticket {{ event_payload.ticket_id }}"}]);
     let agent = active_agent(&plane, &org, &agent).await;
     plane.publish_on_bus(&ticket(&org, "tkt_1")).await.unwrap();
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "failed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &agent, "failed").await;
     assert_eq!(detail["steps"][0]["error"]["code"], "delivery_failed", "{detail}");
     assert!(!detail["steps"][0]["error"]["message"].as_str().unwrap().contains("127.0.0.1"), "{detail}");
     assert!(plane.sandbox.of_kind("email").is_empty(), "nothing was sent in clear text");
 }
 
-/// The peak resident memory of this test's process, where the whole plane runs (nextest runs each
-/// test in a process of its own).
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 #[tokio::test]
 async fn a_template_that_doubles_a_string_fails_its_step_and_the_worker_stays_small() {
     let plane = TestPlane::start().await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    pause_system_dispatch(&plane, &org).await;
+    let org = quiet_org(&plane).await;
     // 15 MB doubled 40 times: far past any machine, in a definition an org admin may write.
     let mut bomb = String::from("{% set s0 = event_payload.subject * 1000000 %}");
     for n in 1..=40 {
@@ -638,11 +619,9 @@ async fn a_template_that_doubles_a_string_fails_its_step_and_the_worker_stays_sm
     agent["steps"][0]["output"]["ticket"] = json!(bomb);
     let doubler = active_agent(&plane, &org, &agent).await;
     let notes = active_agent(&plane, &org, &noting_agent("Notes")).await;
-    let before = peak_rss_bytes();
+    let before = oa_testkit::peak_rss_bytes();
     plane.publish_on_bus(&ticket(&org, "tkt_1")).await.unwrap();
-    let runs = wait_for_status(&plane, &org, &format!("agent_id={doubler}"), 1, "failed").await;
-    let (_, detail) =
-        plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
+    let detail = only_run(&plane, &org, &doubler, "failed").await;
     let error = &detail["steps"][0]["error"];
     assert_eq!(error["code"], "template_error", "{detail}");
     assert!(error["message"].as_str().unwrap().contains("memory"), "{detail}");
@@ -650,6 +629,6 @@ async fn a_template_that_doubles_a_string_fails_its_step_and_the_worker_stays_sm
     wait_for_status(&plane, &org, &format!("agent_id={notes}"), 1, "completed").await;
     plane.publish_on_bus(&ticket(&org, "tkt_2")).await.unwrap();
     wait_for_status(&plane, &org, &format!("agent_id={notes}"), 2, "completed").await;
-    let grown = peak_rss_bytes().saturating_sub(before);
+    let grown = oa_testkit::peak_rss_bytes().saturating_sub(before);
     assert!(grown < 128 * 1024 * 1024, "the plane grew by {grown} bytes");
 }

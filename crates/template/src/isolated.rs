@@ -237,12 +237,7 @@ fn leave() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peak_rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-    }
+    use crate::peak_rss_bytes;
 
     #[tokio::test]
     async fn a_template_that_doubles_a_string_kills_only_its_helper() {

@@ -116,6 +116,14 @@ pub fn evaluate(expression: &str, context: &serde_json::Value) -> Result<bool, T
     Ok(value.is_true())
 }
 
+/// The peak resident memory of this process (nextest runs each test in a process of its own).
+#[cfg(test)]
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -153,13 +161,6 @@ mod tests {
             &context,
         );
         assert!(error.is_err());
-    }
-
-    /// The peak resident memory of this process (nextest runs each test in a process of its own).
-    fn peak_rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     }
 
     #[test]

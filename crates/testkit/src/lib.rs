@@ -54,6 +54,14 @@ pub fn connect_database_through(config: &mut Config, proxy: SocketAddr) {
     config.database.url = SecretString::from(url);
 }
 
+/// The peak resident memory of this process: the whole plane of a test runs in it, and nextest
+/// runs each test in a process of its own.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
 /// A short random name for per-test resources.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
