@@ -207,13 +207,28 @@ async fn a_gate_left_alone_expires_and_follows_on_timeout() {
     assert_eq!(conflict["error"], "conflict");
     assert_eq!(conflict["details"]["status"], "expired");
 
-    // A clone that approves on timeout goes on to isolate; one that escalates hands the gate to
-    // admins with a new expiry, and records it in the trace.
+    // A gate that approves itself on timeout cannot stand before a destructive action.
+    let (id, clone) = guardian_clone(&plane, &org, |_| {}).await;
+    let mut steps = clone["steps"].clone();
+    steps[1]["on_timeout"] = json!("approve");
+    let put = plane
+        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+        .json(&json!({"steps": steps}));
+    let (status, refused) = status_and_json(put.send().await.unwrap()).await;
+    assert_eq!((status, refused["details"][0]["path"].as_str()), (400, Some("steps[2].action")), "{refused}");
+    let delete = plane.as_user(Method::DELETE, &format!("/api/agents/{id}"), &org, "admin");
+    assert_eq!(delete.send().await.unwrap().status(), 204);
+
+    // A clone that approves on timeout goes on (to a ticket, not an isolation); one that escalates
+    // hands the gate to admins with a new expiry, and records it in the trace.
     for (on_timeout, device) in [("approve", "dev_ws04"), ("escalate", "dev_ws05")] {
         guardian_clone(&plane, &org, |update| {
             update["steps"][1]["on_timeout"] = json!(on_timeout);
             if on_timeout == "escalate" {
                 update["steps"][1]["escalate_to"] = json!("admin");
+            } else {
+                update["steps"][2] = json!({"id": "isolate_device", "type": "action", "action": "psa.create_ticket",
+                    "params": {"subject": "Isolate {{ event_payload.device.id }}"}});
             }
             update["trigger"] = json!({"type": "bus_event", "source_product": "defend",
                 "event_type": "ransomware.detected",
@@ -227,7 +242,9 @@ async fn a_gate_left_alone_expires_and_follows_on_timeout() {
     let execution = execution_in(&plane, &org, &execution_id, "completed").await;
     assert_eq!(step(&execution, "confirm_isolation")["output"]["decision"], "approved");
     assert_eq!(step(&execution, "confirm_isolation")["output"]["status"], "expired");
-    assert_eq!(isolations(&plane, "dev_ws04"), 1);
+    let tickets = plane.sandbox.of_kind("action");
+    assert_eq!(tickets.iter().filter(|a| a.body["subject"] == "Isolate dev_ws04").count(), 1);
+    assert_eq!(isolations(&plane, "dev_ws04"), 0);
 
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_ws05", 0).await;
     let id = gate["id"].as_str().unwrap().to_owned();

@@ -82,7 +82,7 @@ async fn a_ticket_event_from_the_bus_and_from_the_api_runs_the_matching_agent_wi
     assert_eq!(sms[0].body["body"], "tkt_bus is p1");
     let actions = plane.sandbox.of_kind("action");
     assert_eq!((actions.len(), actions[0].target.as_str()), (1, "psa.update_ticket"));
-    assert_eq!(actions[0].body, json!({"ticket_id": "tkt_bus", "priority": "p1"}));
+    assert_eq!(actions[0].body, json!({"ticket_id": "tkt_bus", "priority": "p1", "_org_id": org}));
     assert!(!plane.sandbox.of_kind("llm").is_empty());
 
     // The same through the API, with a product's events:publish key.

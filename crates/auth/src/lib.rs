@@ -5,6 +5,7 @@
 //! Integration keys are resolved by `oa-tenancy`, which owns their table. This crate touches no
 //! database.
 
+pub mod actions;
 pub mod dev;
 pub mod jwt;
 pub mod links;

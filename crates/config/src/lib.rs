@@ -175,6 +175,20 @@ impl Config {
 pub struct ActionsConfig {
     pub endpoints: BTreeMap<String, String>,
     pub timeout_ms: u64,
+    /// The secret action calls are signed with (HMAC-SHA256), so a product knows which org calls.
+    pub signing_secret: SecretString,
+    /// A product's own secret, in place of `signing_secret`.
+    pub signing_secrets: BTreeMap<String, SecretString>,
+}
+
+/// The development secret action calls are signed with; refused in production.
+pub const DEV_ACTION_SECRET: &str = "dev-action-signing-secret-not-for-production";
+
+impl ActionsConfig {
+    /// The secret calls to `product` are signed with.
+    pub fn secret_for(&self, product: &str) -> &SecretString {
+        self.signing_secrets.get(product).unwrap_or(&self.signing_secret)
+    }
 }
 
 /// Outbound calls: webhooks, chat channels, SMS and product APIs all leave through one client that
@@ -348,7 +362,12 @@ impl Default for ActionsConfig {
             .into_iter()
             .map(|product| (product.to_owned(), format!("{sandbox}/{product}")))
             .collect();
-        ActionsConfig { endpoints, timeout_ms: 10_000 }
+        ActionsConfig {
+            endpoints,
+            timeout_ms: 10_000,
+            signing_secret: DEV_ACTION_SECRET.into(),
+            signing_secrets: BTreeMap::new(),
+        }
     }
 }
 
@@ -753,6 +772,14 @@ impl Config {
             if self.approvals.link_secret.expose_secret() == DEV_LINK_SECRET {
                 return invalid("approvals.link_secret must be set to a secret of your own in production");
             }
+            let dev_secret = std::iter::once(&self.actions.signing_secret)
+                .chain(self.actions.signing_secrets.values())
+                .any(|secret| secret.expose_secret() == DEV_ACTION_SECRET);
+            if dev_secret {
+                return invalid(
+                    "actions.signing_secret (and every actions.signing_secrets entry) must be a secret of your own in production",
+                );
+            }
             if self.smtp_tls() == SmtpTls::None {
                 return invalid(
                     "channels.smtp_tls = \"none\" sends mail in clear text; production needs starttls or tls",
@@ -848,6 +875,9 @@ mod tests {
             jail.set_env("ONE_AGENTS_AUTH__JWKS_URL", "https://hub.example/jwks.json");
             jail.set_env("ONE_AGENTS_GRPC__SERVICE_TOKEN", "a-real-secret-of-32-characters-xx");
             jail.set_env("ONE_AGENTS_APPROVALS__LINK_SECRET", "another-real-secret-of-32-chars-x");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("actions.signing_secret"), "{error}");
+            jail.set_env("ONE_AGENTS_ACTIONS__SIGNING_SECRET", "a-third-real-secret-of-32-chars-xx");
             let error = Config::load(None).unwrap_err().to_string();
             assert!(error.contains("smtp_tls"), "{error}");
             Ok(())

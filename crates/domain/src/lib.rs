@@ -3,6 +3,7 @@
 //!
 //! This crate owns no I/O: no database, no network. It must not depend on any service crate.
 
+pub mod actions;
 pub mod agent;
 pub mod caller;
 pub mod catalog;

@@ -17,6 +17,7 @@ pub fn agent_json(view: &AgentView, credits_used_this_month: i64) -> Value {
         "org_id": view.org_id,
         "type": view.agent_type,
         "status": view.status,
+        "status_reason": view.status_reason,
         "version": view.version,
         "cloned_from": view.cloned_from,
         "template_id": view.template_id,
@@ -33,7 +34,7 @@ pub fn agent_json(view: &AgentView, credits_used_this_month: i64) -> Value {
     });
     if let (Some(agent), Value::Object(fields)) = (agent.as_object_mut(), fields) {
         for (key, value) in fields {
-            if !value.is_null() || !matches!(key.as_str(), "cloned_from" | "template_id") {
+            if !value.is_null() || !matches!(key.as_str(), "cloned_from" | "template_id" | "status_reason") {
                 agent.insert(key, value);
             }
         }

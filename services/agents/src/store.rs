@@ -15,6 +15,8 @@ pub struct AgentView {
     pub org_id: String,
     pub agent_type: String,
     pub status: String,
+    /// Why the agent is in `error`, when it is.
+    pub status_reason: Option<String>,
     pub definition: AgentDefinition,
     pub version: i32,
     pub cloned_from: Option<String>,
@@ -34,7 +36,7 @@ pub struct Stats {
 
 macro_rules! view_select {
     () => {
-        "SELECT a.id, a.org_id, a.type, COALESCE(o.status, a.status) AS effective_status, a.definition,
+        "SELECT a.id, a.org_id, a.type, COALESCE(o.status, a.status) AS effective_status, a.status_reason, a.definition,
                 a.version, a.cloned_from, a.template_id, a.created_at, a.updated_at,
                 COALESCE(s.total_runs, 0) AS total_runs, COALESCE(s.succeeded_runs, 0) AS succeeded_runs,
                 COALESCE(s.total_duration_ms, 0) AS total_duration_ms, s.last_run_at
@@ -51,6 +53,7 @@ fn view_from_row(row: &sqlx::postgres::PgRow) -> Result<AgentView, sqlx::Error> 
         org_id: row.try_get("org_id")?,
         agent_type: row.try_get("type")?,
         status: row.try_get("effective_status")?,
+        status_reason: row.try_get("status_reason")?,
         definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
         version: row.try_get("version")?,
         cloned_from: row.try_get("cloned_from")?,
@@ -164,7 +167,7 @@ pub async fn update(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE agents.agents SET name = $3, description = $4, category = $5, status = $6, definition = $7,
-                version = $8, updated_at = now()
+                version = $8, status_reason = NULL, updated_at = now()
          WHERE id = $1 AND org_id = $2",
     )
     .bind(id)

@@ -440,6 +440,80 @@ fn required_text<'v>(
     }
 }
 
+/// An action's params against its operation's schema: no unknown parameter, every required one,
+/// and literal values of the declared type. Templates are checked as templates; what they render
+/// to is checked again when the step runs.
+fn check_params(
+    checker: &mut Checker,
+    path: &str,
+    operation: &oa_domain::actions::Operation,
+    params: &Map<String, Value>,
+    earlier: &HashSet<String>,
+    all: &HashSet<String>,
+) {
+    let properties = operation.params["properties"].as_object().cloned().unwrap_or_default();
+    for required in operation.params["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if !params.contains_key(required) {
+            checker.problem(
+                format!("{path}.params.{required}"),
+                format!("{} needs the parameter {required}", operation.action),
+            );
+        }
+    }
+    for (key, value) in params {
+        let at = format!("{path}.params.{key}");
+        let Some(schema) = properties.get(key) else {
+            let known: Vec<&str> = properties.keys().map(String::as_str).collect();
+            checker.problem(
+                at,
+                format!("{} has no parameter {key}; it takes {}", operation.action, known.join(", ")),
+            );
+            continue;
+        };
+        match value.as_str() {
+            Some(text) if text.contains("{{") || text.contains("{%") => {
+                check_template(checker, &at, text, earlier, all)
+            }
+            _ => {
+                let fits = jsonschema::validator_for(schema).is_ok_and(|validator| validator.is_valid(value));
+                if !fits {
+                    checker.problem(at, format!("the value does not fit the parameter's schema {schema}"));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `step` is an approval gate a human must decide: one that does not approve itself when
+/// it expires.
+fn is_human_gate(step: &Value) -> bool {
+    step.get("type").and_then(Value::as_str) == Some("approval")
+        && step.get("on_timeout").and_then(Value::as_str) != Some("approve")
+}
+
+/// A destructive action needs an approval gate decided by a human before it.
+fn check_destructive_actions(checker: &mut Checker, steps: &[Value]) {
+    for (index, step) in steps.iter().enumerate() {
+        let Some(operation) =
+            step.get("action").and_then(Value::as_str).and_then(oa_domain::actions::operation)
+        else {
+            continue;
+        };
+        if step.get("type").and_then(Value::as_str) == Some("action")
+            && operation.destructive
+            && !steps[..index].iter().any(is_human_gate)
+        {
+            checker.problem(
+                format!("steps[{index}].action"),
+                format!(
+                    "{} is destructive: an approval step that a human decides (on_timeout deny or escalate) must come before it",
+                    operation.action
+                ),
+            );
+        }
+    }
+}
+
 fn check_steps(checker: &mut Checker, steps: Option<&Value>) {
     let Some(steps) = steps.and_then(Value::as_array) else {
         checker.problem("steps", "steps is a list");
@@ -495,6 +569,7 @@ fn check_steps(checker: &mut Checker, steps: Option<&Value>) {
             earlier.insert(id.to_owned());
         }
     }
+    check_destructive_actions(checker, steps);
 }
 
 /// A channel of [`CHANNELS`] and 1 to 100 recipient templates; returns the channel when valid.
@@ -667,30 +742,22 @@ fn check_step_fields(
             _ => checker.problem(format!("{path}.output"), "output is a non-empty map of names to templates"),
         },
         _ => {
-            let action_ok = step.get("action").and_then(Value::as_str).is_some_and(|action| {
-                action.split_once('.').is_some_and(|(product, verb)| {
-                    !product.is_empty()
-                        && !verb.is_empty()
-                        && action
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-                })
-            });
-            if !action_ok {
+            let action = step.get("action").and_then(Value::as_str).unwrap_or_default();
+            let Some(operation) = oa_domain::actions::operation(action) else {
+                let known: Vec<&str> =
+                    oa_domain::actions::catalogue().iter().map(|o| o.action.as_str()).collect();
                 checker.problem(
                     format!("{path}.action"),
-                    "action is <product>.<operation>, such as rmm.isolate_device",
+                    format!(
+                        "{action:?} is not an operation of the action catalogue; use one of {}",
+                        known.join(", ")
+                    ),
                 );
-            }
+                return;
+            };
             match step.get("params") {
-                None => {}
-                Some(Value::Object(params)) => {
-                    for (key, value) in params {
-                        if let Some(text) = value.as_str() {
-                            check_template(checker, &format!("{path}.params.{key}"), text, earlier, all);
-                        }
-                    }
-                }
+                None => check_params(checker, path, operation, &Map::new(), earlier, all),
+                Some(Value::Object(params)) => check_params(checker, path, operation, params, earlier, all),
                 Some(_) => checker.problem(format!("{path}.params"), "params is a map"),
             }
         }

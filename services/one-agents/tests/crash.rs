@@ -54,7 +54,7 @@ async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_s
         "steps": [
             {"id": "first", "type": "notification", "channel": "sms", "recipients": ["+15550100001"], "body": "first {{ event_payload.ticket_id }}"},
             {"id": "slow", "type": "action", "action": "psa.update_ticket",
-             "params": {"ticket_id": "{{ event_payload.ticket_id }}", "sandbox_delay_ms": 4000}},
+             "params": {"ticket_id": "{{ event_payload.ticket_id }}", "internal_note": "sandbox-delay-ms:4000"}},
             {"id": "last", "type": "notification", "channel": "sms", "recipients": ["+15550100002"], "body": "last"}
         ],
         "client_scope": "all"

@@ -5,7 +5,8 @@
 //! - `POST /v1/chat/completions` (OpenAI-compatible) and `POST /v1/messages` (Anthropic): answers
 //!   derived deterministically from the requested JSON Schema.
 //! - `POST /sms/messages`: an SMS API. `POST /webhooks/{name}`: incoming webhooks (Slack, Teams,
-//!   custom). `POST /products/{product}/{operation}`: product APIs for `action` steps.
+//!   custom). `POST /products/{product}/{path}`: product APIs for `action` steps, which check the
+//!   org signature on every call (the development secret) and refuse a bad one with 401.
 //! - SMTP on its own port: every message accepted and recorded.
 //! - `GET /`: a page of everything received; `GET /records`: the same as JSON.
 //!
@@ -157,9 +158,19 @@ fn with_requested_nul(answer: Value, request: &Value) -> Value {
     serde_json::from_str(&answer.to_string().replace("sandbox", "sandbox\\u0000")).unwrap_or(answer)
 }
 
+/// A prompt containing `sandbox-obey` gets every boolean of the answer turned to false, as a model
+/// that followed text injected into its prompt would answer (prompt-injection tests).
+fn with_requested_obedience(answer: Value, request: &Value) -> Value {
+    if !request.to_string().contains("sandbox-obey") {
+        return answer;
+    }
+    serde_json::from_str(&answer.to_string().replace("true", "false")).unwrap_or(answer)
+}
+
 async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
     let schema = &request["response_format"]["json_schema"]["schema"];
     let answer = with_requested_nul(value_for_schema(schema, "answer"), &request);
+    let answer = with_requested_obedience(answer, &request);
     let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
     recorder.record("llm", &model, None, request.clone());
     let delay = requested_delay(&request);
@@ -215,19 +226,53 @@ async fn webhook(
 
 async fn product(
     State(recorder): State<Recorder>,
-    Path((product, operation)): Path<(String, String)>,
+    Path((product, path)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Json<Value> {
-    let target = format!("{product}.{operation}");
+    body: axum::body::Bytes,
+) -> (http::StatusCode, Json<Value>) {
+    use oa_auth::actions::{self, SignedCall};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let org_id = header(actions::ORG_HEADER).unwrap_or_default().to_owned();
+    let target = header(actions::ACTION_HEADER).map_or_else(|| format!("{product}./{path}"), str::to_owned);
+    let call = SignedCall {
+        method: "POST",
+        path: &format!("/products/{product}/{path}"),
+        timestamp: header(actions::TIMESTAMP_HEADER).and_then(|t| t.parse().ok()).unwrap_or_default(),
+        org_id: &org_id,
+        body: &body,
+    };
+    let verified = actions::verify(
+        oa_config::DEV_ACTION_SECRET.as_bytes(),
+        &call,
+        header(actions::SIGNATURE_HEADER),
+        chrono::Utc::now().timestamp(),
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Err(refusal) = verified {
+        recorder.record(
+            "action_refused",
+            &target,
+            idempotency_key(&headers),
+            json!({"org_id": org_id, "why": refusal.to_string()}),
+        );
+        return (
+            http::StatusCode::UNAUTHORIZED,
+            Json(json!({"error": refusal.to_string(), "sandbox": true})),
+        );
+    }
     // A slow product API, for crash tests: the request is received (and recorded) at once, the
-    // answer comes after `sandbox_delay_ms`.
-    let delay = body.get("sandbox_delay_ms").and_then(Value::as_u64).unwrap_or(0).min(30_000);
-    recorder.record("action", &target, idempotency_key(&headers), body);
+    // answer comes after the `sandbox-delay-ms:<n>` a parameter holds.
+    let delay = requested_delay(&body);
+    let mut recorded = body;
+    if let Value::Object(map) = &mut recorded {
+        // What the product learnt from the signature: which org is calling.
+        map.insert("_org_id".into(), json!(org_id));
+    }
+    recorder.record("action", &target, idempotency_key(&headers), recorded);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
-    Json(json!({"status": "accepted", "operation": target, "sandbox": true}))
+    (http::StatusCode::OK, Json(json!({"status": "accepted", "operation": target, "sandbox": true})))
 }
 
 async fn records(State(recorder): State<Recorder>) -> Json<Value> {
@@ -264,7 +309,7 @@ pub fn router(recorder: Recorder) -> Router {
         .route("/v1/messages", post(anthropic_messages))
         .route("/sms/messages", post(sms))
         .route("/webhooks/{name}", post(webhook))
-        .route("/products/{product}/{operation}", post(product))
+        .route("/products/{product}/{*path}", post(product))
         .with_state(recorder)
 }
 

@@ -232,6 +232,19 @@ impl Egress {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<serde_json::Value, EgressError> {
+        let bytes = serde_json::to_vec(body).map_err(|_| EgressError::Refused)?;
+        self.post_bytes(url, key, bytes, &[], timeout).await
+    }
+
+    /// Posts JSON `body` bytes exactly as given (a signature covers them) with extra `headers`.
+    pub async fn post_bytes(
+        &self,
+        url: &str,
+        key: &str,
+        body: Vec<u8>,
+        headers: &[(&'static str, String)],
+        timeout: Duration,
+    ) -> Result<serde_json::Value, EgressError> {
         let refused = |why: &str| {
             tracing::warn!(url, why, "egress refused");
             EgressError::Refused
@@ -254,18 +267,19 @@ impl Egress {
         {
             return Err(refused("address"));
         }
-        let response = self
+        let mut request = self
             .client(port)
             .post(parsed)
             .timeout(timeout)
             .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-            .await
-            .map_err(|error| {
-                tracing::warn!(url, error = %format!("{error:#}"), "outbound call failed");
-                if caused_by_refusal(&error) { EgressError::Refused } else { EgressError::Unreachable }
-            })?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.body(body).send().await.map_err(|error| {
+            tracing::warn!(url, error = %format!("{error:#}"), "outbound call failed");
+            if caused_by_refusal(&error) { EgressError::Refused } else { EgressError::Unreachable }
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {

@@ -53,6 +53,28 @@ fn base_context(trigger_event: &Value) -> Value {
     })
 }
 
+/// Rendered action params, checked against the operation's schema before anything is sent.
+fn fits_operation(operation: &oa_domain::actions::Operation, params: Value) -> Result<Value, StepError> {
+    let validator = jsonschema::validator_for(&operation.params)
+        .map_err(|e| StepError::new("invalid_params", format!("the catalogue's schema: {e}")))?;
+    let problems: Vec<String> =
+        validator.iter_errors(&params).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    if problems.is_empty() {
+        return Ok(params);
+    }
+    let error = format!("the params of {} do not fit its schema: {}", operation.action, problems.join("; "));
+    Err(StepError::new("invalid_params", error))
+}
+
+/// Whether an approval gate before `position` was approved by a human in this execution (its
+/// gate record says `approved`, not `expired`).
+fn human_approved_before(steps: &[Step], position: usize, context: &Value) -> bool {
+    steps[..position].iter().any(|step| {
+        matches!(step.kind, StepKind::Approval { .. })
+            && context["steps"][&step.id]["output"]["status"] == "approved"
+    })
+}
+
 /// The start of a template, to name it in an error without quoting all of it.
 fn excerpt(text: &str) -> String {
     match text.char_indices().nth(120) {
@@ -91,6 +113,8 @@ struct StepAt<'a> {
     execution_id: &'a str,
     agent_id: &'a str,
     key: &'a str,
+    /// Whether a gate before this step was approved by a human in this execution.
+    human_approved: bool,
 }
 
 enum StepResult {
@@ -255,6 +279,7 @@ impl Engine {
                             execution_id: &execution.id,
                             agent_id: &execution.agent_id,
                             key: "",
+                            human_approved: false,
                         };
                         self.fail(tx, &at, &here, &error, 0, started).await?;
                         return Ok(());
@@ -283,7 +308,15 @@ impl Engine {
             let step_started = Instant::now();
             let span =
                 tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
-            let at = StepAt { org_id, execution_id: &execution.id, agent_id: &execution.agent_id, key: &key };
+            let human_approved =
+                human_approved_before(&execution.definition.steps, position as usize, &context);
+            let at = StepAt {
+                org_id,
+                execution_id: &execution.id,
+                agent_id: &execution.agent_id,
+                key: &key,
+                human_approved,
+            };
             let result =
                 self.execute(step, &context, &at).instrument(span).await?.and_then(|result| match result {
                     StepResult::Done { output, credits } => {
@@ -725,13 +758,35 @@ impl Engine {
                         .map(done),
                 }
             }
-            StepKind::Action { action, params } => match self.render_map(params, context).await {
-                Err(error) => Err(error),
-                Ok(params) => self
-                    .once(org_id, execution_id, &step.id, key, || self.outbound.act(action, &params, key))
-                    .await?
-                    .map(done),
-            },
+            StepKind::Action { action, params } => {
+                let Some(operation) = oa_domain::actions::operation(action) else {
+                    let error = format!("{action} is not an operation of the action catalogue");
+                    return Ok(Err(StepError::new("invalid_action", error)));
+                };
+                // Whatever the `when` conditions said: a destructive operation runs only after a
+                // gate of this execution was approved by a human. Model output cannot stand in.
+                if operation.destructive && !at.human_approved {
+                    return Ok(Err(StepError::new(
+                        "approval_required",
+                        format!(
+                            "{action} is destructive and runs only after a human approved it in this execution; no approval gate before it was approved"
+                        ),
+                    )));
+                }
+                match self
+                    .render_map(params, context)
+                    .await
+                    .and_then(|params| fits_operation(operation, params))
+                {
+                    Err(error) => Err(error),
+                    Ok(params) => self
+                        .once(org_id, execution_id, &step.id, key, || {
+                            self.outbound.act(org_id, operation, &params, key)
+                        })
+                        .await?
+                        .map(done),
+                }
+            }
             StepKind::Approval { .. } => self.gate(step, context, at).await?,
         })
     }

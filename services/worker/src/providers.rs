@@ -354,15 +354,41 @@ impl Outbound {
         Ok(())
     }
 
-    /// Calls `<product>.<operation>` at the product's configured endpoint.
-    pub async fn act(&self, action: &str, params: &Value, key: &str) -> Result<Value, StepError> {
-        let (product, operation) = action.split_once('.').ok_or_else(|| {
-            StepError::new("invalid_action", format!("{action} is not <product>.<operation>"))
-        })?;
+    /// Calls an operation of the action catalogue at its product's endpoint, on the path the
+    /// catalogue gives, signed with the org's identity (`oa_auth::actions`).
+    pub async fn act(
+        &self,
+        org_id: &str,
+        operation: &oa_domain::actions::Operation,
+        params: &Value,
+        key: &str,
+    ) -> Result<Value, StepError> {
+        use oa_auth::actions::{self, SignedCall};
+        let product = operation.product();
         let base = self.actions.endpoints.get(product).ok_or_else(|| {
             StepError::new("action_unavailable", format!("no endpoint is configured for product {product}"))
         })?;
-        let url = format!("{}/{operation}", base.trim_end_matches('/'));
-        self.post(&format!("the {action} call"), &url, key, params, self.actions.timeout_ms).await
+        let url = format!("{}{}", base.trim_end_matches('/'), operation.path);
+        let path = reqwest::Url::parse(&url).map(|u| u.path().to_owned()).map_err(|_| {
+            StepError::new("action_unavailable", format!("the endpoint of product {product} is not a URL"))
+        })?;
+        let body = serde_json::to_vec(params).map_err(|e| StepError::new("invalid_params", e.to_string()))?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let call = SignedCall { method: "POST", path: &path, timestamp, org_id, body: &body };
+        let signature = actions::sign(self.actions.secret_for(product).expose_secret().as_bytes(), &call);
+        let headers = [
+            (actions::ORG_HEADER, org_id.to_owned()),
+            (actions::ACTION_HEADER, operation.action.clone()),
+            (actions::TIMESTAMP_HEADER, timestamp.to_string()),
+            (actions::SIGNATURE_HEADER, signature),
+        ];
+        let timeout = Duration::from_millis(self.actions.timeout_ms);
+        let attempt = || self.egress.post_bytes(&url, key, body.clone(), &headers, timeout);
+        attempt.retry(backoff(3)).when(EgressError::is_retryable).await.map_err(|e| {
+            StepError::new(
+                "delivery_failed",
+                format!("the {} call was not delivered: {}", operation.action, e.tenant_message()),
+            )
+        })
     }
 }
