@@ -58,7 +58,7 @@ fn registration() -> Value {
 async fn a_product_key_registers_and_updates_its_event_types() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("enterprise").await.unwrap();
-    let (_, product) = plane.db.create_key(&org, &[Scope::CatalogWrite]).await.unwrap();
+    let product = plane.db.create_product_key("rmm").await.unwrap();
     let (_, reader) = plane.db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
     let path = "/api/events/rmm:warranty.expiring";
 
@@ -125,7 +125,7 @@ async fn a_product_key_registers_and_updates_its_event_types() {
 async fn an_event_type_cannot_drop_a_field_that_agents_filter_on() {
     let plane = TestPlane::start().await.unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let (_, product) = plane.db.create_key(&org, &[Scope::CatalogWrite]).await.unwrap();
+    let product = plane.db.create_product_key("psa").await.unwrap();
     let (_, original) = plane.get_json("/api/events/psa:ticket.escalated", &org).await;
     let response = plane
         .as_user(Method::POST, "/api/agents", &org, "admin")
@@ -155,6 +155,9 @@ async fn an_event_type_cannot_drop_a_field_that_agents_filter_on() {
     .await;
     assert_eq!((status, error["error"].as_str()), (409, Some("conflict")), "{error}");
     assert_eq!(error["details"]["fields_in_use"], json!(["escalated_to"]));
+    // That the field is in use, never where: no org, no agent.
+    let text = error.to_string();
+    assert!(!text.contains(&org) && !text.contains("agent_"), "{text}");
 
     // A field no agent filters on can go.
     let mut smaller = original.clone();
@@ -176,4 +179,44 @@ async fn an_event_type_cannot_drop_a_field_that_agents_filter_on() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_catalog_belongs_to_the_products_and_a_tenant_key_cannot_write_it() {
+    let plane = TestPlane::start().await.unwrap();
+    let org = plane.db.create_org("enterprise").await.unwrap();
+    let path = "/api/events/rmm:warranty.expiring";
+    // An org's key cannot even be given catalog:write any more...
+    let refused = plane.db.create_key(&org, &[Scope::CatalogWrite]).await;
+    assert!(refused.unwrap_err().to_string().contains("product keys"));
+    // ...and one that holds it from before the change is refused all the same.
+    let (legacy_id, legacy) = plane.db.create_key(&org, &[Scope::AgentsRead]).await.unwrap();
+    sqlx::query(
+        "UPDATE tenancy.integration_keys SET scopes = array_append(scopes, 'catalog:write') WHERE id = $1",
+    )
+    .bind(&legacy_id)
+    .execute(&plane.db.admin)
+    .await
+    .unwrap();
+    let (_, admin_key) =
+        plane.db.create_key(&org, &[Scope::EventsPublish, Scope::AgentsWrite]).await.unwrap();
+    for key in [&legacy, &admin_key] {
+        let (status, body) =
+            status_and_json(plane.as_key(Method::PUT, path, key).json(&registration()).send().await.unwrap())
+                .await;
+        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
+    }
+    // Another product's key writes only its own event types.
+    let psa = plane.db.create_product_key("psa").await.unwrap();
+    let (status, body) =
+        status_and_json(plane.as_key(Method::PUT, path, &psa).json(&registration()).send().await.unwrap())
+            .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = plane.get_json(path, &org).await;
+    assert_eq!(status, 404, "nothing was written");
+    let rmm = plane.db.create_product_key("rmm").await.unwrap();
+    let response = plane.as_key(Method::PUT, path, &rmm).json(&registration()).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    // A product key reads the catalog and does nothing else.
+    assert_eq!(plane.as_key(Method::GET, "/api/agents", &rmm).send().await.unwrap().status(), 403);
 }

@@ -347,7 +347,7 @@ async fn malformed_and_unknown_events_land_in_dead_letter_and_replay() {
     assert_eq!(unknown_letter["event_id"], unknown.id.as_str());
 
     // The product registers the event type and an admin builds an agent on it; the replay runs it.
-    let (_, product) = plane.db.create_key(&org, &[Scope::CatalogWrite]).await.unwrap();
+    let product = plane.db.create_product_key("rmm").await.unwrap();
     let registration = json!({"display_name": "Warranty Expiring", "description": "Warranty ends soon", "category": "operations",
         "filterable_fields": [{"path": "days_left", "label": "Days left", "type": "number"}],
         "sample_payload": {"client_id": "cl_acme", "days_left": 30}});

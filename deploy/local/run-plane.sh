@@ -15,7 +15,7 @@ oa orgs create --id org_demo --name "Demo MSP" --tier pro --if-absent >/dev/null
 oa dev-jwks >"$L/jwks.json"
 # A demo product key (shown once at creation, so kept in the git-ignored folder).
 if [ ! -s "$L/demo-product-key" ]; then
-  oa keys create --org org_demo --name "demo product" --scope events:publish --scope catalog:write 2>/dev/null | tail -1 >"$L/demo-product-key"
+  oa keys create --org org_demo --name "demo product" --scope events:publish 2>/dev/null | tail -1 >"$L/demo-product-key"
 fi
 KEY="$(cat "$L/demo-product-key")"
 
@@ -66,6 +66,7 @@ curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/ap
 curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' \
   http://127.0.0.1:$GATEWAY_PORT/api/approvals/<id>/decision -d '{"decision":"approved","note":"isolate it"}'
 
-(that key, a demo product's with events:publish and catalog:write, is kept in $L/demo-product-key)
+(that key, the demo org's with events:publish, is kept in $L/demo-product-key; a product registers
+its event types with a product key of its own: one-agents keys create --product psa --name "psa")
 The SANDBOX (stand-in LLM, SMS, email, webhooks, product APIs) shows what it received: http://127.0.0.1:59100/
 TXT

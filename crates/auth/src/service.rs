@@ -122,6 +122,7 @@ impl oa_proto::common::diagnostics_server::Diagnostics for Diagnostics {
                 scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             ),
             Principal::Service { name } => ("service", name, String::new(), Vec::new()),
+            Principal::Product { key_id, product } => ("product", key_id, product, Vec::new()),
         };
         Ok(tonic::Response::new(WhoAmIResponse {
             service: self.service.to_owned(),

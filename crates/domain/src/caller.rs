@@ -153,6 +153,9 @@ pub enum Principal {
     IntegrationKey { key_id: String, scopes: Vec<Scope> },
     /// A component of the plane acting for an org (the worker matching and running agents).
     Service { name: String },
+    /// A product (PSA, RMM, ...) holding its own key: it writes its event types in the shared
+    /// catalog and nothing else. Its caller's org is `system`.
+    Product { key_id: String, product: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +184,9 @@ impl Caller {
             Principal::IntegrationKey { scopes, .. } => {
                 permission.allowing_scopes().iter().any(|s| scopes.contains(s))
             }
+            Principal::Product { .. } => {
+                matches!(permission, Permission::ReadCatalog | Permission::WriteCatalog)
+            }
             // Only the gateway mints user and key callers; a service caller comes from inside the
             // plane, which already holds the service credential.
             Principal::Service { .. } => true,
@@ -201,6 +207,7 @@ impl Caller {
             Principal::User { sub, .. } => format!("user:{sub}"),
             Principal::IntegrationKey { key_id, .. } => format!("key:{key_id}"),
             Principal::Service { name } => format!("service:{name}"),
+            Principal::Product { key_id, product } => format!("product:{product}:{key_id}"),
         }
     }
 

@@ -43,7 +43,25 @@ pub struct ResolvedKey {
     pub org_id: String,
     pub tier: String,
     pub scopes: Vec<Scope>,
+    /// For a product's key: the product whose event types it writes (its org is `system`).
+    pub product: Option<String>,
 }
+
+/// A product's key as listed: never its secret.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProductKey {
+    pub id: String,
+    pub product: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The org a product key's caller belongs to.
+pub const PRODUCT_ORG: &str = "system";
 
 /// Splits `oak_<prefix>_<secret>` into its parts, if it has that shape.
 fn parse_presented(presented: &str) -> Option<(&str, &str)> {
@@ -108,6 +126,12 @@ impl KeyStore {
     ) -> Result<NewIntegrationKey, TenancyError> {
         if scopes.is_empty() {
             return Err(TenancyError::Invalid("a key needs at least one scope".into()));
+        }
+        if scopes.contains(&Scope::CatalogWrite) {
+            return Err(TenancyError::Invalid(
+                "catalog:write belongs to product keys (keys create --product NAME), not to an org's keys"
+                    .into(),
+            ));
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
@@ -186,7 +210,9 @@ impl KeyStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(None);
+            let product = self.resolve_product(&mut tx, prefix, secret).await?;
+            tx.commit().await?;
+            return Ok(product);
         };
         let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
         let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
@@ -211,8 +237,121 @@ impl KeyStore {
         .await?;
         tx.commit().await?;
         let scopes = scope_names.iter().filter_map(|s| Scope::parse(s)).collect();
-        Ok(Some(ResolvedKey { key_id, org_id, tier, scopes }))
+        Ok(Some(ResolvedKey { key_id, org_id, tier, scopes, product: None }))
     }
+
+    /// A product key under `prefix`, when the secret matches and it is not revoked.
+    async fn resolve_product(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        prefix: &str,
+        secret: &str,
+    ) -> Result<Option<ResolvedKey>, TenancyError> {
+        let row = sqlx::query(
+            "SELECT id, product, secret_hash, revoked_at IS NOT NULL AS revoked
+             FROM tenancy.product_keys WHERE prefix = $1",
+        )
+        .bind(prefix)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
+        let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
+        let revoked: bool = row.try_get("revoked")?;
+        if !matches || revoked {
+            return Ok(None);
+        }
+        let key_id: String = row.try_get("id")?;
+        sqlx::query(
+            "UPDATE tenancy.product_keys SET last_used_at = now()
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
+        )
+        .bind(&key_id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Some(ResolvedKey {
+            key_id,
+            org_id: PRODUCT_ORG.to_owned(),
+            tier: "enterprise".to_owned(),
+            scopes: vec![Scope::CatalogWrite],
+            product: Some(row.try_get("product")?),
+        }))
+    }
+
+    /// Creates a product's key (the operator's; needs a pool that may write product keys).
+    pub async fn create_product_key(
+        &self,
+        product: &str,
+        name: &str,
+        created_by: &str,
+    ) -> Result<(ProductKey, String), TenancyError> {
+        let valid_product = !product.is_empty()
+            && product.len() <= 40
+            && product.starts_with(|c: char| c.is_ascii_lowercase())
+            && product.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_product {
+            return Err(TenancyError::Invalid("a product is a lowercase name such as psa or rmm".into()));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(TenancyError::Invalid("key name must have 1 to 200 characters".into()));
+        }
+        let prefix = random_string(KEY_PREFIX_LEN, true);
+        let secret = random_string(KEY_SECRET_LEN, false);
+        let row = sqlx::query(
+            "INSERT INTO tenancy.product_keys (id, product, name, prefix, secret_hash, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id, product, name, prefix, created_by, created_at, last_used_at, revoked_at",
+        )
+        .bind(ids::new_id("pkey"))
+        .bind(product)
+        .bind(name)
+        .bind(&prefix)
+        .bind(hash_secret(&secret).to_vec())
+        .bind(created_by)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((product_key_from_row(&row)?, format!("oak_{prefix}_{secret}")))
+    }
+
+    pub async fn list_product_keys(&self, product: &str) -> Result<Vec<ProductKey>, TenancyError> {
+        let rows = sqlx::query(
+            "SELECT id, product, name, prefix, created_by, created_at, last_used_at, revoked_at
+             FROM tenancy.product_keys WHERE product = $1 ORDER BY created_at DESC",
+        )
+        .bind(product)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(product_key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a key of `product`. Returns false when the product has no such key.
+    pub async fn revoke_product_key(&self, product: &str, key_id: &str) -> Result<bool, TenancyError> {
+        let updated = sqlx::query(
+            "UPDATE tenancy.product_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND product = $2",
+        )
+        .bind(key_id)
+        .bind(product)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+}
+
+fn product_key_from_row(row: &sqlx::postgres::PgRow) -> Result<ProductKey, sqlx::Error> {
+    Ok(ProductKey {
+        id: row.try_get("id")?,
+        product: row.try_get("product")?,
+        name: row.try_get("name")?,
+        prefix: row.try_get("prefix")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use oa_store::{StoreError, begin_org};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, ResolvedKey};
+pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, PRODUCT_ORG, ProductKey, ResolvedKey};
 
 pub const TIERS: [&str; 3] = ["starter", "pro", "enterprise"];
 

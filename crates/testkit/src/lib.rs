@@ -124,6 +124,12 @@ impl TestDb {
         Ok(())
     }
 
+    /// Creates a product's key (it writes that product's event types) and returns its plaintext.
+    pub async fn create_product_key(&self, product: &str) -> anyhow::Result<String> {
+        let store = oa_tenancy::KeyStore::new(self.admin.clone());
+        Ok(store.create_product_key(product, "test product key", "test").await?.1)
+    }
+
     /// Creates an integration key and returns `(key id, plaintext)`.
     pub async fn create_key(&self, org_id: &str, scopes: &[Scope]) -> anyhow::Result<(String, String)> {
         let created =

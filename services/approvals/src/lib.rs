@@ -249,8 +249,10 @@ impl Approvals for ApprovalsService {
                 Principal::IntegrationKey { key_id, .. } => {
                     Decider { actor: format!("key:{key_id}"), principal_type: "integration_key", role: None }
                 }
-                Principal::Service { .. } => {
-                    return Err(ApiError::forbidden("A service cannot decide an approval").into());
+                Principal::Service { .. } | Principal::Product { .. } => {
+                    return Err(
+                        ApiError::forbidden("Only an org's people and keys decide an approval").into()
+                    );
                 }
             }
         } else {
@@ -348,7 +350,7 @@ impl Approvals for ApprovalsService {
         let principal_type = match caller.principal {
             Principal::User { .. } => "user",
             Principal::IntegrationKey { .. } => "integration_key",
-            Principal::Service { .. } => "system",
+            Principal::Service { .. } | Principal::Product { .. } => "system",
         };
         for gate in &denied {
             store::audit(&mut tx, gate, "denied", &by, principal_type, Some(reason), None)

@@ -156,6 +156,21 @@ impl Catalog for CatalogService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::WriteCatalog)?;
         let request = request.into_inner();
+        // The catalog is shared by every org: a product writes its own event types, nobody else's.
+        let source_product = oa_domain::catalog::split_event_type_id(&request.id).map(|(product, _)| product);
+        match &caller.principal {
+            // An id that is not `<product>:<event>` is answered by validation (400).
+            oa_domain::Principal::Product { product, .. }
+                if source_product.is_none_or(|source| source == product.as_str()) => {}
+            oa_domain::Principal::Service { .. } => {}
+            oa_domain::Principal::Product { product, .. } => {
+                return Err(ApiError::forbidden(format!(
+                    "A key of {product} writes only {product}'s event types"
+                ))
+                .into());
+            }
+            _ => return Err(ApiError::forbidden("Only a product's own key writes the event catalog").into()),
+        }
         let body: serde_json::Value = serde_json::from_str(&request.definition_json)
             .map_err(|_| ApiError::bad_request("The request body is not valid JSON"))?;
         let event_type = validate_event_type(&request.id, &body)?;

@@ -59,11 +59,11 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
             tracing::info!("refused an unknown, malformed or revoked integration key");
             return Err(ApiError::unauthorized());
         };
-        return Ok(Caller {
-            org_id: key.org_id,
-            tier: key.tier,
-            principal: Principal::IntegrationKey { key_id: key.key_id, scopes: key.scopes },
-        });
+        let principal = match key.product {
+            Some(product) => Principal::Product { key_id: key.key_id, product },
+            None => Principal::IntegrationKey { key_id: key.key_id, scopes: key.scopes },
+        };
+        return Ok(Caller { org_id: key.org_id, tier: key.tier, principal });
     }
 
     let jar = CookieJar::from_headers(headers);

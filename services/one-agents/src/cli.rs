@@ -81,28 +81,40 @@ enum OrgsCommand {
     },
 }
 
+/// Whose key: an org's (`--org`), or a product's (`--product`), which writes that product's event
+/// types in the shared catalog and nothing else.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeyOwner {
+    #[arg(long)]
+    org: Option<String>,
+    #[arg(long)]
+    product: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Creates a key and prints it once; only its hash is stored.
     Create {
-        #[arg(long)]
-        org: String,
+        #[command(flatten)]
+        owner: KeyOwner,
         #[arg(long)]
         name: String,
-        /// Repeat for several: agents:read, agents:write, executions:read, executions:write,
-        /// approvals:read, approvals:decide, credits:read, catalog:write, events:publish.
-        #[arg(long = "scope", required = true)]
+        /// An org key's scopes; repeat for several: agents:read, agents:write, executions:read,
+        /// executions:write, approvals:read, approvals:decide, credits:read, events:publish.
+        /// A product key needs none: it writes its product's event types (catalog:write).
+        #[arg(long = "scope")]
         scopes: Vec<String>,
     },
-    /// Lists an org's keys (never their secrets).
+    /// Lists an org's or a product's keys (never their secrets).
     List {
-        #[arg(long)]
-        org: String,
+        #[command(flatten)]
+        owner: KeyOwner,
     },
     /// Revokes a key at once.
     Revoke {
-        #[arg(long)]
-        org: String,
+        #[command(flatten)]
+        owner: KeyOwner,
         #[arg(long)]
         key: String,
     },
@@ -251,7 +263,20 @@ async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
 async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
     let store = oa_tenancy::KeyStore::new(admin_pool(&config).await?);
     match command {
-        KeysCommand::Create { org, name, scopes } => {
+        KeysCommand::Create { owner: KeyOwner { product: Some(product), .. }, name, scopes } => {
+            if !scopes.is_empty() {
+                bail!("a product key takes no --scope: it writes {product}'s event types and nothing else");
+            }
+            let (key, plaintext) = store.create_product_key(&product, &name, "cli").await?;
+            println!("{}", serde_json::to_string_pretty(&key)?);
+            eprintln!("The key is shown this once; store it now:");
+            println!("{plaintext}");
+        }
+        KeysCommand::Create { owner: KeyOwner { org, .. }, name, scopes } => {
+            let org = org.context("--org or --product")?;
+            if scopes.is_empty() {
+                bail!("an org key needs at least one --scope");
+            }
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s).with_context(|| format!("unknown scope {s:?}")))
@@ -261,10 +286,21 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             eprintln!("The key is shown this once; store it now:");
             println!("{}", created.plaintext);
         }
-        KeysCommand::List { org } => {
+        KeysCommand::List { owner: KeyOwner { product: Some(product), .. } } => {
+            println!("{}", serde_json::to_string_pretty(&store.list_product_keys(&product).await?)?);
+        }
+        KeysCommand::List { owner: KeyOwner { org, .. } } => {
+            let org = org.context("--org or --product")?;
             println!("{}", serde_json::to_string_pretty(&store.list(&org).await?)?);
         }
-        KeysCommand::Revoke { org, key } => {
+        KeysCommand::Revoke { owner: KeyOwner { product: Some(product), .. }, key } => {
+            if !store.revoke_product_key(&product, &key).await? {
+                bail!("product {product} has no key {key}");
+            }
+            println!("key {key} revoked");
+        }
+        KeysCommand::Revoke { owner: KeyOwner { org, .. }, key } => {
+            let org = org.context("--org or --product")?;
             if !store.revoke(&org, &key).await? {
                 bail!("org {org} has no key {key}");
             }
