@@ -24,6 +24,15 @@ fn ransomware(org: &str, device: &str) -> Envelope {
     )
 }
 
+/// An org whose settings name its on-call phone and security mailbox, as Guardian needs.
+async fn msp_org(plane: &TestPlane) -> String {
+    let org = plane.db.create_org("pro").await.unwrap();
+    let settings =
+        json!({"contacts": {"on_call_sms": ["+15550100200"], "security_email": ["security@msp.example"]}});
+    plane.db.set_org_settings(&org, settings).await.unwrap();
+    org
+}
+
 async fn start() -> TestPlane {
     TestPlane::start_with(|c| c.approvals.sweep_interval_ms = 100).await.unwrap()
 }
@@ -103,7 +112,7 @@ fn isolations(plane: &TestPlane, device: &str) -> usize {
 #[tokio::test]
 async fn guardian_waits_for_a_human_then_isolates_the_device_once_approved() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_ws01", 0).await;
     assert_eq!(gate["agent_id"], "agent_system_guardian");
     assert_eq!(gate["step_id"], "confirm_isolation");
@@ -160,7 +169,7 @@ async fn guardian_waits_for_a_human_then_isolates_the_device_once_approved() {
 #[tokio::test]
 async fn a_denied_gate_ends_the_execution_without_isolating() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_ws02", 0).await;
     let (status, decided) = decide(&plane, &org, "admin", gate["id"].as_str().unwrap(), "denied").await;
     assert_eq!(status, 200, "{decided}");
@@ -190,7 +199,7 @@ async fn age(plane: &TestPlane, id: &str) {
 #[tokio::test]
 async fn a_gate_left_alone_expires_and_follows_on_timeout() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     // Guardian: on_timeout deny.
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_ws03", 0).await;
     let id = gate["id"].as_str().unwrap();
@@ -280,7 +289,7 @@ async fn a_gate_left_alone_expires_and_follows_on_timeout() {
 #[tokio::test]
 async fn fifty_concurrent_decisions_on_one_gate_have_exactly_one_winner() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_race", 0).await;
     let id = gate["id"].as_str().unwrap();
     let decisions = (0..50).map(|i| {
@@ -307,8 +316,8 @@ async fn fifty_concurrent_decisions_on_one_gate_have_exactly_one_winner() {
 #[tokio::test]
 async fn only_allowed_roles_and_keys_decide_and_other_orgs_see_nothing() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
-    let other = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
+    let other = msp_org(&plane).await;
     let (gate, _) = guardian_gate(&plane, &org, "dev_roles", 0).await;
     let id = gate["id"].as_str().unwrap();
 
@@ -355,7 +364,7 @@ async fn only_allowed_roles_and_keys_decide_and_other_orgs_see_nothing() {
 #[tokio::test]
 async fn cancelling_denies_the_gate_and_deleting_an_agent_cancels_its_executions() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_cancel", 0).await;
     let cancel =
         plane.as_user(Method::POST, &format!("/api/executions/{execution_id}/cancel"), &org, "technician");
@@ -386,7 +395,7 @@ async fn cancelling_denies_the_gate_and_deleting_an_agent_cancels_its_executions
 #[tokio::test]
 async fn a_gate_survives_a_restart_of_every_service_and_is_still_decidable() {
     let mut plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_restart", 0).await;
     plane.restart().await.unwrap();
     let id = gate["id"].as_str().unwrap();
@@ -414,7 +423,7 @@ fn link_for(plane: &TestPlane, gate: &str) -> String {
 #[tokio::test]
 async fn a_signed_link_decides_once_only_for_its_gate_and_not_after_it_expires() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (first, first_execution) = guardian_gate(&plane, &org, "dev_link1", 0).await;
     let (second, _) = guardian_gate(&plane, &org, "dev_link2", 1).await;
     let first_id = first["id"].as_str().unwrap();
@@ -482,7 +491,7 @@ async fn a_signed_link_decides_once_only_for_its_gate_and_not_after_it_expires()
 #[tokio::test]
 async fn an_expired_link_decides_nothing() {
     let plane = TestPlane::start_with(|c| c.approvals.link_ttl_seconds = 1).await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, _) = guardian_gate(&plane, &org, "dev_late", 0).await;
     let id = gate["id"].as_str().unwrap();
     let link = link_for(&plane, id);
@@ -499,7 +508,7 @@ async fn an_expired_link_decides_nothing() {
 #[tokio::test]
 async fn a_denied_gate_with_on_deny_goes_on_at_that_step() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (clone_id, clone) =
         guardian_clone(&plane, &org, |update| update["steps"][1]["on_deny"] = json!("notify_security")).await;
     let mut steps = clone["steps"].clone();
@@ -528,7 +537,7 @@ async fn a_denied_gate_with_on_deny_goes_on_at_that_step() {
 async fn replicas_sweeping_together_expire_a_gate_once() {
     // The plane's own sweeper sleeps; four replicas' sweeps race on the expired gate.
     let plane = TestPlane::start_with(|c| c.approvals.sweep_interval_ms = 3_600_000).await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_sweep", 0).await;
     let id = gate["id"].as_str().unwrap();
     age(&plane, id).await;
@@ -551,7 +560,7 @@ async fn replicas_sweeping_together_expire_a_gate_once() {
 #[tokio::test]
 async fn a_decision_committed_but_never_published_is_published_by_the_sweeper() {
     let plane = start().await;
-    let org = plane.db.create_org("pro").await.unwrap();
+    let org = msp_org(&plane).await;
     let (gate, execution_id) = guardian_gate(&plane, &org, "dev_outbox", 0).await;
     // As if the service died between committing the decision and publishing it.
     sqlx::query(

@@ -12,6 +12,11 @@ oa() { "$BIN" --config "$CONFIG" "$@"; }
 bash "$HERE/start.sh"
 oa migrate
 oa orgs create --id org_demo --name "Demo MSP" --tier pro --if-absent >/dev/null
+# Who the demo org's agents notify: its on-call phone, mailboxes and chat webhooks (the sandbox's).
+oa orgs settings --org org_demo --json '{"contacts": {"on_call_sms": ["+15550100200"],
+  "security_email": ["security@demo-msp.example"], "account_manager_email": ["account-managers@demo-msp.example"],
+  "finance_email": ["finance@demo-msp.example"]},
+  "webhooks": {"slack": "http://127.0.0.1:59100/webhooks/slack", "teams": "http://127.0.0.1:59100/webhooks/teams"}}' >/dev/null
 oa dev-jwks >"$L/jwks.json"
 # A demo product key (shown once at creation, so kept in the git-ignored folder).
 if [ ! -s "$L/demo-product-key" ]; then

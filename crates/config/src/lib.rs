@@ -142,8 +142,6 @@ pub struct ChannelsConfig {
     pub smtp_host: String,
     pub smtp_port: u16,
     pub email_from: String,
-    pub slack_webhook_url: String,
-    pub teams_webhook_url: String,
     pub timeout_ms: u64,
     /// How mail reaches the relay: `starttls` (upgrade on the submission port), `tls` (implicit
     /// TLS, port 465) or `none`. `none` is refused in production; unset, it is `starttls` in
@@ -347,8 +345,6 @@ impl Default for ChannelsConfig {
             smtp_host: "127.0.0.1".into(),
             smtp_port: SANDBOX_SMTP_PORT,
             email_from: "agents@one-agents.local".into(),
-            slack_webhook_url: format!("{sandbox}/webhooks/slack"),
-            teams_webhook_url: format!("{sandbox}/webhooks/teams"),
             timeout_ms: 10_000,
             smtp_tls: None,
         }
@@ -791,11 +787,7 @@ impl Config {
                 .providers
                 .values()
                 .map(|p| p.base_url.as_str())
-                .chain([
-                    self.channels.sms_url.as_str(),
-                    self.channels.slack_webhook_url.as_str(),
-                    self.channels.teams_webhook_url.as_str(),
-                ])
+                .chain([self.channels.sms_url.as_str()])
                 .chain(self.actions.endpoints.values().map(String::as_str));
             for url in urls {
                 if url.contains(&format!(":{sandbox_port}")) {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod hostile;
 pub mod ids;
 pub mod page;
+pub mod settings;
 
 pub use caller::{Caller, Permission, Principal, Role, Scope};
 pub use error::{ApiError, ErrorCode};

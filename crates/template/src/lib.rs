@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use minijinja::{Environment, UndefinedBehavior};
 
 /// The roots a step template may read.
-pub const ROOTS: [&str; 3] = ["event_payload", "event", "steps"];
+pub const ROOTS: [&str; 4] = ["event_payload", "event", "steps", "org"];
 
 /// Fuel for one render: generous for real templates, fatal to loops that never end.
 const FUEL: u64 = 50_000;

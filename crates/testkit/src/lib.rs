@@ -124,6 +124,14 @@ impl TestDb {
         Ok(())
     }
 
+    /// Sets an org's settings (contacts, its own webhooks) as `PUT /api/org/settings` does.
+    pub async fn set_org_settings(&self, org_id: &str, settings: serde_json::Value) -> anyhow::Result<()> {
+        oa_agents::update_org_settings(&self.admin, org_id, &settings, "test")
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {:?}", e.message, e.details))?;
+        Ok(())
+    }
+
     /// Creates a product's key (it writes that product's event types) and returns its plaintext.
     pub async fn create_product_key(&self, product: &str) -> anyhow::Result<String> {
         let store = oa_tenancy::KeyStore::new(self.admin.clone());
@@ -218,8 +226,6 @@ pub fn use_sandbox(config: &mut Config, sandbox: &oa_sandbox::Sandbox) {
         provider.base_url = base.clone();
     }
     config.channels.sms_url = format!("{base}/sms/messages");
-    config.channels.slack_webhook_url = format!("{base}/webhooks/slack");
-    config.channels.teams_webhook_url = format!("{base}/webhooks/teams");
     config.channels.smtp_host = sandbox.smtp_addr.ip().to_string();
     config.channels.smtp_port = sandbox.smtp_addr.port();
     for (product, endpoint) in config.actions.endpoints.iter_mut() {
@@ -418,8 +424,6 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("ONE_AGENTS_CHANNELS__SMS_URL".into(), config.channels.sms_url.clone()),
         ("ONE_AGENTS_SANDBOX__HTTP_LISTEN".into(), config.sandbox.http_listen.to_string()),
         ("ONE_AGENTS_CHANNELS__SMTP_PORT".into(), config.channels.smtp_port.to_string()),
-        ("ONE_AGENTS_CHANNELS__SLACK_WEBHOOK_URL".into(), config.channels.slack_webhook_url.clone()),
-        ("ONE_AGENTS_CHANNELS__TEAMS_WEBHOOK_URL".into(), config.channels.teams_webhook_url.clone()),
         ("ONE_AGENTS_TELEMETRY__LOG_FILTER".into(), "warn".into()),
         (
             "ONE_AGENTS_CREDITS__RESERVATION_TTL_SECONDS".into(),

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use oa_domain::agent::{AGENT_STATUSES, AGENT_TYPES, AgentDefinition, TEMPLATE_CATEGORIES};
 use oa_domain::catalog::EVENT_CATEGORIES;
+use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
 use oa_proto::agents as pb;
 use oa_proto::agents::agents_server::{Agents, AgentsServer};
@@ -25,6 +26,28 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
+
+/// Validates `body` and applies it over the org's settings: each section sent (`contacts`,
+/// `webhooks`) replaces the stored one. Used by the API and by the operator's CLI.
+pub async fn update_org_settings(
+    pool: &PgPool,
+    org_id: &str,
+    body: &Value,
+    updated_by: &str,
+) -> Result<OrgSettings, ApiError> {
+    let update = OrgSettings::parse(body).map_err(|problems| {
+        let details =
+            problems.iter().map(|(path, message)| serde_json::json!({"path": path, "message": message}));
+        ApiError::bad_request("The settings failed validation").with_details(Value::Array(details.collect()))
+    })?;
+    let sections: Vec<&str> =
+        body.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    let mut tx = begin_org(pool, org_id).await?;
+    let merged = store::org_settings(&mut tx, org_id).await.map_err(db)?.merged(update, &sections);
+    store::put_org_settings(&mut tx, org_id, &merged, updated_by).await.map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(merged)
+}
 
 pub struct AgentsService {
     pool: PgPool,
@@ -173,6 +196,13 @@ impl AgentsService {
         let catalog = self.event_types_for(caller, definition).await?;
         let tier = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter);
         validate::validate_within(definition, &catalog, validate::Limits::of_tier(tier)).map_err(invalid)
+    }
+
+    async fn org_settings(&self, caller: &Caller) -> Result<OrgSettings, ApiError> {
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let settings = store::org_settings(&mut tx, &caller.org_id).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(settings)
     }
 
     /// Tells the workers that `org_id`'s agents changed.
@@ -536,6 +566,43 @@ impl Agents for AgentsService {
         let fields = store::fields_in_use(&mut tx, &event_type_id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(tonic::Response::new(pb::FieldsInUseResponse { fields }))
+    }
+
+    async fn get_org_settings(
+        &self,
+        request: tonic::Request<pb::GetOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let settings = self.org_settings(&caller).await?;
+        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: settings.masked().to_string() }))
+    }
+
+    async fn resolve_org_settings(
+        &self,
+        request: tonic::Request<pb::GetOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
+            return Err(ApiError::forbidden("Only the plane reads an org's webhooks in full").into());
+        }
+        let settings = self.org_settings(&caller).await?;
+        let json = serde_json::to_string(&settings).map_err(|e| ApiError::internal_from("settings", &e))?;
+        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: json }))
+    }
+
+    async fn put_org_settings(
+        &self,
+        request: tonic::Request<pb::PutOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        caller.require(Permission::WriteAgents)?;
+        let body = parse_json(&request.into_inner().settings_json)?;
+        let merged =
+            update_org_settings(&self.pool, &caller.org_id, &body, &caller.principal_label()).await?;
+        // Workers hold settings with the org's agents: the same announcement refreshes both.
+        self.announce_change(&caller.org_id).await;
+        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: merged.masked().to_string() }))
     }
 
     async fn list_schedules(

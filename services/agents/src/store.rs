@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use oa_domain::agent::{AgentDefinition, Trigger};
+use oa_domain::settings::OrgSettings;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
@@ -523,6 +524,34 @@ pub async fn record_run(
     .bind(agent_id)
     .bind(i64::from(succeeded))
     .bind(duration_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The org's settings (empty when never set).
+pub async fn org_settings(tx: &mut PgConnection, org_id: &str) -> Result<OrgSettings, sqlx::Error> {
+    let stored: Option<Json<OrgSettings>> =
+        sqlx::query_scalar("SELECT settings FROM agents.org_settings WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(stored.map(|s| s.0).unwrap_or_default())
+}
+
+pub async fn put_org_settings(
+    tx: &mut PgConnection,
+    org_id: &str,
+    settings: &OrgSettings,
+    updated_by: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agents.org_settings (org_id, settings, updated_by) VALUES ($1, $2, $3)
+         ON CONFLICT (org_id) DO UPDATE SET settings = $2, updated_by = $3, updated_at = now()",
+    )
+    .bind(org_id)
+    .bind(Json(settings))
+    .bind(updated_by)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -396,9 +396,24 @@ fn check_references(
         if !oa_template::ROOTS.contains(&root) {
             checker.problem(
                 path,
-                format!("{reference} is not available; templates read event_payload, event and steps"),
+                format!("{reference} is not available; templates read event_payload, event, steps and org"),
             );
             continue;
+        }
+        if root == "org" {
+            let known = match (parts.next(), parts.next()) {
+                (Some("contacts"), Some(name)) => {
+                    oa_domain::settings::CONTACTS.iter().any(|(known, _)| *known == name)
+                }
+                (Some("webhooks"), Some(channel)) => oa_domain::settings::WEBHOOKS.contains(&channel),
+                _ => false,
+            };
+            if !known {
+                checker.problem(
+                    path,
+                    format!("{reference} is not in an org's settings; use org.contacts.<list> or org.webhooks.<channel>"),
+                );
+            }
         }
         if root == "steps" {
             match parts.next() {
@@ -572,6 +587,24 @@ fn check_steps(checker: &mut Checker, steps: Option<&Value>) {
     check_destructive_actions(checker, steps);
 }
 
+/// Approval links go to the org's own contacts only: a recipient is a contact list
+/// (`{{ org.contacts.on_call_sms }}`) or a literal number or address, never a template over event
+/// data or model output, which an attacker could aim at themselves.
+fn check_link_recipients(checker: &mut Checker, path: &str, notify: &Map<String, Value>) {
+    for (index, recipient) in
+        notify.get("recipients").and_then(Value::as_array).into_iter().flatten().enumerate()
+    {
+        let Some(text) = recipient.as_str() else { continue };
+        let templated = text.contains("{{") || text.contains("{%");
+        if templated && oa_domain::settings::contact_reference(text).is_none() {
+            checker.problem(
+                format!("{path}.recipients[{index}]"),
+                "approval links go only to the org's contacts: use {{ org.contacts.on_call_sms }} (or another contact list), not a template",
+            );
+        }
+    }
+}
+
 /// A channel of [`CHANNELS`] and 1 to 100 recipient templates; returns the channel when valid.
 fn check_channel_and_recipients<'a>(
     checker: &mut Checker,
@@ -727,6 +760,7 @@ fn check_step_fields(
                         checker.problem(format!("{notify_path}.{key}"), "notify has channel and recipients");
                     }
                     check_channel_and_recipients(checker, &notify_path, notify, earlier, all);
+                    check_link_recipients(checker, &notify_path, notify);
                 }
                 Some(_) => checker.problem(format!("{path}.notify"), "notify is {channel, recipients}"),
             }

@@ -39,6 +39,40 @@ pub fn router() -> Router<AppState> {
         .route("/executions/{id}/retry", post(retry_execution))
         .route("/credits", get(credits_usage))
         .route("/credits/history", get(credits_history))
+        .route("/org/settings", get(get_org_settings).put(put_org_settings))
+}
+
+/// The org's contacts and its own webhooks (URLs masked but for their host); admins only.
+async fn get_org_settings(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    let request = agents_pb::GetOrgSettingsRequest {};
+    let settings = state
+        .agents
+        .clone()
+        .get_org_settings(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok(Json(service_json(&settings.settings_json)?))
+}
+
+/// Replaces the sections sent (`contacts`, `webhooks`); a webhook sent back masked is kept.
+async fn put_org_settings(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Json<Value>> {
+    let request = agents_pb::PutOrgSettingsRequest { settings_json: body.to_string() };
+    let settings = state
+        .agents
+        .clone()
+        .put_org_settings(state.outgoing(request, &caller))
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    Ok(Json(service_json(&settings.settings_json)?))
 }
 
 #[derive(Deserialize)]

@@ -72,6 +72,15 @@ enum OrgsCommand {
         #[arg(long)]
         if_absent: bool,
     },
+    /// Sets an org's settings (its contacts and its own webhooks) from a JSON document, as
+    /// `PUT /api/org/settings` does; with no --json, shows them.
+    Settings {
+        #[arg(long)]
+        org: String,
+        /// `{"contacts": {"on_call_sms": ["+15551234567"]}, "webhooks": {"slack": "https://..."}}`
+        #[arg(long)]
+        json: Option<String>,
+    },
     /// Overrides (or, with no value, clears) an org's monthly credit allocation.
     SetCredits {
         #[arg(long)]
@@ -250,6 +259,27 @@ async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+        OrgsCommand::Settings { org, json } => {
+            if store.get(&org).await?.is_none() {
+                bail!("no org {org}");
+            }
+            let settings = match json {
+                Some(json) => {
+                    let body: serde_json::Value =
+                        serde_json::from_str(&json).context("--json is not JSON")?;
+                    oa_agents::update_org_settings(&pool, &org, &body, "cli")
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.details.unwrap_or_default()))?
+                }
+                None => {
+                    let mut tx = oa_store::begin_org(&pool, &org).await?;
+                    let settings = oa_agents::store::org_settings(&mut tx, &org).await?;
+                    tx.commit().await?;
+                    settings
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&settings.masked())?);
         }
         OrgsCommand::SetCredits { org, credits } => {
             let org = store.set_credit_override(&org, credits).await?;

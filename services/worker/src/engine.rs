@@ -9,6 +9,7 @@ use std::time::Instant;
 use oa_bus::WorkItem;
 use oa_domain::Caller;
 use oa_domain::agent::{Step, StepKind};
+use oa_domain::settings::OrgSettings;
 use oa_executions::store::{self, StepOutcome};
 use oa_proto::agents::RecordRunRequest;
 use oa_proto::agents::agents_client::AgentsClient;
@@ -35,6 +36,8 @@ pub struct Engine {
     pub approvals: ApprovalsClient<Channel>,
     pub token: SecretString,
     pub limits: oa_config::LimitsConfig,
+    /// Each org's agents and settings (contacts, its own webhooks).
+    pub index: std::sync::Arc<crate::index::AgentIndex>,
     pub renderer: oa_template::isolated::IsolatedRenderer,
 }
 
@@ -51,6 +54,29 @@ fn base_context(trigger_event: &Value) -> Value {
         },
         "steps": {},
     })
+}
+
+/// Recipients with each contact reference (`{{ org.contacts.on_call_sms }}`) replaced by the org's
+/// list; `Err` says why the step cannot run when a list it names is empty.
+fn expand_contacts(recipients: &[String], settings: &OrgSettings) -> Result<Vec<String>, String> {
+    let mut expanded = Vec::with_capacity(recipients.len());
+    for recipient in recipients {
+        match oa_domain::settings::contact_reference(recipient) {
+            Some(list) => {
+                let contacts = settings.contacts(list);
+                if contacts.is_empty() {
+                    return Err(format!("the org has no {list} contact in its settings"));
+                }
+                expanded.extend(contacts);
+            }
+            None => expanded.push(recipient.clone()),
+        }
+    }
+    Ok(expanded)
+}
+
+fn is_url(recipient: &str) -> bool {
+    recipient.starts_with("https://") || recipient.starts_with("http://")
 }
 
 /// Rendered action params, checked against the operation's schema before anything is sent.
@@ -115,6 +141,8 @@ struct StepAt<'a> {
     key: &'a str,
     /// Whether a gate before this step was approved by a human in this execution.
     human_approved: bool,
+    /// Who the org's messages go to.
+    settings: &'a OrgSettings,
 }
 
 enum StepResult {
@@ -125,6 +153,10 @@ enum StepResult {
     /// The step's gate is open; `gate` is what the trace shows while it waits.
     Waiting {
         gate: Value,
+    },
+    /// The step did not run, for `reason` (a contact or webhook the org has not set).
+    Skipped {
+        reason: String,
     },
 }
 
@@ -224,7 +256,13 @@ impl Engine {
         let rows = store::steps(&mut tx, &execution).await?;
         tx.commit().await?;
 
+        let settings = self
+            .index
+            .settings(org_id)
+            .await
+            .map_err(|e| crate::delivery::Unavailable::new("agents", e.message))?;
         let mut context = base_context(&execution.trigger_event);
+        context["org"] = json!({ "contacts": settings.contacts, "webhooks": settings.webhooks });
         // Set while a denied gate's `on_deny` jumps ahead: steps before it are skipped.
         let mut skip_until: Option<&str> = None;
         for (position, step) in execution.definition.steps.iter().enumerate() {
@@ -280,6 +318,7 @@ impl Engine {
                             agent_id: &execution.agent_id,
                             key: "",
                             human_approved: false,
+                            settings: &settings,
                         };
                         self.fail(tx, &at, &here, &error, 0, started).await?;
                         return Ok(());
@@ -316,6 +355,7 @@ impl Engine {
                 agent_id: &execution.agent_id,
                 key: &key,
                 human_approved,
+                settings: &settings,
             };
             let result =
                 self.execute(step, &context, &at).instrument(span).await?.and_then(|result| match result {
@@ -353,6 +393,18 @@ impl Engine {
                     tx.commit().await?;
                     skip_until = on_deny_of(step, &output);
                     context["steps"][&step.id] = json!({ "output": output });
+                }
+                Ok(StepResult::Skipped { reason }) => {
+                    let output = json!({ "skipped_because": reason });
+                    let skipped = StepOutcome {
+                        status: "skipped",
+                        output: Some(&output),
+                        error: None,
+                        credits_used: 0,
+                        duration_ms,
+                    };
+                    store::finish_step(&mut tx, &here, &skipped).await?;
+                    tx.commit().await?;
                 }
                 Ok(StepResult::Waiting { gate }) => {
                     // Nothing is held while a human decides: the gate's change brings the work back.
@@ -580,19 +632,22 @@ impl Engine {
         };
         let approval_id = gate["id"].as_str().unwrap_or_default().to_owned();
         if gate["status"] == "pending" {
+            let mut not_announced = None;
             if let Some(notify) = notify {
-                self.announce(&step.id, &gate, notify, context, at).await?;
+                not_announced = self.announce(&step.id, &gate, notify, context, at).await?;
             }
-            return Ok(Ok(StepResult::Waiting {
-                gate: json!({
-                    "approval_id": approval_id,
-                    "status": "pending",
-                    "message": message,
-                    "approvers": gate["approvers"],
-                    "expires_at": gate["expires_at"],
-                    "escalated_at": gate["escalated_at"],
-                }),
-            }));
+            let mut waiting = json!({
+                "approval_id": approval_id,
+                "status": "pending",
+                "message": message,
+                "approvers": gate["approvers"],
+                "expires_at": gate["expires_at"],
+                "escalated_at": gate["escalated_at"],
+            });
+            if let Some(reason) = not_announced {
+                waiting["not_announced_because"] = json!(reason);
+            }
+            return Ok(Ok(StepResult::Waiting { gate: waiting }));
         }
         let decision = gate["outcome"].as_str().unwrap_or("denied");
         let output = json!({
@@ -631,15 +686,32 @@ impl Engine {
         notify: &oa_domain::agent::ApprovalNotify,
         context: &Value,
         at: &StepAt<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<String>> {
         let approval_id = gate["id"].as_str().unwrap_or_default();
-        let recipients = match self.render_all(&notify.recipients, context).await {
+        let candidates = match expand_contacts(&notify.recipients, at.settings) {
+            Ok(candidates) => candidates,
+            Err(reason) => return Ok(Some(reason)),
+        };
+        let rendered = match self.render_all(&candidates, context).await {
             Ok(recipients) => recipients,
             Err(error) => {
                 tracing::warn!(approval_id, error = error.message, "cannot render the approval's recipients");
-                return Ok(());
+                return Ok(Some("its recipients could not be rendered".into()));
             }
         };
+        // A link decides the gate: it goes to the org's own contacts and nobody else.
+        let (recipients, strangers): (Vec<String>, Vec<String>) =
+            rendered.into_iter().partition(|recipient| at.settings.is_contact(recipient));
+        if !strangers.is_empty() {
+            tracing::warn!(
+                approval_id,
+                refused = strangers.len(),
+                "approval link recipients not among the org's contacts"
+            );
+        }
+        if recipients.is_empty() {
+            return Ok(Some("no recipient is one of the org's contacts".into()));
+        }
         let key = format!("{}:{approval_id}:announce", at.execution_id);
         let announced = self
             .once(at.org_id, at.execution_id, step_id, &key, || async {
@@ -663,9 +735,17 @@ impl Engine {
                     let link = links.get(recipient).map(String::as_str).unwrap_or_default();
                     let body = format!("{message}\n\nApprove or deny (expires {expires}): {link}");
                     let to = std::slice::from_ref(recipient);
+                    let webhook = at.settings.webhook(&notify.channel);
                     match self
                         .outbound
-                        .notify(&notify.channel, to, Some(&subject), &body, &format!("{key}:{index}"))
+                        .notify(
+                            &notify.channel,
+                            to,
+                            Some(&subject),
+                            &body,
+                            &format!("{key}:{index}"),
+                            webhook,
+                        )
                         .await
                     {
                         Ok(_) => delivered.push(recipient.clone()),
@@ -685,7 +765,7 @@ impl Engine {
         if let Err(error) = announced {
             return Err(crate::delivery::Unavailable::new("approvals", error.message).into());
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn execute(
@@ -729,12 +809,26 @@ impl Engine {
                 }
             }
             StepKind::Notification { channel, recipients, subject, body } => {
+                let candidates = match expand_contacts(recipients, at.settings) {
+                    Ok(candidates) => candidates,
+                    Err(reason) => return Ok(Ok(StepResult::Skipped { reason })),
+                };
+                let webhook = at.settings.webhook(channel);
                 let rendered = async {
-                    let recipients = self.render_all(recipients, context).await?;
+                    let recipients = self.render_all(&candidates, context).await?;
                     let subject = self.render_optional(subject.as_deref(), context).await?;
                     Ok::<_, StepError>((recipients, subject, self.render(body, context).await?))
                 }
                 .await;
+                let needs_webhook = matches!(channel.as_str(), "slack" | "teams")
+                    && webhook.is_none()
+                    && rendered
+                        .as_ref()
+                        .is_ok_and(|(recipients, _, _)| recipients.iter().any(|r| !is_url(r)));
+                if needs_webhook {
+                    let reason = format!("the org has no {channel} webhook in its settings");
+                    return Ok(Ok(StepResult::Skipped { reason }));
+                }
                 match rendered {
                     Err(error) => Err(error),
                     Ok((recipients, subject, body)) => self
@@ -742,8 +836,14 @@ impl Engine {
                             // One budget for every recipient together: a slow endpoint cannot hold
                             // the worker for recipients x timeout x retries.
                             let budget = std::time::Duration::from_millis(self.limits.notification_budget_ms);
-                            let sending =
-                                self.outbound.notify(channel, &recipients, subject.as_deref(), &body, key);
+                            let sending = self.outbound.notify(
+                                channel,
+                                &recipients,
+                                subject.as_deref(),
+                                &body,
+                                key,
+                                webhook,
+                            );
                             tokio::time::timeout(budget, sending).await.unwrap_or_else(|_| {
                                 Err(StepError::new(
                                     "delivery_failed",

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller};
 use oa_proto::agents::ListAgentsRequest;
 use oa_proto::agents::agents_client::AgentsClient;
@@ -24,11 +25,13 @@ pub struct AgentIndex {
     agents: AgentsClient<Channel>,
     token: SecretString,
     cache: Mutex<HashMap<String, OrgSet>>,
+    /// Each org's settings (contacts, its own webhooks), dropped with its agents.
+    settings: Mutex<HashMap<String, (Instant, Arc<OrgSettings>)>>,
 }
 
 impl AgentIndex {
     pub fn new(agents: AgentsClient<Channel>, token: SecretString) -> Self {
-        AgentIndex { agents, token, cache: Mutex::new(HashMap::new()) }
+        AgentIndex { agents, token, cache: Mutex::new(HashMap::new()), settings: Mutex::new(HashMap::new()) }
     }
 
     /// Forgets an org's set; `system` forgets every org's, since system agents are in all of them.
@@ -38,7 +41,38 @@ impl AgentIndex {
             cache.clear();
         } else {
             cache.remove(org_id);
+            self.settings.lock().unwrap_or_else(|e| e.into_inner()).remove(org_id);
         }
+    }
+
+    /// The org's settings, unmasked: who its notifications and approval links go to.
+    pub async fn settings(&self, org_id: &str) -> Result<Arc<OrgSettings>, ApiError> {
+        {
+            let cached = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, settings)) = cached.get(org_id)
+                && at.elapsed() < TTL
+            {
+                return Ok(settings.clone());
+            }
+        }
+        let loaded_at = Instant::now();
+        let caller = Caller::service("worker", org_id);
+        let request = oa_proto::agents::GetOrgSettingsRequest {};
+        let response = self
+            .agents
+            .clone()
+            .resolve_org_settings(oa_auth::service::outgoing(request, &caller, &self.token))
+            .await
+            .map_err(|s| ApiError::from_status(&s))?
+            .into_inner();
+        let settings: OrgSettings = serde_json::from_str(&response.settings_json)
+            .map_err(|e| ApiError::internal_from("org settings", &e))?;
+        let settings = Arc::new(settings);
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(org_id.to_owned(), (loaded_at, settings.clone()));
+        Ok(settings)
     }
 
     pub async fn candidates(&self, org_id: &str) -> Result<Arc<Vec<Candidate>>, ApiError> {

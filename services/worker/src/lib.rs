@@ -10,7 +10,7 @@ mod dead_letters;
 mod delivery;
 pub mod egress;
 pub mod engine;
-mod index;
+pub mod index;
 pub mod matching;
 pub mod providers;
 pub mod scheduler;
@@ -44,7 +44,7 @@ struct Ingest {
     pool: PgPool,
     jetstream: jetstream::Context,
     topology: Topology,
-    index: AgentIndex,
+    index: Arc<AgentIndex>,
     catalog: CatalogClient<Channel>,
     token: SecretString,
     known_event_types: Mutex<HashMap<String, Instant>>,
@@ -265,11 +265,12 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let jetstream = jetstream::new(worker.nats.clone());
     oa_bus::ensure_streams(&jetstream, &topology).await?;
     let agents = AgentsClient::new(channel(config, "agents")?);
+    let index = Arc::new(AgentIndex::new(agents.clone(), config.grpc.service_token.clone()));
     let ingest = Arc::new(Ingest {
         pool: worker.pool.clone(),
         jetstream: jetstream.clone(),
         topology: topology.clone(),
-        index: AgentIndex::new(agents.clone(), config.grpc.service_token.clone()),
+        index: index.clone(),
         catalog: CatalogClient::new(channel(config, "catalog")?),
         token: config.grpc.service_token.clone(),
         known_event_types: Mutex::new(HashMap::new()),
@@ -286,6 +287,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         approvals: oa_proto::approvals::approvals_client::ApprovalsClient::new(channel(config, "approvals")?),
         token: config.grpc.service_token.clone(),
         limits: config.limits.clone(),
+        index,
         renderer: oa_template::isolated::IsolatedRenderer::new(
             config.limits.template_memory_bytes,
             config.limits.template_renderers,

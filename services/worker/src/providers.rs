@@ -279,7 +279,9 @@ impl Outbound {
         })
     }
 
-    /// Sends one notification to every recipient under one idempotency key per recipient.
+    /// Sends one notification to every recipient under one idempotency key per recipient. On
+    /// Slack and Teams, a recipient that is not a URL (a channel name) goes through the org's own
+    /// incoming webhook, `org_webhook`; the operator's are never used for an org's messages.
     pub async fn notify(
         &self,
         channel: &str,
@@ -287,6 +289,7 @@ impl Outbound {
         subject: Option<&str>,
         body: &str,
         key: &str,
+        org_webhook: Option<&str>,
     ) -> Result<Value, StepError> {
         let mut delivered = Vec::new();
         for (index, recipient) in recipients.iter().enumerate() {
@@ -308,11 +311,11 @@ impl Outbound {
                         if recipient.starts_with("https://") || recipient.starts_with("http://") {
                             (recipient.clone(), json!({"text": body}))
                         } else {
-                            let url = match channel {
-                                "slack" => self.channels.slack_webhook_url.clone(),
-                                _ => self.channels.teams_webhook_url.clone(),
+                            let Some(url) = org_webhook else {
+                                let error = format!("the org has no {channel} webhook in its settings");
+                                return Err(StepError::new("delivery_failed", error));
                             };
-                            (url, json!({"channel": recipient, "text": body}))
+                            (url.to_owned(), json!({"channel": recipient, "text": body}))
                         };
                     let what = format!("the {channel} message to recipient {}", index + 1);
                     self.post(&what, &url, &key, &payload, self.channels.timeout_ms).await?;
