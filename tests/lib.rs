@@ -57,10 +57,27 @@ pub async fn active_agent(plane: &TestPlane, org: &str, body: &Value) -> String 
 }
 
 pub async fn pause_system_dispatch(plane: &TestPlane, org: &str) {
+    pause_system_agent(plane, org, "agent_system_dispatch").await;
+}
+
+/// Pauses a system agent for `org`, so only the test's own agents answer its events.
+pub async fn pause_system_agent(plane: &TestPlane, org: &str, agent_id: &str) {
     let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", org, "admin")
+        .as_user(Method::PUT, &format!("/api/agents/{agent_id}"), org, "admin")
         .json(&json!({"status": "paused"}));
     assert_eq!(pause.send().await.unwrap().status(), 200);
+}
+
+/// A ransomware detection on `device` from Defend, as Guardian answers it.
+pub fn ransomware_detected(org: &str, device: &str, process: &str) -> oa_bus::Envelope {
+    oa_bus::Envelope::new(
+        org,
+        "defend",
+        "ransomware.detected",
+        json!({"detection_id": "det_1", "confidence": 0.97, "severity": "critical", "encrypted_files": 412,
+               "process": process, "client_id": "cl_acme", "client_name": "Acme Corp",
+               "device": {"id": device, "hostname": "WS-01", "role": "workstation"}}),
+    )
 }
 
 pub async fn executions(plane: &TestPlane, org: &str, query: &str) -> Value {

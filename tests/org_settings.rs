@@ -3,21 +3,10 @@
 //! has not set a contact gets the step skipped with the reason.
 
 use oa_bus::Envelope;
-use oa_e2e::{active_agent, status_and_json, wait_for_status};
+use oa_e2e::{active_agent, pause_system_agent, ransomware_detected, status_and_json, wait_for_status};
 use oa_testkit::TestPlane;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-fn ransomware(org: &str, device: &str) -> Envelope {
-    Envelope::new(
-        org,
-        "defend",
-        "ransomware.detected",
-        json!({"detection_id": "det_1", "confidence": 0.97, "severity": "critical", "encrypted_files": 412,
-               "process": "svch0st.exe", "client_id": "cl_acme", "client_name": "Acme Corp",
-               "device": {"id": device, "hostname": "WS-01", "role": "workstation"}}),
-    )
-}
 
 async fn put_settings(plane: &TestPlane, org: &str, role: &str, body: &Value) -> (u16, Value) {
     let request = plane.as_user(Method::PUT, "/api/org/settings", org, role).json(body);
@@ -64,7 +53,7 @@ async fn guardian_texts_its_link_to_the_orgs_own_on_call_number_and_nobody_elses
     let (org, other) = (plane.db.create_org("pro").await.unwrap(), plane.db.create_org("pro").await.unwrap());
     put_settings(&plane, &org, "admin", &json!({"contacts": {"on_call_sms": ["+15550001111"]}})).await;
     put_settings(&plane, &other, "admin", &json!({"contacts": {"on_call_sms": ["+15550002222"]}})).await;
-    plane.publish_on_bus(&ransomware(&org, "dev_1")).await.unwrap();
+    plane.publish_on_bus(&ransomware_detected(&org, "dev_1", "svch0st.exe")).await.unwrap();
     wait_for_status(&plane, &org, "agent_id=agent_system_guardian", 1, "waiting_approval").await;
     let texts = plane
         .eventually(10, || async {
@@ -102,7 +91,7 @@ async fn an_org_without_the_contact_gets_the_step_skipped_with_the_reason() {
     assert_eq!(page["status"], "skipped", "{detail}");
     assert!(page["output"]["skipped_because"].as_str().unwrap().contains("on_call_sms"), "{page}");
     // Guardian's gate opens all the same, decidable in the API; the trace says why nobody was texted.
-    plane.publish_on_bus(&ransomware(&org, "dev_2")).await.unwrap();
+    plane.publish_on_bus(&ransomware_detected(&org, "dev_2", "svch0st.exe")).await.unwrap();
     let runs = wait_for_status(&plane, &org, "agent_id=agent_system_guardian", 1, "waiting_approval").await;
     let (_, detail) =
         plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
@@ -139,13 +128,8 @@ async fn approval_links_go_to_contacts_only_and_chat_goes_through_the_orgs_own_w
         "trigger": {"type": "bus_event", "source_product": "defend", "event_type": "ransomware.detected"},
         "steps": [{"id": "tell", "type": "notification", "channel": "slack", "recipients": ["#security"], "body": "Ransomware"}]});
     let agent = active_agent(&plane, &org, &chat).await;
-    plane
-        .as_user(Method::PUT, "/api/agents/agent_system_guardian", &org, "admin")
-        .json(&json!({"status": "paused"}))
-        .send()
-        .await
-        .unwrap();
-    plane.publish_on_bus(&ransomware(&org, "dev_1")).await.unwrap();
+    pause_system_agent(&plane, &org, "agent_system_guardian").await;
+    plane.publish_on_bus(&ransomware_detected(&org, "dev_1", "svch0st.exe")).await.unwrap();
     let runs = wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "completed").await;
     let (_, detail) =
         plane.get_json(&format!("/api/executions/{}", runs[0]["id"].as_str().unwrap()), &org).await;
@@ -153,7 +137,7 @@ async fn approval_links_go_to_contacts_only_and_chat_goes_through_the_orgs_own_w
     assert!(plane.sandbox.of_kind("webhook").is_empty(), "the operator's webhook is never used for an org");
     let hook = format!("http://{}/webhooks/acme-slack", plane.config.sandbox.http_listen);
     put_settings(&plane, &org, "admin", &json!({"webhooks": {"slack": hook}})).await;
-    plane.publish_on_bus(&ransomware(&org, "dev_2")).await.unwrap();
+    plane.publish_on_bus(&ransomware_detected(&org, "dev_2", "svch0st.exe")).await.unwrap();
     wait_for_status(&plane, &org, &format!("agent_id={agent}&status=completed"), 2, "completed").await;
     let posts = plane
         .eventually(10, || async {

@@ -214,10 +214,7 @@ impl KeyStore {
             tx.commit().await?;
             return Ok(product);
         };
-        let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
-        let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
-        let revoked: bool = row.try_get("revoked")?;
-        if !matches || revoked {
+        if !usable(&row, secret)? {
             return Ok(None);
         }
         let key_id: String = row.try_get("id")?;
@@ -257,10 +254,7 @@ impl KeyStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
-        let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
-        let revoked: bool = row.try_get("revoked")?;
-        if !matches || revoked {
+        if !usable(&row, secret)? {
             return Ok(None);
         }
         let key_id: String = row.try_get("id")?;
@@ -339,6 +333,14 @@ impl KeyStore {
         .rows_affected();
         Ok(updated == 1)
     }
+}
+
+/// Whether a looked-up key row holds `secret` (compared in constant time) and is not revoked.
+fn usable(row: &sqlx::postgres::PgRow, secret: &str) -> Result<bool, sqlx::Error> {
+    let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
+    let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
+    let revoked: bool = row.try_get("revoked")?;
+    Ok(matches && !revoked)
 }
 
 fn product_key_from_row(row: &sqlx::postgres::PgRow) -> Result<ProductKey, sqlx::Error> {
