@@ -26,6 +26,11 @@ enum Command {
         #[arg(long, default_value = "all")]
         services: String,
     },
+    /// Checks a running role, for container probes: exit 0 when it is ready.
+    Probe {
+        #[command(subcommand)]
+        target: ProbeTarget,
+    },
     /// Applies the database migrations (needs `database.admin_url`).
     Migrate,
     /// Manages orgs (needs `database.admin_url`).
@@ -55,6 +60,22 @@ enum Command {
     /// Runs the local SANDBOX that stands in for the LLM, SMS, SMTP, chat webhooks and product
     /// APIs (`sandbox.http_listen`, `sandbox.smtp_listen`). Development only.
     Sandbox,
+}
+
+#[derive(Subcommand)]
+enum ProbeTarget {
+    /// `GET http://ADDR<path>` answers 2xx (the gateway's /healthz or /readyz).
+    Http {
+        addr: String,
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
+    /// The gRPC health protocol answers SERVING (a gRPC role; `--service` for one service).
+    Grpc {
+        addr: String,
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +170,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     match args.command {
         Command::Serve { services } => serve(config, &services).await,
+        Command::Probe { target } => match target {
+            ProbeTarget::Http { addr, path } => one_agents::probe::http(&addr, &path).await,
+            ProbeTarget::Grpc { addr, service } => one_agents::probe::grpc(&addr, &service).await,
+        },
         Command::Migrate => {
             let pool = admin_pool(&config).await?;
             oa_store::migrate(&pool).await?;

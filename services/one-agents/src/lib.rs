@@ -2,6 +2,8 @@
 //! runs, seeds what the services ship with, and runs them until shutdown. The `one-agents` binary
 //! and the test kit both start the plane through [`Plane`], so tests run the same wiring.
 
+pub mod probe;
+
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
@@ -95,13 +97,19 @@ impl Plane {
             }
         }
         if let Some(listener) = self.grpc {
-            let mut router = tonic::transport::Server::builder().add_service(
+            // The standard gRPC health protocol, open to probes (no service credential): the
+            // server ("") is SERVING once the database has answered and the seeds are in.
+            let (health, health_service) = tonic_health::server::health_reporter();
+
+            let mut router = tonic::transport::Server::builder().add_service(health_service).add_service(
                 oa_auth::service::Diagnostics::guarded("plane", self.config.grpc.service_token.clone()),
             );
+            let mut served: Vec<&'static str> = vec![""];
             let seed_catalog = self.roles.contains(&"catalog");
             let seed_agents = self.roles.contains(&"agents");
             if seed_catalog {
                 router = router.add_service(oa_catalog::CatalogService::build(pool.clone(), &self.config)?);
+                served.push("oneagents.catalog.v1.Catalog");
             }
             if seed_agents {
                 router = router.add_service(oa_agents::AgentsService::build(
@@ -109,9 +117,11 @@ impl Plane {
                     Some(nats.clone()),
                     &self.config,
                 )?);
+                served.push("oneagents.agents.v1.Agents");
             }
             if self.roles.contains(&"credits") {
                 router = router.add_service(oa_credits::CreditsService::build(pool.clone(), &self.config));
+                served.push("oneagents.credits.v1.Credits");
             }
             if self.roles.contains(&"executions") {
                 router = router.add_service(oa_executions::ExecutionsService::build(
@@ -119,11 +129,13 @@ impl Plane {
                     nats.clone(),
                     &self.config,
                 )?);
+                served.push("oneagents.executions.v1.Executions");
             }
             if self.roles.contains(&"approvals") {
                 let shared = oa_approvals::Shared::new(pool.clone(), nats.clone(), &self.config);
                 router =
                     router.add_service(oa_approvals::ApprovalsService::build(shared.clone(), &self.config));
+                served.push("oneagents.approvals.v1.Approvals");
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     oa_approvals::sweeper::run(shared, stop).await;
@@ -132,11 +144,14 @@ impl Plane {
             }
             // Seed before serving when the database answers; when it does not, serve anyway (calls
             // answer 503 and /readyz says why) and keep trying in the background.
+            let health = Health { reporter: health, served: served.clone() };
+            health.set(false).await;
             if let Err(error) = seed(&pool, seed_catalog, seed_agents, &nats, &self.config).await {
                 tracing::warn!(error = %error, "cannot seed yet; retrying in the background");
                 let stop = shutdown.clone();
                 let pool = pool.clone();
                 let (nats, config) = (nats.clone(), self.config.clone());
+                let health = health.clone();
                 tokio::spawn(async move {
                     let mut delay = std::time::Duration::from_millis(500);
                     loop {
@@ -146,6 +161,7 @@ impl Plane {
                         }
                         match seed(&pool, seed_catalog, seed_agents, &nats, &config).await {
                             Ok(()) => {
+                                health.set(true).await;
                                 return tracing::info!("seeded the catalog, templates and system agents");
                             }
                             Err(error) => tracing::warn!(error = %error, "cannot seed yet"),
@@ -153,7 +169,16 @@ impl Plane {
                         delay = (delay * 2).min(std::time::Duration::from_secs(10));
                     }
                 });
+            } else {
+                health.set(true).await;
             }
+            // Draining: probes see NOT_SERVING from the moment shutdown begins.
+            let draining = health.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                draining.set(false).await;
+            });
             let stop = shutdown.clone();
             tracing::info!(addr = %listener.local_addr()?, roles = ?self.roles, "gRPC services listening");
             tasks.spawn(async move {
@@ -232,4 +257,24 @@ async fn seed(
         }
     }
     Ok(())
+}
+
+/// The gRPC health statuses of a process: the server ("") and each service it serves.
+#[derive(Clone)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    served: Vec<&'static str>,
+}
+
+impl Health {
+    async fn set(&self, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for service in &self.served {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
 }
