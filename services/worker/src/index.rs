@@ -18,42 +18,66 @@ use crate::matching::Candidate;
 
 const TTL: Duration = Duration::from_secs(60);
 
-/// An org's active agents, with when they were loaded.
-type OrgSet = (Instant, Arc<Vec<Candidate>>);
+/// Per-org values loaded from the agents service, each kept for [`TTL`] or until dropped.
+struct PerOrg<T>(Mutex<HashMap<String, (Instant, Arc<T>)>>);
+
+impl<T> PerOrg<T> {
+    fn new() -> Self {
+        PerOrg(Mutex::new(HashMap::new()))
+    }
+
+    fn fresh(&self, org_id: &str) -> Option<Arc<T>> {
+        let cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cached.get(org_id).filter(|(at, _)| at.elapsed() < TTL).map(|(_, value)| value.clone())
+    }
+
+    /// Keeps `value`, loaded at `loaded_at` (an invalidation since then still wins after the TTL).
+    fn keep(&self, org_id: &str, loaded_at: Instant, value: T) -> Arc<T> {
+        let value = Arc::new(value);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(org_id.to_owned(), (loaded_at, value.clone()));
+        value
+    }
+
+    fn forget(&self, org_id: Option<&str>) {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match org_id {
+            Some(org_id) => drop(cached.remove(org_id)),
+            None => cached.clear(),
+        }
+    }
+}
 
 pub struct AgentIndex {
     agents: AgentsClient<Channel>,
     token: SecretString,
-    cache: Mutex<HashMap<String, OrgSet>>,
+    /// Each org's active agents.
+    cache: PerOrg<Vec<Candidate>>,
     /// Each org's settings (contacts, its own webhooks), dropped with its agents.
-    settings: Mutex<HashMap<String, (Instant, Arc<OrgSettings>)>>,
+    settings: PerOrg<OrgSettings>,
 }
 
 impl AgentIndex {
     pub fn new(agents: AgentsClient<Channel>, token: SecretString) -> Self {
-        AgentIndex { agents, token, cache: Mutex::new(HashMap::new()), settings: Mutex::new(HashMap::new()) }
+        AgentIndex { agents, token, cache: PerOrg::new(), settings: PerOrg::new() }
     }
 
     /// Forgets an org's set; `system` forgets every org's, since system agents are in all of them.
     pub fn invalidate(&self, org_id: &str) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if org_id == "system" {
-            cache.clear();
+            self.cache.forget(None);
         } else {
-            cache.remove(org_id);
-            self.settings.lock().unwrap_or_else(|e| e.into_inner()).remove(org_id);
+            self.cache.forget(Some(org_id));
+            self.settings.forget(Some(org_id));
         }
     }
 
     /// The org's settings, unmasked: who its notifications and approval links go to.
     pub async fn settings(&self, org_id: &str) -> Result<Arc<OrgSettings>, ApiError> {
-        {
-            let cached = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, settings)) = cached.get(org_id)
-                && at.elapsed() < TTL
-            {
-                return Ok(settings.clone());
-            }
+        if let Some(settings) = self.settings.fresh(org_id) {
+            return Ok(settings);
         }
         let loaded_at = Instant::now();
         let caller = Caller::service("worker", org_id);
@@ -67,22 +91,12 @@ impl AgentIndex {
             .into_inner();
         let settings: OrgSettings = serde_json::from_str(&response.settings_json)
             .map_err(|e| ApiError::internal_from("org settings", &e))?;
-        let settings = Arc::new(settings);
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(org_id.to_owned(), (loaded_at, settings.clone()));
-        Ok(settings)
+        Ok(self.settings.keep(org_id, loaded_at, settings))
     }
 
     pub async fn candidates(&self, org_id: &str) -> Result<Arc<Vec<Candidate>>, ApiError> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, set)) = cache.get(org_id)
-                && at.elapsed() < TTL
-            {
-                return Ok(set.clone());
-            }
+        if let Some(set) = self.cache.fresh(org_id) {
+            return Ok(set);
         }
         let loaded_at = Instant::now();
         let caller = Caller::service("worker", org_id);
@@ -111,11 +125,6 @@ impl AgentIndex {
                 definition_json,
             });
         }
-        let set = Arc::new(set);
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(org_id.to_owned(), (loaded_at, set.clone()));
-        Ok(set)
+        Ok(self.cache.keep(org_id, loaded_at, set))
     }
 }

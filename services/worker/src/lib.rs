@@ -102,9 +102,9 @@ impl Ingest {
             created_at: chrono::Utc::now(),
             replayed_at: None,
         };
-        self.dead_letters.store(letter.clone()).await?;
-        // Observers may follow dead letters live on this subject; the table is the record.
         let notice = serde_json::json!({"id": letter.id, "subject": subject, "reason": reason});
+        self.dead_letters.store(letter).await?;
+        // Observers may follow dead letters live on this subject; the table is the record.
         let _ = self
             .nats
             .publish(
@@ -226,9 +226,20 @@ fn unstorable(envelope: &Envelope) -> Option<String> {
     if envelope.id.is_empty() || envelope.id.len() > MAX_EVENT_ID_LEN {
         return Some(format!("the event id must have 1 to {MAX_EVENT_ID_LEN} characters"));
     }
-    let value = serde_json::to_value(envelope).ok()?;
-    oa_domain::hostile::find_nul(&value, "")
-        .map(|path| format!("the event holds a NUL character (\\u0000) at {path}, which cannot be stored"))
+    // Checked field by field: serializing every envelope to look for a NUL would cost each event.
+    let fields = [
+        ("id", Some(envelope.id.as_str())),
+        ("org_id", Some(envelope.org_id.as_str())),
+        ("source_product", Some(envelope.source_product.as_str())),
+        ("event_type", Some(envelope.event_type.as_str())),
+        ("client_id", envelope.client_id.as_deref()),
+    ];
+    let path = fields
+        .iter()
+        .find(|(_, text)| text.is_some_and(|t| t.contains('\0')))
+        .map(|(name, _)| (*name).to_owned())
+        .or_else(|| oa_domain::hostile::find_nul(&envelope.payload, "payload"))?;
+    Some(format!("the event holds a NUL character (\\u0000) at {path}, which cannot be stored"))
 }
 
 impl Ingest {
