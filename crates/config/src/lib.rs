@@ -55,6 +55,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 /// Which provider and model answers each model tier.
@@ -264,6 +265,42 @@ impl Config {
             rules.push(EgressRule::HostPort(sandbox.ip().to_string(), sandbox.port()));
         }
         rules
+    }
+}
+
+/// How a process drains on SIGTERM. The gateway reports unready at once, keeps serving for
+/// `unready_delay_ms` (time for load balancers to take it out), then stops accepting connections
+/// and finishes the requests in flight. The worker stops pulling and lets running steps finish;
+/// one second before the grace ends it hands what is left back to the bus for another replica.
+/// The process exits within `grace_seconds`; Kubernetes' termination grace should be a few
+/// seconds longer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    pub grace_seconds: u64,
+    pub unready_delay_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_seconds: 25, unready_delay_ms: 0 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_seconds)
+    }
+
+    pub fn unready_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.unready_delay_ms)
+    }
+
+    /// When the worker hands unfinished work back: a second before the grace ends (half-way for a
+    /// grace under two seconds), so the hand-back itself fits in the grace.
+    pub fn hand_back_after(&self) -> std::time::Duration {
+        let grace = self.grace();
+        if grace < std::time::Duration::from_secs(2) { grace / 2 } else { grace - std::time::Duration::from_secs(1) }
     }
 }
 
@@ -520,6 +557,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -702,6 +740,12 @@ impl Config {
         if let Some(bad) = self.egress.allow.iter().find(|e| EgressRule::parse(e).is_none()) {
             return invalid(&format!("egress.allow entry {bad:?} is neither a CIDR nor host:port"));
         }
+        if self.shutdown.grace_seconds == 0 {
+            return invalid("shutdown.grace_seconds must be at least 1");
+        }
+        if self.shutdown.unready_delay_ms >= self.shutdown.grace_seconds * 1000 {
+            return invalid("shutdown.unready_delay_ms must be shorter than shutdown.grace_seconds");
+        }
         if self.nats.max_deliveries == 0 {
             return invalid("nats.max_deliveries must be at least 1");
         }
@@ -796,6 +840,16 @@ impl Config {
                     ));
                 }
             }
+            // The defaults point at the local stack: a pod whose secret is missing says so at once.
+            if self.database.url.expose_secret() == DatabaseConfig::default().url.expose_secret() {
+                return invalid("database.url (ONE_AGENTS_DATABASE__URL) is required in production");
+            }
+            if self.redis.url.expose_secret() == RedisConfig::default().url.expose_secret() {
+                return invalid("redis.url (ONE_AGENTS_REDIS__URL) is required in production");
+            }
+            if self.nats.url == NatsConfig::default().url {
+                return invalid("nats.url (ONE_AGENTS_NATS__URL) is required in production");
+            }
         }
         Ok(())
     }
@@ -872,6 +926,23 @@ mod tests {
             jail.set_env("ONE_AGENTS_ACTIONS__SIGNING_SECRET", "a-third-real-secret-of-32-chars-xx");
             let error = Config::load(None).unwrap_err().to_string();
             assert!(error.contains("smtp_tls"), "{error}");
+            // Then each address the local stack's defaults would fill, named with its variable.
+            jail.set_env("ONE_AGENTS_CHANNELS__SMTP_TLS", "tls");
+            jail.set_env("ONE_AGENTS_LLM__PROVIDERS__SANDBOX__BASE_URL", "https://llm.example");
+            jail.set_env("ONE_AGENTS_CHANNELS__SMS_URL", "https://sms.example/messages");
+            for product in ["PSA", "RMM", "DEFEND", "BACKUP", "BILLING", "HUB"] {
+                jail.set_env(format!("ONE_AGENTS_ACTIONS__ENDPOINTS__{product}"), "https://products.example");
+            }
+            for (variable, value) in [
+                ("ONE_AGENTS_DATABASE__URL", "postgres://app@db.internal/one_agents"),
+                ("ONE_AGENTS_REDIS__URL", "redis://redis.internal"),
+                ("ONE_AGENTS_NATS__URL", "nats://nats.internal:4222"),
+            ] {
+                let error = Config::load(None).unwrap_err().to_string();
+                assert!(error.contains(variable), "{error}");
+                jail.set_env(variable, value);
+            }
+            Config::load(None).expect("a complete production config loads");
             Ok(())
         });
         let mut config = Config::default();

@@ -85,6 +85,27 @@ pub async fn migrate(admin: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The newest migration this build carries: the schema version its code expects.
+pub fn expected_schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// The newest migration applied to the database, or 0 before the first; readable by the app role,
+/// so a role can wait for its schema without the admin credential.
+pub async fn applied_schema_version(pool: &PgPool) -> Result<i64, StoreError> {
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await?;
+    if table.is_none() {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM public._sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    Ok(version.unwrap_or(0))
+}
+
 fn is_plain_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128

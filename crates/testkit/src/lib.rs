@@ -425,6 +425,9 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("ONE_AGENTS_SANDBOX__HTTP_LISTEN".into(), config.sandbox.http_listen.to_string()),
         ("ONE_AGENTS_CHANNELS__SMTP_PORT".into(), config.channels.smtp_port.to_string()),
         ("ONE_AGENTS_TELEMETRY__LOG_FILTER".into(), "warn".into()),
+        // A child process picks its own ports (its services' endpoints then point at itself).
+        ("ONE_AGENTS_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+        ("ONE_AGENTS_GATEWAY__LISTEN".into(), "127.0.0.1:0".into()),
         (
             "ONE_AGENTS_CREDITS__RESERVATION_TTL_SECONDS".into(),
             config.credits.reservation_ttl_seconds.to_string(),

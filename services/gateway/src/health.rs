@@ -1,4 +1,5 @@
-//! `/healthz`: the process is up. `/readyz`: Postgres, NATS and Redis answer.
+//! `/healthz`: the process is up. `/readyz`: Postgres, NATS and Redis answer, and the gateway is
+//! not draining.
 
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ where
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        let error = oa_domain::ApiError::unavailable("gateway");
+        return crate::error::Failure(oa_domain::ApiError {
+            message: "The gateway is shutting down".into(),
+            ..error
+        })
+        .into_response();
+    }
     let postgres = check(oa_store::ping(&state.pool));
     let redis = check(async {
         let mut connection = state.redis().await?;

@@ -13,6 +13,7 @@ mod me;
 pub mod ratelimit;
 mod routes;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub struct Inner {
     pub topology: oa_bus::Topology,
     redis_client: redis::Client,
     redis: OnceCell<redis::aio::ConnectionManager>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for AppState {
@@ -100,6 +103,7 @@ impl AppState {
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
+    state: AppState,
 }
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -144,23 +148,44 @@ impl Gateway {
             nats,
             redis_client,
             redis: OnceCell::new(),
+            draining: Default::default(),
             pool,
             config,
         }));
-        Ok(Gateway { listener, router: router(state) })
+        Ok(Gateway { listener, router: router(state.clone()), state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Serves until `shutdown`, then drains: `/readyz` fails at once, requests are still served for
+    /// `shutdown.unready_delay_ms`, then the listener closes and the requests in flight finish. What
+    /// is still open when `shutdown.grace_seconds` ends is cut off.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
+        let drain = self.state.config.shutdown.clone();
+        let state = self.state.clone();
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("gateway server")
+        let (stop, unready_delay) = (shutdown.clone(), drain.unready_delay());
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(delay = ?unready_delay, "draining: readiness fails; closing the listener after the delay");
+            tokio::time::sleep(unready_delay).await;
+            tracing::info!("draining: listener closed; finishing the requests in flight");
+        });
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain.grace()).await;
+        };
+        tokio::select! {
+            served = server.into_future() => served.context("gateway server"),
+            () = grace => {
+                tracing::warn!(grace_seconds = drain.grace_seconds, "the grace ended with requests in flight; they are cut off");
+                Ok(())
+            }
+        }
     }
 }
 

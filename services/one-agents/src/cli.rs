@@ -1,6 +1,7 @@
 //! The command line: `serve`, `migrate`, `orgs`, `keys`, `dev-token`, `dev-jwks`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -31,8 +32,17 @@ enum Command {
         #[command(subcommand)]
         target: ProbeTarget,
     },
-    /// Applies the database migrations (needs `database.admin_url`).
-    Migrate,
+    /// Applies the database migrations (needs `database.admin_url`); with `--check`, only checks
+    /// (as the app role) that the schema is at this build's version.
+    Migrate {
+        /// Check instead of applying: exit 0 when the schema is at this build's version.
+        #[arg(long)]
+        check: bool,
+        /// Keep trying this many seconds while the database is unreachable (or, with --check,
+        /// behind): for a migration job or init container that starts before the database.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// Manages orgs (needs `database.admin_url`).
     Orgs {
         #[command(subcommand)]
@@ -75,6 +85,9 @@ enum ProbeTarget {
         addr: String,
         #[arg(long, default_value = "")]
         service: String,
+        /// Liveness: pass when the server answers, whatever its status.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -150,6 +163,43 @@ enum KeysCommand {
     },
 }
 
+/// Applies the migrations, or checks the schema is at this build's version, retrying until `wait`
+/// has passed: the database may start after the job, and with `--check` the migration may still be
+/// running.
+async fn migrate(config: &Config, check: bool, wait: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let expected = oa_store::expected_schema_version();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            if check {
+                let pool = oa_store::app_pool(&config.database)?;
+                let applied = oa_store::applied_schema_version(&pool).await?;
+                if applied < expected {
+                    bail!(
+                        "the database schema is at version {applied}; this build needs {expected}: run `one-agents migrate`"
+                    );
+                }
+                println!("the schema is at version {applied} (this build needs {expected})");
+            } else {
+                let pool = admin_pool(config).await?;
+                oa_store::migrate(&pool).await?;
+                println!("migrations applied; the schema is at version {expected}");
+            }
+            anyhow::Ok(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() + delay < deadline => {
+                eprintln!("waiting: {error:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 async fn admin_pool(config: &Config) -> anyhow::Result<oa_store::sqlx::PgPool> {
     let url = config
         .database
@@ -172,14 +222,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Serve { services } => serve(config, &services).await,
         Command::Probe { target } => match target {
             ProbeTarget::Http { addr, path } => one_agents::probe::http(&addr, &path).await,
-            ProbeTarget::Grpc { addr, service } => one_agents::probe::grpc(&addr, &service).await,
+            ProbeTarget::Grpc { addr, service, live } => one_agents::probe::grpc(&addr, &service, live).await,
         },
-        Command::Migrate => {
-            let pool = admin_pool(&config).await?;
-            oa_store::migrate(&pool).await?;
-            println!("migrations applied");
-            Ok(())
-        }
+        Command::Migrate { check, wait } => migrate(&config, check, Duration::from_secs(wait)).await,
         Command::Orgs { command } => orgs(config, command).await,
         Command::Keys { command } => keys(config, command).await,
         Command::DevToken { org, role, sub, ttl } => {

@@ -42,17 +42,18 @@ pub struct Plane {
 }
 
 impl Plane {
-    /// Binds every listener. With `grpc.listen` on port 0, the services' endpoints are pointed at
-    /// the port that was picked, so a test plane talks to itself.
+    /// Binds every listener. With `grpc.listen` on port 0, the endpoints of the services this
+    /// process runs are pointed at the port that was picked, so a test plane talks to itself.
     pub async fn bind(mut config: Config, roles: &[&'static str]) -> anyhow::Result<Plane> {
-        let grpc = if roles.iter().any(|r| GRPC_ROLES.contains(r)) {
+        // A worker serves the gRPC health protocol too, for its readiness probe.
+        let grpc = if roles.iter().any(|r| GRPC_ROLES.contains(r) || *r == "worker") {
             let listener = TcpListener::bind(config.grpc.listen)
                 .await
                 .with_context(|| format!("binding the gRPC server on {}", config.grpc.listen))?;
             if config.grpc.listen.port() == 0 {
                 let url = format!("http://{}", listener.local_addr()?);
-                for role in GRPC_ROLES {
-                    config.grpc.endpoints.insert(role.to_owned(), url.clone());
+                for role in GRPC_ROLES.iter().filter(|role| roles.contains(role)) {
+                    config.grpc.endpoints.insert((*role).to_owned(), url.clone());
                 }
             }
             Some(listener)
@@ -80,8 +81,11 @@ impl Plane {
     }
 
     /// Seeds the shipped catalog, templates and system agents, then serves until `shutdown`.
+    /// On `shutdown` every role drains (see [`oa_config::ShutdownConfig`]); what has not stopped
+    /// when the grace ends is cut off, so the process always exits within it.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
+        let (worker_ready, _) = tokio::sync::watch::channel(false);
         let pool = oa_store::app_pool(&self.config.database)?;
         let nats = oa_bus::async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -99,12 +103,12 @@ impl Plane {
         if let Some(listener) = self.grpc {
             // The standard gRPC health protocol, open to probes (no service credential): the
             // server ("") is SERVING once the database has answered and the seeds are in.
-            let (health, health_service) = tonic_health::server::health_reporter();
+            let (reporter, health_service) = tonic_health::server::health_reporter();
 
             let mut router = tonic::transport::Server::builder().add_service(health_service).add_service(
                 oa_auth::service::Diagnostics::guarded("plane", self.config.grpc.service_token.clone()),
             );
-            let mut served: Vec<&'static str> = vec![""];
+            let mut served: Vec<&'static str> = Vec::new();
             let seed_catalog = self.roles.contains(&"catalog");
             let seed_agents = self.roles.contains(&"agents");
             if seed_catalog {
@@ -144,14 +148,38 @@ impl Plane {
             }
             // Seed before serving when the database answers; when it does not, serve anyway (calls
             // answer 503 and /readyz says why) and keep trying in the background.
-            let health = Health { reporter: health, served: served.clone() };
-            health.set(false).await;
+            let health = Health::new(reporter);
+            for service in &served {
+                health.set(service, false).await;
+            }
+            if self.roles.contains(&"worker") {
+                health.set(WORKER_HEALTH, false).await;
+                let health = health.clone();
+                let mut ready = worker_ready.subscribe();
+                tokio::spawn(async move {
+                    loop {
+                        let consuming = *ready.borrow_and_update();
+                        health.set(WORKER_HEALTH, consuming).await;
+                        if ready.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            let seeded = {
+                let (health, served) = (health.clone(), served.clone());
+                move |ok: bool| async move {
+                    for service in &served {
+                        health.set(service, ok).await;
+                    }
+                }
+            };
             if let Err(error) = seed(&pool, seed_catalog, seed_agents, &nats, &self.config).await {
                 tracing::warn!(error = %error, "cannot seed yet; retrying in the background");
                 let stop = shutdown.clone();
                 let pool = pool.clone();
                 let (nats, config) = (nats.clone(), self.config.clone());
-                let health = health.clone();
+                let seeded = seeded.clone();
                 tokio::spawn(async move {
                     let mut delay = std::time::Duration::from_millis(500);
                     loop {
@@ -161,7 +189,7 @@ impl Plane {
                         }
                         match seed(&pool, seed_catalog, seed_agents, &nats, &config).await {
                             Ok(()) => {
-                                health.set(true).await;
+                                seeded(true).await;
                                 return tracing::info!("seeded the catalog, templates and system agents");
                             }
                             Err(error) => tracing::warn!(error = %error, "cannot seed yet"),
@@ -170,14 +198,14 @@ impl Plane {
                     }
                 });
             } else {
-                health.set(true).await;
+                seeded(true).await;
             }
             // Draining: probes see NOT_SERVING from the moment shutdown begins.
             let draining = health.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 stop.cancelled().await;
-                draining.set(false).await;
+                draining.drain().await;
             });
             let stop = shutdown.clone();
             tracing::info!(addr = %listener.local_addr()?, roles = ?self.roles, "gRPC services listening");
@@ -193,6 +221,7 @@ impl Plane {
                 pool: pool.clone(),
                 nats: nats.clone(),
                 config: self.config.clone(),
+                ready: worker_ready,
             };
             let stop = shutdown.clone();
             tasks.spawn(async move {
@@ -204,6 +233,7 @@ impl Plane {
                             pool: worker.pool.clone(),
                             nats: worker.nats.clone(),
                             config: worker.config.clone(),
+                            ready: worker.ready.clone(),
                         },
                         stop.clone(),
                     )
@@ -224,8 +254,25 @@ impl Plane {
             let stop = shutdown.clone();
             tasks.spawn(async move { gateway.run(stop).await });
         }
+        let grace = self.config.shutdown.grace();
+        let cut_off = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::pin!(cut_off);
         let mut outcome = Ok(());
-        while let Some(result) = tasks.join_next().await {
+        loop {
+            let result = tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(result) => result,
+                    None => break,
+                },
+                () = &mut cut_off => {
+                    tracing::warn!(grace_seconds = grace.as_secs(), "the grace ended before every role stopped; cutting off the rest");
+                    tasks.abort_all();
+                    break;
+                }
+            };
             let result = result.context("a service task panicked").and_then(|r| r);
             if !shutdown.is_cancelled() {
                 // One role ending ends the process: a half-running plane is worse than none.
@@ -259,22 +306,50 @@ async fn seed(
     Ok(())
 }
 
-/// The gRPC health statuses of a process: the server ("") and each service it serves.
+/// The worker's entry in the gRPC health protocol: SERVING while it consumes the bus.
+pub const WORKER_HEALTH: &str = "oneagents.worker.v1.Worker";
+
+/// The gRPC health statuses of a process: each service it serves, and the server ("") SERVING
+/// only when all of them are.
 #[derive(Clone)]
 struct Health {
     reporter: tonic_health::server::HealthReporter,
-    served: Vec<&'static str>,
+    state: std::sync::Arc<tokio::sync::Mutex<HealthState>>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    services: std::collections::BTreeMap<&'static str, bool>,
+    draining: bool,
 }
 
 impl Health {
-    async fn set(&self, serving: bool) {
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        for service in &self.served {
-            self.reporter.set_service_status(*service, status).await;
-        }
+    fn new(reporter: tonic_health::server::HealthReporter) -> Health {
+        Health { reporter, state: Default::default() }
     }
+
+    async fn set(&self, service: &'static str, serving: bool) {
+        let mut state = self.state.lock().await;
+        if state.draining {
+            return;
+        }
+        state.services.insert(service, serving);
+        let all = state.services.values().all(|ok| *ok);
+        self.reporter.set_service_status(service, status(serving)).await;
+        self.reporter.set_service_status("", status(all)).await;
+    }
+
+    /// From now on everything is NOT_SERVING.
+    async fn drain(&self) {
+        let mut state = self.state.lock().await;
+        state.draining = true;
+        for service in state.services.keys() {
+            self.reporter.set_service_status(*service, status(false)).await;
+        }
+        self.reporter.set_service_status("", status(false)).await;
+    }
+}
+
+fn status(serving: bool) -> tonic_health::ServingStatus {
+    if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing }
 }

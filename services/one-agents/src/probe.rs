@@ -24,8 +24,9 @@ pub async fn http(addr: &str, path: &str) -> anyhow::Result<()> {
 }
 
 /// The standard gRPC health check (`grpc.health.v1.Health/Check`) of `service` ("" for the
-/// whole server) answers SERVING.
-pub async fn grpc(addr: &str, service: &str) -> anyhow::Result<()> {
+/// whole server) answers SERVING; with `live`, that it answers at all (a liveness probe: a role
+/// that cannot reach its database yet is alive, only not ready).
+pub async fn grpc(addr: &str, service: &str, live: bool) -> anyhow::Result<()> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(TIMEOUT)
         .timeout(TIMEOUT);
@@ -34,7 +35,7 @@ pub async fn grpc(addr: &str, service: &str) -> anyhow::Result<()> {
     let answer =
         HealthClient::new(channel).check(request).await.with_context(|| format!("{addr} health check"))?;
     let status = answer.into_inner().status();
-    if status != ServingStatus::Serving {
+    if status != ServingStatus::Serving && !live {
         bail!("{addr} is {}", status.as_str_name());
     }
     Ok(())

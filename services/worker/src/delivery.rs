@@ -138,3 +138,10 @@ mod tests {
         assert!(max_deliveries_reason(5, None).starts_with("max_deliveries: "));
     }
 }
+
+/// Gives a message back to the bus un-handled, for another replica to take at once: the worker is
+/// shutting down and its grace is over.
+pub async fn hand_back(message: &jetstream::Message) {
+    tracing::info!(subject = %message.subject, "draining: handing the message back to the bus");
+    let _ = message.ack_with(AckKind::Nak(None)).await;
+}

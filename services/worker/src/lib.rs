@@ -262,6 +262,9 @@ pub struct WorkerConfig {
     pub pool: PgPool,
     pub nats: oa_bus::async_nats::Client,
     pub config: oa_config::Config,
+    /// Told `true` once the worker consumes both streams, `false` when it stops or drains: the
+    /// worker's readiness.
+    pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 fn channel(config: &oa_config::Config, service: &str) -> anyhow::Result<Channel> {
@@ -269,8 +272,19 @@ fn channel(config: &oa_config::Config, service: &str) -> anyhow::Result<Channel>
         .map_err(|e| anyhow::anyhow!("{service}: {e}"))
 }
 
-/// Runs the ingest and work loops until `shutdown`.
+/// Runs the ingest and work loops until `shutdown`, then drains: it stops pulling, lets the
+/// messages in hand finish, and hands back (naks) those still running when
+/// [`oa_config::ShutdownConfig::hand_back_after`] has passed, so another replica resumes them at
+/// once. The engine's once-only records make a resumed step safe: a side effect that was done is
+/// not done again.
 pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ready = worker.ready.clone();
+    let result = consume(worker, shutdown).await;
+    ready.send_replace(false);
+    result
+}
+
+async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = &worker.config;
     let topology = Topology::new(&config.nats);
     let jetstream = jetstream::new(worker.nats.clone());
@@ -333,14 +347,14 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         jetstream: jetstream.clone(),
         topology: topology.clone(),
     };
-    let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
+    let mut scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
     let sweeper = sweeper::Sweeper {
         pool: worker.pool.clone(),
         credits: engine.credits.clone(),
         token: config.grpc.service_token.clone(),
         ttl: Duration::from_secs(config.credits.reservation_ttl_seconds.max(1)),
     };
-    let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
+    let mut sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
 
     let consumer_config = |stream: &str, subject: String| pull::Config {
         durable_name: Some(format!("{}_{stream}", topology.consumer)),
@@ -373,6 +387,23 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .await
         .context("the work consumer")?;
 
+    // At the end of the grace, what is still in hand goes back to the bus.
+    let hand_back = CancellationToken::new();
+    let hand_back_after = config.shutdown.hand_back_after();
+    let (draining, handing_back) = (shutdown.clone(), hand_back.clone());
+    let ready = worker.ready.clone();
+    let (ended, _ended_on_return) = { let t = CancellationToken::new(); (t.clone(), t.drop_guard()) };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = draining.cancelled() => {}
+            () = ended.cancelled() => return,
+        }
+        ready.send_replace(false);
+        tracing::info!("draining: no more pulls; finishing the messages in hand");
+        tokio::time::sleep(hand_back_after).await;
+        handing_back.cancel();
+    });
+
     let event_concurrency = config.nats.event_concurrency.max(1);
     let work_concurrency = config.nats.work_concurrency;
     let event_messages = events.messages().await.context("consuming the bus")?;
@@ -383,6 +414,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         |message| {
             let ingest = ingest.clone();
             let (stop, topology) = (event_stop.clone(), event_topology.clone());
+            let hand_back = hand_back.clone();
             async move {
                 let Ok(message) = message else { return };
                 let span = tracing::info_span!("bus_event", subject = %message.subject);
@@ -397,7 +429,11 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                     Ok(())
                 };
                 let give_up = |reason: String| ingest.give_up(&message, reason);
-                delivery::settle(&message, &topology, &stop, handle, give_up).instrument(span).await;
+                let settled = delivery::settle(&message, &topology, &stop, handle, give_up);
+                tokio::select! {
+                    () = settled.instrument(span) => {}
+                    () = hand_back.cancelled() => delivery::hand_back(&message).await,
+                }
             }
         },
     );
@@ -414,6 +450,7 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         |message| {
             let engine = engine.clone();
             let (stop, topology) = (work_settle_stop.clone(), work_topology.clone());
+            let hand_back = hand_back.clone();
             async move {
                 let Ok(message) = message else { return };
                 let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
@@ -443,13 +480,25 @@ pub async fn run(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 tokio::select! {
                     () = settled.instrument(span) => {}
                     () = heartbeat => unreachable!("the heartbeat never ends"),
+                    () = hand_back.cancelled() => delivery::hand_back(&message).await,
                 }
             }
         },
     );
+    worker.ready.send_replace(true);
+    tracing::info!("worker consuming the bus and work streams");
     tokio::join!(event_loop, work_loop);
     invalidations.abort();
-    scheduling.abort();
-    sweeping.abort();
+    // The scheduler and sweeper stop at `shutdown` between rounds; a round in progress gets a
+    // moment to finish before it is cut off (both are safe to cut: a round is one transaction).
+    let stopped = async {
+        let _ = (&mut scheduling).await;
+        let _ = (&mut sweeping).await;
+    };
+    if tokio::time::timeout(Duration::from_secs(1), stopped).await.is_err() {
+        scheduling.abort();
+        sweeping.abort();
+    }
+    tracing::info!("worker drained");
     Ok(())
 }
