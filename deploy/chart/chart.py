@@ -11,8 +11,14 @@ Kubernetes API schemas. Both are installed by deploy/local/install.sh into .loca
                                          the Kubernetes schemas, strictly (unknown fields fail)
     chart.py check                       lint, then validate the default, production and monolith
                                          renders: what `make chart` runs
+    chart.py podman --out DIR [-f VALUES]... [--set-json ...] [--name N]
+                                         the render as `podman kube play` takes it: ConfigMaps,
+                                         Secrets and Deployments as they are, the migration Job as
+                                         a Pod (podman 4.3 does not play Jobs); Services, HPAs,
+                                         PDBs and the like dropped (podman ignores or refuses them)
 """
 import argparse
+import base64
 import json
 import pathlib
 import sys
@@ -97,6 +103,95 @@ def validate(objects):
     return problems
 
 
+PODMAN_KINDS = {"ConfigMap", "Secret", "Deployment", "Pod"}
+
+
+def for_podman(objects):
+    """The rendered objects podman's `kube play` runs, with each Job turned into its pod."""
+    played = []
+    for _, obj in objects:
+        kind = obj.get("kind")
+        if kind == "Job":
+            template = obj["spec"]["template"]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": obj["metadata"]["name"], "labels": template["metadata"].get("labels", {})},
+                "spec": dict(template["spec"], restartPolicy="Never"),
+            }
+            played.append(pod)
+        elif kind == "Secret" and "stringData" in obj:
+            # podman 4.3 reads a Secret's `data` only.
+            secret = {k: v for k, v in obj.items() if k != "stringData"}
+            secret["data"] = {
+                key: base64.b64encode(str(value).encode()).decode() for key, value in obj["stringData"].items()
+            }
+            played.append(secret)
+        elif kind == "Deployment" and obj["spec"]["template"]["spec"].get("initContainers"):
+            # podman 4.3 applies the pod's restart policy to init containers too: under Always it
+            # restarts an init step that has finished. OnFailure still restarts a failed role.
+            deployment = json.loads(json.dumps(obj))
+            deployment["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+            played.append(deployment)
+        elif kind in PODMAN_KINDS:
+            played.append(obj)
+    # podman makes an emptyDir a named volume, shared by every pod that names it alike: each
+    # object's emptyDirs get names of their own.
+    for obj in played:
+        spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj.get("spec", {})
+        if obj["kind"] not in ("Deployment", "Pod"):
+            continue
+        renamed = {}
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                renamed[volume["name"]] = f"{obj['metadata']['name']}-{volume['name']}"
+                volume["name"] = renamed[volume["name"]]
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            for mount in container.get("volumeMounts", []):
+                mount["name"] = renamed.get(mount["name"], mount["name"])
+    # ConfigMaps and Secrets first: the pods that follow refer to them.
+    order = {"ConfigMap": 0, "Secret": 0, "Pod": 1, "Deployment": 2}
+    return sorted(played, key=lambda o: order[o["kind"]])
+
+
+def pod_specs(obj):
+    """(podman's pod name, pod spec) of a played object."""
+    if obj["kind"] == "Pod":
+        return [(obj["metadata"]["name"], obj["spec"])]
+    if obj["kind"] == "Deployment":
+        replicas = obj["spec"].get("replicas", 1)
+        return [(f"{obj['metadata']['name']}-pod-{i}", obj["spec"]["template"]["spec"]) for i in range(replicas)]
+    return []
+
+
+def podman_manifest(played):
+    """What a run needs to know of what it played: the containers podman names, each with its
+    readiness probe command, the one-shot (Job) containers, and what to clean up afterwards."""
+    manifest = {"pods": [], "containers": [], "jobs": [], "secrets": [], "volumes": []}
+    for obj in played:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Secret":
+            manifest["secrets"].append(name)
+        if obj["kind"] == "ConfigMap":
+            manifest["volumes"].append(name)
+        for pod, spec in pod_specs(obj):
+            manifest["pods"].append(pod)
+            for volume in spec.get("volumes", []):
+                if "emptyDir" in volume:
+                    manifest["volumes"].append(volume["name"])
+            for container in spec["containers"]:
+                entry = {"pod": pod, "name": f"{pod}-{container['name']}"}
+                probe = container.get("readinessProbe", {}).get("exec", {}).get("command")
+                if probe:
+                    entry["probe"] = probe
+                if obj["kind"] == "Pod":
+                    manifest["jobs"].append(entry["name"])
+                else:
+                    manifest["containers"].append(entry)
+    manifest["volumes"] = sorted(set(manifest["volumes"]))
+    return manifest
+
+
 def lint(values=None):
     import helm_python as helm
 
@@ -108,12 +203,13 @@ def lint(values=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["lint", "render", "validate", "check"])
+    parser.add_argument("command", choices=["lint", "render", "validate", "check", "podman"])
     parser.add_argument("-f", "--values", action="append", help="a values file (repeatable)")
     parser.add_argument("--set-json", action="append", help="PATH=JSON (repeatable)")
     parser.add_argument("--name", default="one-agents")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--json", action="store_true", help="render as a JSON list of {template, object}")
+    parser.add_argument("--out", help="podman: the folder for play.yaml and secrets/NAME.json")
     args = parser.parse_args()
     values = load_values(args.values, args.set_json)
 
@@ -130,6 +226,24 @@ def main():
             for template, obj in objects:
                 print(f"---\n# Source: {template}")
                 print(yaml.safe_dump(obj, sort_keys=False), end="")
+        return
+    if args.command == "podman":
+        # podman 4.3 keeps a played Secret as YAML but reads it back as a JSON map of key to
+        # base64 value: each Secret's data is written as that map, for `podman secret create NAME
+        # FILE`, and left out of the played file.
+        if not args.out:
+            fail("podman needs --out DIR")
+        out = pathlib.Path(args.out)
+        (out / "secrets").mkdir(parents=True, exist_ok=True)
+        played = for_podman(render(values, args.name, args.namespace))
+        documents = []
+        for obj in played:
+            if obj["kind"] == "Secret":
+                (out / "secrets" / f"{obj['metadata']['name']}.json").write_text(json.dumps(obj.get("data", {})))
+            else:
+                documents.append(yaml.safe_dump(obj, sort_keys=False))
+        (out / "play.yaml").write_text("---\n" + "---\n".join(documents))
+        (out / "manifest.json").write_text(json.dumps(podman_manifest(played), indent=2))
         return
     if args.command == "validate":
         problems = validate(render(values, args.name, args.namespace))

@@ -24,7 +24,7 @@ fi
 if ! podman image exists "$BASE"; then
   if ! [ -s "$CACHE/bookworm-minbase.tar" ]; then
     echo "image: making the Debian bookworm minbase with mmdebstrap (about a minute, once)"
-    mmdebstrap --quiet --variant=minbase bookworm "$CACHE/bookworm-minbase.tar.part"
+    mmdebstrap --quiet --variant=minbase --format=tar bookworm "$CACHE/bookworm-minbase.tar.part"
     mv "$CACHE/bookworm-minbase.tar.part" "$CACHE/bookworm-minbase.tar"
   fi
   podman import --quiet "$CACHE/bookworm-minbase.tar" "$BASE" >/dev/null
@@ -44,4 +44,6 @@ podman build --quiet \
   --build-context host="$CACHE/host" \
   --tag "$TAG" \
   "$CACHE/host" >/dev/null
+# Each new binary leaves the previous build's layers behind; they are large.
+podman image prune --force >/dev/null
 echo "image: $TAG ($VERSION, $REVISION)"

@@ -406,7 +406,17 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     let event_concurrency = config.nats.event_concurrency.max(1);
     let work_concurrency = config.nats.work_concurrency;
-    let event_messages = events.messages().await.context("consuming the bus")?;
+    // Each pull asks for what the worker can soon run, not the client's default 200: messages a
+    // replica holds but has not started are stuck there until the ack wait if it goes away, and
+    // out of reach of the other replicas meanwhile.
+    let pull = |concurrency: usize| concurrency.saturating_mul(2).clamp(2, 256);
+    let event_messages = events
+        .stream()
+        .max_messages_per_batch(pull(event_concurrency))
+        .heartbeat(Duration::from_secs(15))
+        .messages()
+        .await
+        .context("consuming the bus")?;
     let event_stop = shutdown.clone();
     let event_topology = topology.clone();
     let event_loop = event_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(
@@ -439,7 +449,13 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     );
 
     let ack_wait = topology.ack_wait;
-    let work_messages = work.messages().await.context("consuming work")?;
+    let work_messages = work
+        .stream()
+        .max_messages_per_batch(pull(work_concurrency.max(1)))
+        .heartbeat(Duration::from_secs(15))
+        .messages()
+        .await
+        .context("consuming work")?;
     let work_stop = if work_concurrency == 0 { CancellationToken::new() } else { shutdown.clone() };
     if work_concurrency == 0 {
         work_stop.cancel();
