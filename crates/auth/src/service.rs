@@ -6,6 +6,7 @@
 //! refused as `unauthenticated`, and the caller is placed in the request's extensions for
 //! [`caller_of`].
 
+use anyhow::Context;
 use oa_domain::{ApiError, Caller, Principal};
 use oa_proto::common::diagnostics_server::DiagnosticsServer;
 use oa_proto::common::{WhoAmIRequest, WhoAmIResponse};
@@ -78,12 +79,44 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status
 
 /// A lazily connected channel to a service of the plane.
 pub fn channel(endpoint: &str, grpc: &oa_config::GrpcConfig) -> Result<tonic::transport::Channel, ApiError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+    let tls = endpoint.starts_with("https://");
+    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| ApiError::internal_from("grpc endpoint", &e))?
         .connect_timeout(std::time::Duration::from_millis(grpc.connect_timeout_ms))
         .timeout(std::time::Duration::from_millis(grpc.request_timeout_ms))
         .tcp_nodelay(true);
+    if tls {
+        let files = grpc
+            .tls
+            .as_ref()
+            .ok_or_else(|| ApiError::internal_from("grpc tls", &"an https:// endpoint needs grpc.tls"))?;
+        endpoint = endpoint
+            .tls_config(
+                client_tls(&files.ca_file)
+                    .map_err(|e| ApiError::internal_from("grpc tls", &format!("{e:#}")))?,
+            )
+            .map_err(|e| ApiError::internal_from("grpc tls", &e))?;
+    }
     Ok(endpoint.connect_lazy())
+}
+
+/// A TLS client that trusts the CA in `ca_file` (PEM) and nothing else.
+pub fn client_tls(ca_file: &std::path::Path) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let ca =
+        std::fs::read(ca_file).with_context(|| format!("reading grpc.tls.ca_file {}", ca_file.display()))?;
+    Ok(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca)))
+}
+
+/// The TLS identity a role serves gRPC with.
+pub fn server_tls(files: &oa_config::GrpcTlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading grpc.tls.{what} {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&files.cert_file, "cert_file")?,
+        read(&files.key_file, "key_file")?,
+    );
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 /// `oneagents.common.v1.Diagnostics`, served by every service: answers with the identity the

@@ -300,7 +300,11 @@ impl ShutdownConfig {
     /// grace under two seconds), so the hand-back itself fits in the grace.
     pub fn hand_back_after(&self) -> std::time::Duration {
         let grace = self.grace();
-        if grace < std::time::Duration::from_secs(2) { grace / 2 } else { grace - std::time::Duration::from_secs(1) }
+        if grace < std::time::Duration::from_secs(2) {
+            grace / 2
+        } else {
+            grace - std::time::Duration::from_secs(1)
+        }
     }
 }
 
@@ -485,6 +489,17 @@ pub struct GrpcConfig {
     pub endpoints: BTreeMap<String, String>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// gRPC over TLS between roles: this process serves with `cert_file`/`key_file` and trusts
+    /// `ca_file` for the `https://` endpoints it calls. The service token is checked either way.
+    pub tls: Option<GrpcTlsConfig>,
+}
+
+/// PEM files of a role's gRPC certificate, its key and the CA that signed the roles' certificates.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -633,6 +648,7 @@ impl Default for GrpcConfig {
             endpoints,
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -745,6 +761,27 @@ impl Config {
         }
         if self.shutdown.unready_delay_ms >= self.shutdown.grace_seconds * 1000 {
             return invalid("shutdown.unready_delay_ms must be shorter than shutdown.grace_seconds");
+        }
+        if let Some(tls) = &self.grpc.tls {
+            for (what, path) in
+                [("cert_file", &tls.cert_file), ("key_file", &tls.key_file), ("ca_file", &tls.ca_file)]
+            {
+                if !path.is_file() {
+                    return invalid(&format!("grpc.tls.{what} {} is not a file", path.display()));
+                }
+            }
+        }
+        for (service, endpoint) in &self.grpc.endpoints {
+            if self.grpc.tls.is_some() && !endpoint.starts_with("https://") {
+                return invalid(&format!(
+                    "grpc.tls is set, so grpc.endpoints.{service} must be an https:// address, not {endpoint}"
+                ));
+            }
+            if self.grpc.tls.is_none() && endpoint.starts_with("https://") {
+                return invalid(&format!(
+                    "grpc.endpoints.{service} is https://: set grpc.tls (cert_file, key_file, ca_file)"
+                ));
+            }
         }
         if self.nats.max_deliveries == 0 {
             return invalid("nats.max_deliveries must be at least 1");

@@ -93,9 +93,8 @@ pub fn expected_schema_version() -> i64 {
 /// The newest migration applied to the database, or 0 before the first; readable by the app role,
 /// so a role can wait for its schema without the admin credential.
 pub async fn applied_schema_version(pool: &PgPool) -> Result<i64, StoreError> {
-    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text")
-        .fetch_one(pool)
-        .await?;
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text").fetch_one(pool).await?;
     if table.is_none() {
         return Ok(0);
     }

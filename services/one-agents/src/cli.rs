@@ -88,6 +88,9 @@ enum ProbeTarget {
         /// Liveness: pass when the server answers, whatever its status.
         #[arg(long)]
         live: bool,
+        /// Speak TLS, trusting this CA (PEM); the server is named `localhost`.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -222,7 +225,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Serve { services } => serve(config, &services).await,
         Command::Probe { target } => match target {
             ProbeTarget::Http { addr, path } => one_agents::probe::http(&addr, &path).await,
-            ProbeTarget::Grpc { addr, service, live } => one_agents::probe::grpc(&addr, &service, live).await,
+            ProbeTarget::Grpc { addr, service, live, tls_ca } => {
+                one_agents::probe::grpc(&addr, &service, live, tls_ca.as_deref()).await
+            }
         },
         Command::Migrate { check, wait } => migrate(&config, check, Duration::from_secs(wait)).await,
         Command::Orgs { command } => orgs(config, command).await,

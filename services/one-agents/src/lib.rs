@@ -51,7 +51,8 @@ impl Plane {
                 .await
                 .with_context(|| format!("binding the gRPC server on {}", config.grpc.listen))?;
             if config.grpc.listen.port() == 0 {
-                let url = format!("http://{}", listener.local_addr()?);
+                let scheme = if config.grpc.tls.is_some() { "https" } else { "http" };
+                let url = format!("{scheme}://{}", listener.local_addr()?);
                 for role in GRPC_ROLES.iter().filter(|role| roles.contains(role)) {
                     config.grpc.endpoints.insert((*role).to_owned(), url.clone());
                 }
@@ -105,7 +106,13 @@ impl Plane {
             // server ("") is SERVING once the database has answered and the seeds are in.
             let (reporter, health_service) = tonic_health::server::health_reporter();
 
-            let mut router = tonic::transport::Server::builder().add_service(health_service).add_service(
+            let mut server = tonic::transport::Server::builder();
+            if let Some(files) = &self.config.grpc.tls {
+                server = server
+                    .tls_config(oa_auth::service::server_tls(files)?)
+                    .context("the gRPC TLS identity")?;
+            }
+            let mut router = server.add_service(health_service).add_service(
                 oa_auth::service::Diagnostics::guarded("plane", self.config.grpc.service_token.clone()),
             );
             let mut served: Vec<&'static str> = Vec::new();

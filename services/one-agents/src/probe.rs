@@ -26,10 +26,21 @@ pub async fn http(addr: &str, path: &str) -> anyhow::Result<()> {
 /// The standard gRPC health check (`grpc.health.v1.Health/Check`) of `service` ("" for the
 /// whole server) answers SERVING; with `live`, that it answers at all (a liveness probe: a role
 /// that cannot reach its database yet is alive, only not ready).
-pub async fn grpc(addr: &str, service: &str, live: bool) -> anyhow::Result<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// With `tls_ca`, it speaks TLS and trusts that CA, naming the server `localhost` (a role's
+/// certificate carries it, since probes run beside the role).
+pub async fn grpc(
+    addr: &str,
+    service: &str,
+    live: bool,
+    tls_ca: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(TIMEOUT)
         .timeout(TIMEOUT);
+    if let Some(ca) = tls_ca {
+        endpoint = endpoint.tls_config(oa_auth::service::client_tls(ca)?.domain_name("localhost"))?;
+    }
     let channel = endpoint.connect().await.with_context(|| format!("{addr} did not answer"))?;
     let request = HealthCheckRequest { service: service.to_owned() };
     let answer =

@@ -71,14 +71,19 @@ async fn a_worker_sigtermed_mid_step_exits_within_the_grace_and_another_complete
     let response = plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await;
     let agent: Value = response.unwrap().json().await.unwrap();
     let id = agent["id"].as_str().expect("the agent is created").to_owned();
-    let activate =
-        plane.as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin").json(&json!({"status": "active"}));
+    let activate = plane
+        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
+        .json(&json!({"status": "active"}));
     assert_eq!(activate.send().await.unwrap().status(), 200);
 
     let grace = 2;
     let mut draining = spawn(&plane, "worker", &[("ONE_AGENTS_SHUTDOWN__GRACE_SECONDS", grace.to_string())]);
-    let event =
-        oa_bus::Envelope::new(&org, "psa", "ticket.created", json!({"ticket_id": "tkt_drain", "client_id": "cl_1"}));
+    let event = oa_bus::Envelope::new(
+        &org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": "tkt_drain", "client_id": "cl_1"}),
+    );
     plane.publish_on_bus(&event).await.unwrap();
     plane
         .eventually(30, || async { (!plane.sandbox.of_kind("llm").is_empty()).then_some(()) })
@@ -173,8 +178,10 @@ async fn a_sigtermed_gateway_fails_readiness_then_refuses_new_connections_and_an
     assert_eq!(error["error"], "service_unavailable", "{error}");
 
     // After the delay the listener is closed: a new connection is refused.
-    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(signalled.elapsed()) + Duration::from_millis(500))
-        .await;
+    tokio::time::sleep(
+        Duration::from_millis(1500).saturating_sub(signalled.elapsed()) + Duration::from_millis(500),
+    )
+    .await;
     let refused = tokio::net::TcpStream::connect(&addr).await;
     assert!(refused.is_err(), "a new connection after the delay is refused");
 

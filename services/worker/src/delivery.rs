@@ -119,6 +119,13 @@ pub async fn settle<H, HF, G, GF>(
     }
 }
 
+/// Gives a message back to the bus un-handled, for another replica to take at once: the worker is
+/// shutting down and its grace is over.
+pub async fn hand_back(message: &jetstream::Message) {
+    tracing::info!(subject = %message.subject, "draining: handing the message back to the bus");
+    let _ = message.ack_with(AckKind::Nak(None)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,11 +144,4 @@ mod tests {
         assert!(max_deliveries_reason(5, Some("boom")).starts_with("max_deliveries: "));
         assert!(max_deliveries_reason(5, None).starts_with("max_deliveries: "));
     }
-}
-
-/// Gives a message back to the bus un-handled, for another replica to take at once: the worker is
-/// shutting down and its grace is over.
-pub async fn hand_back(message: &jetstream::Message) {
-    tracing::info!(subject = %message.subject, "draining: handing the message back to the bus");
-    let _ = message.ack_with(AckKind::Nak(None)).await;
 }

@@ -392,7 +392,10 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let hand_back_after = config.shutdown.hand_back_after();
     let (draining, handing_back) = (shutdown.clone(), hand_back.clone());
     let ready = worker.ready.clone();
-    let (ended, _ended_on_return) = { let t = CancellationToken::new(); (t.clone(), t.drop_guard()) };
+    let (ended, _ended_on_return) = {
+        let t = CancellationToken::new();
+        (t.clone(), t.drop_guard())
+    };
     tokio::spawn(async move {
         tokio::select! {
             () = draining.cancelled() => {}
