@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source deploy/local/env.sh &&
 
-.PHONY: run stop stack test bench lint fmt build proto clean-test-dbs
+.PHONY: run stop stack test bench lint fmt build proto clean-test-dbs image chart deploy-local deploy-local-down
 
 ## run: start the servers and the whole plane, seeded; prints a token and a curl line
 run: build
@@ -32,6 +32,23 @@ test: stack
 bench: stack
 	cargo build --release -p oa-bench
 	$(ENV) target/release/oa-bench
+
+## image: the container image (deploy/Dockerfile's runtime stage) with podman, offline, on a local
+## Debian base, carrying the debug binary (ONE_AGENTS_BINARY=target/release/one-agents for release)
+image: build
+	@bash deploy/image/build.sh localhost/one-agents:dev
+
+## chart: helm lint --strict, then render and validate the chart with each values file
+chart:
+	@bash deploy/local/install.sh >/dev/null
+	@$(ENV) python deploy/chart/chart.py check
+
+## deploy-local: the chart run with podman kube play against the local stack (deploy-local-down removes it)
+deploy-local: build
+	@bash deploy/local/deploy-local.sh up
+
+deploy-local-down:
+	@bash deploy/local/deploy-local.sh down
 
 lint:
 	cargo fmt --all -- --check

@@ -18,6 +18,10 @@ stop_pidfile() {
   rm -f "$file"
 }
 
+# Pods of `make deploy-local` run against these servers: they go first.
+for release in "$L"/deploy/*/; do
+  [ -f "$release/play.yaml" ] && bash "$HERE/deploy-local.sh" down "$(basename "$release")"
+done
 stop_pidfile plane "$L/plane.pid"
 stop_pidfile sandbox "$L/sandbox.pid"
 stop_pidfile s3 "$L/s3.pid"
