@@ -441,6 +441,13 @@ fn the_config_the_chart_renders_is_one_the_plane_loads_in_production() {
         for (name, value) in env.iter().filter(|(name, _)| name.as_str() != "ONE_AGENTS_CONFIG") {
             jail.set_env(name, value);
         }
+        // The certificates the chart mounts, stood in for by files in the jail.
+        for (variable, file) in [("CERT_FILE", "tls.crt"), ("KEY_FILE", "tls.key"), ("CA_FILE", "ca.crt")] {
+            let mounted = format!("/etc/one-agents/tls/{file}");
+            assert_eq!(env[&format!("ONE_AGENTS_GRPC__TLS__{variable}")], mounted);
+            jail.create_file(file, "PEM")?;
+            jail.set_env(format!("ONE_AGENTS_GRPC__TLS__{variable}"), jail.directory().join(file).display());
+        }
         let config = oa_config::Config::load(Some(Path::new("one-agents.toml")))
             .map_err(|error| figment::Error::from(error.to_string()))?;
         assert_eq!(config.environment, oa_config::Environment::Production);

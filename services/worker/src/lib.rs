@@ -411,11 +411,11 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let work_concurrency = config.nats.work_concurrency;
     // Each pull asks for what the worker can soon run, not the client's default 200: messages a
     // replica holds but has not started are stuck there until the ack wait if it goes away, and
-    // out of reach of the other replicas meanwhile.
-    let pull = |concurrency: usize| concurrency.saturating_mul(2).clamp(2, 256);
+    // out of reach of the other replicas meanwhile. Events are quick to ingest and come in floods,
+    // so their pulls are larger; work items can take minutes, so theirs are small.
     let event_messages = events
         .stream()
-        .max_messages_per_batch(pull(event_concurrency))
+        .max_messages_per_batch(event_concurrency.saturating_mul(4).clamp(8, 512))
         .heartbeat(Duration::from_secs(15))
         .messages()
         .await
@@ -454,7 +454,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let ack_wait = topology.ack_wait;
     let work_messages = work
         .stream()
-        .max_messages_per_batch(pull(work_concurrency.max(1)))
+        .max_messages_per_batch(work_concurrency.max(1).saturating_mul(2).clamp(2, 256))
         .heartbeat(Duration::from_secs(15))
         .messages()
         .await
@@ -497,7 +497,9 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 let give_up = |reason: String| engine.give_up(&item, reason);
                 let settled = delivery::settle(&message, &topology, &stop, handle, give_up);
                 tokio::select! {
-                    () = settled.instrument(span) => {}
+                    () = settled.instrument(span) => {
+                        tracing::debug!(executions = item.execution_ids.len(), "work item settled");
+                    }
                     () = heartbeat => unreachable!("the heartbeat never ends"),
                     () = hand_back.cancelled() => delivery::hand_back(&message).await,
                 }
