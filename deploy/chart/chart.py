@@ -153,6 +153,22 @@ def for_podman(objects):
         for container in spec.get("containers", []) + spec.get("initContainers", []):
             for mount in container.get("volumeMounts", []):
                 mount["name"] = renamed.get(mount["name"], mount["name"])
+    # podman writes a ConfigMap into its volume again for every pod that mounts it, truncating the
+    # file a running pod may be reading at that moment: each pod gets a copy of its own.
+    config_maps = {o["metadata"]["name"]: o for o in played if o["kind"] == "ConfigMap"}
+    copies = []
+    for obj in played:
+        if obj["kind"] not in ("Deployment", "Pod"):
+            continue
+        spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+        for volume in spec.get("volumes", []):
+            source = volume.get("configMap", {}).get("name")
+            if source in config_maps:
+                copy = json.loads(json.dumps(config_maps[source]))
+                copy["metadata"]["name"] = f"{obj['metadata']['name']}-{volume['name']}"
+                volume["configMap"]["name"] = copy["metadata"]["name"]
+                copies.append(copy)
+    played = [o for o in played if o["kind"] != "ConfigMap"] + copies
     # ConfigMaps and Secrets first: the pods that follow refer to them.
     order = {"ConfigMap": 0, "Secret": 0, "Pod": 1, "Deployment": 2}
     return sorted(played, key=lambda o: order[o["kind"]])

@@ -1,36 +1,18 @@
 //! A worker killed with SIGKILL mid-execution loses nothing: another worker process resumes the
 //! execution from its last persisted step, and no side effect happens twice.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use oa_testkit::TestPlane;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn spawn_worker(plane: &TestPlane) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_one-agents"))
-        .args(["serve", "--services", "worker"])
-        .envs(oa_testkit::process_env(&plane.config))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the one-agents binary starts")
-}
+mod common;
 
-/// Creates and activates an agent, returning its id.
-async fn active_agent(plane: &TestPlane, org: &str, definition: &Value) -> String {
-    let (status, agent) = json_of(
-        plane.as_user(Method::POST, "/api/agents", org, "admin").json(definition).send().await.unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{agent}");
-    let id = agent["id"].as_str().unwrap().to_owned();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{id}"), org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
-    id
+use common::{active_agent, pause_dispatch};
+
+fn spawn_worker(plane: &TestPlane) -> std::process::Child {
+    common::spawn(plane, "worker", &[])
 }
 
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
@@ -41,13 +23,7 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
 #[tokio::test]
 async fn a_worker_killed_mid_execution_is_resumed_by_another_without_repeating_side_effects() {
     // The plane in this process runs no worker; workers are child processes we can kill.
-    let roles = ["gateway", "agents", "catalog", "executions", "approvals", "credits"];
-    let plane = TestPlane::start_roles(&roles, |c| c.nats.ack_wait_seconds = 2).await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
+    let (plane, org) = common::plane_without_worker(|c| c.nats.ack_wait_seconds = 2).await;
     let definition = json!({
         "name": "Crash course", "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
@@ -119,10 +95,7 @@ async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_nev
     .await
     .unwrap();
     let org = plane.db.create_org("pro").await.unwrap();
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
+    pause_dispatch(&plane, &org).await;
     let definition = json!({
         "name": "Slow thinker", "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},

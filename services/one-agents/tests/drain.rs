@@ -2,29 +2,16 @@
 //! cannot finish within the grace back to the bus, where another worker completes it exactly once;
 //! a gateway fails readiness first, then refuses new connections and answers the requests in flight.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use oa_testkit::TestPlane;
-use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn spawn(plane: &TestPlane, role: &str, extra: &[(&str, String)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_one-agents"))
-        .args(["serve", "--services", role])
-        .envs(oa_testkit::process_env(&plane.config))
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the one-agents binary starts")
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success(), "kill -TERM");
-}
+use common::{active_agent, sigterm, spawn};
 
 /// Waits for `child` to exit, up to `limit`; kills it and fails if it does not.
 async fn exit_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
@@ -48,14 +35,8 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn a_worker_sigtermed_mid_step_exits_within_the_grace_and_another_completes_the_run_once() {
-    let roles = ["gateway", "agents", "catalog", "executions", "approvals", "credits"];
     // A long ack wait: the second worker can only get the work this fast if it was handed back.
-    let plane = TestPlane::start_roles(&roles, |c| c.nats.ack_wait_seconds = 60).await.unwrap();
-    let org = plane.db.create_org("pro").await.unwrap();
-    let pause = plane
-        .as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin")
-        .json(&json!({"status": "paused"}));
-    assert_eq!(pause.send().await.unwrap().status(), 200);
+    let (plane, org) = common::plane_without_worker(|c| c.nats.ack_wait_seconds = 60).await;
     let definition = json!({
         "name": "Slow thinker", "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
@@ -68,13 +49,7 @@ async fn a_worker_sigtermed_mid_step_exits_within_the_grace_and_another_complete
         ],
         "client_scope": "all"
     });
-    let response = plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await;
-    let agent: Value = response.unwrap().json().await.unwrap();
-    let id = agent["id"].as_str().expect("the agent is created").to_owned();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
+    let id = active_agent(&plane, &org, &definition).await;
 
     let grace = 2;
     let mut draining = spawn(&plane, "worker", &[("ONE_AGENTS_SHUTDOWN__GRACE_SECONDS", grace.to_string())]);

@@ -204,17 +204,13 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
             .unwrap();
         assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
     }
+    let get = |url: &str| {
+        let request = http.get(url).header("X-Integration-Key", &key);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
     let list = loop {
-        let list: Value = http
-            .get(format!("{gateway}/api/executions?agent_id=agent_system_dispatch&limit=100"))
-            .header("X-Integration-Key", &key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get(&format!("{gateway}/api/executions?agent_id=agent_system_dispatch&limit=100")).await;
         let executions = list["executions"].as_array().cloned().unwrap_or_default();
         if executions.len() >= events && executions.iter().all(|e| e["status"] == "completed") {
             break list;
@@ -224,15 +220,7 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
     };
     assert_eq!(list["total"], events, "one execution per event, none twice");
     let id = list["executions"][0]["id"].as_str().unwrap();
-    let detail: Value = http
-        .get(format!("{gateway}/api/executions/{id}"))
-        .header("X-Integration-Key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail = get(&format!("{gateway}/api/executions/{id}")).await;
     assert!(!detail["steps"].as_array().unwrap().is_empty(), "a trace: {detail}");
     assert_eq!(detail["steps"][0]["status"], "completed", "{detail}");
 
@@ -245,7 +233,17 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
         .collect();
     assert_eq!(workers.len(), 2);
     let matched: Vec<usize> = workers.iter().map(|w| logs(w).matches("event matched").count()).collect();
-    let tail = |w: &&str| logs(w).lines().rev().take(5).collect::<Vec<_>>().join("\n");
+    let tail = |w: &&str| {
+        let config = podman(&["exec", w, "cat", "/etc/one-agents/one-agents.toml"]);
+        let inspect = podman(&["inspect", w, "--format", "{{json .Mounts}}"]);
+        format!(
+            "{}\nconfig: {}{}\nmounts: {}",
+            logs(w).lines().rev().take(4).collect::<Vec<_>>().join("\n"),
+            String::from_utf8_lossy(&config.stdout).chars().take(300).collect::<String>(),
+            String::from_utf8_lossy(&config.stderr),
+            String::from_utf8_lossy(&inspect.stdout)
+        )
+    };
     assert_eq!(
         matched.iter().sum::<usize>(),
         events,
@@ -253,7 +251,11 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
         workers.iter().map(tail).collect::<Vec<_>>().join("\n---\n")
     );
     let ran: Vec<usize> = workers.iter().map(|w| logs(w).matches("work item settled").count()).collect();
-    assert!(ran.iter().all(|r| *r > 0), "both workers ran executions: {ran:?}");
+    assert!(
+        ran.iter().all(|r| *r > 0),
+        "both workers ran executions: {ran:?} (events matched {matched:?})\n{}",
+        workers.iter().map(tail).collect::<Vec<_>>().join("\n---\n")
+    );
     assert_eq!(ran.iter().sum::<usize>(), events, "each execution's work ran once: {ran:?}");
 
     // 8. Nothing is left behind.

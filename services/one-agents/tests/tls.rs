@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use oa_proto::common::WhoAmIRequest;
 use oa_proto::common::diagnostics_client::DiagnosticsClient;
 use oa_testkit::TestPlane;
-use reqwest::Method;
 use serde_json::json;
 
 /// A CA and a role certificate for localhost and 127.0.0.1, made with the openssl CLI.
@@ -100,14 +101,7 @@ async fn roles_talk_grpc_over_tls_and_still_check_the_service_token() {
                    "body": "tls {{ event_payload.ticket_id }}"}],
         "client_scope": "all"
     });
-    let created =
-        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&definition).send().await.unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let activate = plane
-        .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
-        .json(&json!({"status": "active"}));
-    assert_eq!(activate.send().await.unwrap().status(), 200);
+    let id = common::active_agent(&plane, &org, &definition).await;
 
     // The worker → agents, executions and credits, over TLS.
     let event = oa_bus::Envelope::new(
