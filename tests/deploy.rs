@@ -371,6 +371,7 @@ fn every_secret_setting_of_the_config_travels_in_the_secret_and_never_in_the_con
     let values = json!({"secrets": {
         "databaseUrl": "SENTINEL-database-url", "databaseAdminUrl": "SENTINEL-admin-url",
         "redisUrl": "SENTINEL-redis-url", "serviceToken": "SENTINEL-service-token",
+        "natsPassword": "SENTINEL-nats-password", "natsToken": "SENTINEL-nats-token",
         "approvalLinkSecret": "SENTINEL-link-secret", "smsApiKey": "SENTINEL-sms-key",
         "actionSigningSecret": "SENTINEL-action-secret", "actionSigningSecrets": {"psa": "SENTINEL-psa"},
         "llmApiKeys": {"openai": "SENTINEL-openai"}}});

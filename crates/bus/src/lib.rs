@@ -134,8 +134,21 @@ impl Topology {
     }
 }
 
+/// The options every connection of the plane starts from: the server's credentials, if any.
+pub fn connect_options(config: &oa_config::NatsConfig) -> async_nats::ConnectOptions {
+    use oa_config::secrecy::ExposeSecret;
+    match (&config.user, &config.password, &config.token) {
+        (Some(user), Some(password), _) => async_nats::ConnectOptions::with_user_and_password(
+            user.clone(),
+            password.expose_secret().to_owned(),
+        ),
+        (_, _, Some(token)) => async_nats::ConnectOptions::with_token(token.expose_secret().to_owned()),
+        _ => async_nats::ConnectOptions::new(),
+    }
+}
+
 pub async fn connect(config: &oa_config::NatsConfig) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+    connect_options(config)
         .connection_timeout(Duration::from_secs(3))
         .connect(config.url.as_str())
         .await

@@ -452,6 +452,10 @@ pub struct NatsConfig {
     pub max_deliveries: u64,
     /// How long a failed message waits before its next delivery.
     pub redelivery_delay_ms: u64,
+    /// Credentials, when the server asks for them: `user` with `password`, or a `token`.
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -607,6 +611,9 @@ impl Default for NatsConfig {
             work_concurrency: 32,
             max_deliveries: 5,
             redelivery_delay_ms: 1_000,
+            user: None,
+            password: None,
+            token: None,
         }
     }
 }
@@ -782,6 +789,12 @@ impl Config {
                     "grpc.endpoints.{service} is https://: set grpc.tls (cert_file, key_file, ca_file)"
                 ));
             }
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return invalid("nats.user and nats.password go together");
+        }
+        if self.nats.password.is_some() && self.nats.token.is_some() {
+            return invalid("set nats.user and nats.password, or nats.token, not both");
         }
         if self.nats.max_deliveries == 0 {
             return invalid("nats.max_deliveries must be at least 1");

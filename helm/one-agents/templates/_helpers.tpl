@@ -69,7 +69,7 @@ The config's secret settings, as the environment variables that carry them (figm
 and they come from the Secret through envFrom. `*` stands for a map key (a provider or product).
 */}}
 {{- define "oneagents.secretSettings" -}}
-database.url database.admin_url redis.url grpc.service_token approvals.link_secret channels.sms_api_key actions.signing_secret actions.signing_secrets.* llm.providers.*.api_key
+database.url database.admin_url redis.url nats.password nats.token grpc.service_token approvals.link_secret channels.sms_api_key actions.signing_secret actions.signing_secrets.* llm.providers.*.api_key
 {{- end -}}
 
 {{/* The environment every container of the plane gets; `.role` names its role(s). */}}

@@ -113,7 +113,7 @@ impl Gateway {
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         let pool = oa_store::app_pool(&config.database)?;
         let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis url")?;
-        let nats = async_nats::ConnectOptions::new()
+        let nats = oa_bus::connect_options(&config.nats)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .connect(config.nats.url.as_str())

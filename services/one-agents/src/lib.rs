@@ -88,7 +88,7 @@ impl Plane {
         let mut tasks = tokio::task::JoinSet::new();
         let (worker_ready, _) = tokio::sync::watch::channel(false);
         let pool = oa_store::app_pool(&self.config.database)?;
-        let nats = oa_bus::async_nats::ConnectOptions::new()
+        let nats = oa_bus::connect_options(&self.config.nats)
             .retry_on_initial_connect()
             .connection_timeout(std::time::Duration::from_secs(3))
             .connect(self.config.nats.url.as_str())
