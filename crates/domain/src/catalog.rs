@@ -84,6 +84,23 @@ pub fn split_event_type_id(id: &str) -> Option<(&str, &str)> {
     (product_ok && event_ok).then_some((product, event))
 }
 
+/// The event types shipped with the plane (PSA, RMM, Defend, Backup, Billing and Hub), which the
+/// catalog seeds and the agents service's tests validate against.
+pub fn shipped_event_types() -> Vec<EventType> {
+    let raw: Vec<serde_json::Value> = serde_json::from_str(include_str!("../catalogue/event_types.json"))
+        .expect("the shipped catalog is valid JSON");
+    raw.into_iter()
+        .map(|mut value| {
+            let id = EventType::id_of(
+                value["source_product"].as_str().unwrap_or_default(),
+                value["event_type"].as_str().unwrap_or_default(),
+            );
+            value["id"] = id.into();
+            serde_json::from_value(value).expect("the shipped catalog has the event type shape")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,7 +240,7 @@ impl TestPlane {
 
     /// Starts a plane after `adjust` has changed its config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<TestPlane> {
-        TestPlane::start_roles(&one_agents::ROLES, adjust).await
+        TestPlane::start_roles(&oa_plane::ROLES, adjust).await
     }
 
     /// Starts only `roles` (a crash test runs its workers as separate processes).
@@ -280,7 +280,7 @@ impl TestPlane {
         config: Config,
         roles: &[&'static str],
     ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr, Config)> {
-        let plane = one_agents::Plane::bind(config, roles).await?;
+        let plane = oa_plane::Plane::bind(config, roles).await?;
         let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
         // With port 0, the plane pointed the services' endpoints at the port it bound.
         let config = plane.config().clone();

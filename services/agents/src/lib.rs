@@ -183,9 +183,13 @@ impl AgentsService {
         let mut found = HashMap::new();
         if let Some(id) = validate::trigger_event_id(definition)
             && oa_domain::catalog::split_event_type_id(&id).is_some()
-            && let Some(event_type) =
-                oa_catalog::fetch_event_type(&mut self.catalog.clone(), caller, &self.service_token, &id)
-                    .await?
+            && let Some(event_type) = oa_clients::catalog::fetch_event_type(
+                &mut self.catalog.clone(),
+                caller,
+                &self.service_token,
+                &id,
+            )
+            .await?
         {
             found.insert(id, event_type);
         }
@@ -240,18 +244,7 @@ impl AgentsService {
         let id = ids::new_id("agent");
         let created_by = caller.principal_label();
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        // Creates of one org take turns, so the count below cannot be raced past the cap.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('agents.create:' || $1))")
-            .bind(&caller.org_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let held: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM agents.agents WHERE org_id = $1 AND deleted_at IS NULL")
-                .bind(&caller.org_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
+        let held = store::count_for_create(&mut tx, &caller.org_id).await.map_err(db)?;
         let cap = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_agents;
         if held >= i64::from(cap) {
             return Err(ApiError::new(

@@ -556,3 +556,16 @@ pub async fn put_org_settings(
     .await?;
     Ok(())
 }
+
+/// How many agent definitions the org holds, with the org's creates made to take turns until the
+/// transaction ends, so a count cannot be raced past the tier's cap.
+pub async fn count_for_create(tx: &mut PgConnection, org_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('agents.create:' || $1))")
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query_scalar("SELECT count(*) FROM agents.agents WHERE org_id = $1 AND deleted_at IS NULL")
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await
+}

@@ -8,7 +8,7 @@ use oa_domain::catalog::EventType;
 use serde_json::{Value, json};
 
 fn catalog() -> HashMap<String, EventType> {
-    oa_catalog::shipped_event_types().into_iter().map(|e| (e.id.clone(), e)).collect()
+    oa_domain::catalog::shipped_event_types().into_iter().map(|e| (e.id.clone(), e)).collect()
 }
 
 fn valid() -> Value {

@@ -4,7 +4,6 @@
 //! Owns schema `catalog`, which is global (not org-owned). It asks the agents service which fields
 //! agents filter on before a product may change an event type, and touches no other schema.
 
-pub mod convert;
 mod seed;
 mod store;
 
@@ -132,7 +131,7 @@ impl Catalog for CatalogService {
         }
         let events = self.store.list(&filter.source_product, &filter.category).await?;
         Ok(tonic::Response::new(pb::ListEventTypesResponse {
-            events: events.iter().map(convert::to_proto).collect(),
+            events: events.iter().map(oa_clients::catalog::to_proto).collect(),
         }))
     }
 
@@ -144,7 +143,7 @@ impl Catalog for CatalogService {
         caller.require(Permission::ReadCatalog)?;
         let id = request.into_inner().id;
         match self.store.get(&id).await? {
-            Some(event_type) => Ok(tonic::Response::new(convert::to_proto(&event_type))),
+            Some(event_type) => Ok(tonic::Response::new(oa_clients::catalog::to_proto(&event_type))),
             None => Err(not_found(&id).into()),
         }
     }
@@ -199,7 +198,7 @@ impl Catalog for CatalogService {
         }
         let created = self.store.upsert(&event_type, &caller.principal_label()).await?;
         Ok(tonic::Response::new(pb::PutEventTypeResponse {
-            event_type: Some(convert::to_proto(&event_type)),
+            event_type: Some(oa_clients::catalog::to_proto(&event_type)),
             created,
         }))
     }
@@ -207,24 +206,4 @@ impl Catalog for CatalogService {
 
 fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::EventTypeNotFound, format!("Event type {id} is not in the catalog"))
-}
-
-/// For clients of the catalog (the agents service): fetch one event type, `None` when the catalog
-/// does not have it.
-pub async fn fetch_event_type(
-    client: &mut oa_proto::catalog::catalog_client::CatalogClient<Channel>,
-    caller: &oa_domain::Caller,
-    token: &SecretString,
-    id: &str,
-) -> Result<Option<EventType>, ApiError> {
-    let request = oa_auth::service::outgoing(pb::GetEventTypeRequest { id: id.to_owned() }, caller, token);
-    match client.get_event_type(request).await {
-        Ok(response) => convert::from_proto(response.into_inner())
-            .map(Some)
-            .ok_or_else(|| ApiError::internal_from("catalog", &"malformed event type from the catalog")),
-        Err(status) => {
-            let error = ApiError::from_status(&status);
-            if error.code == ErrorCode::EventTypeNotFound { Ok(None) } else { Err(error) }
-        }
-    }
 }

@@ -1,28 +1,12 @@
 //! The catalog shipped with the plane: event types of PSA, RMM, Defend, Backup, Billing and Hub.
 //! Seeding inserts what is missing and never overwrites a product's own registration.
 
-use oa_domain::catalog::EventType;
 use oa_store::StoreError;
 use sqlx::PgPool;
 
 use crate::CatalogStore;
 
-const SEED: &str = include_str!("../seed/event_types.json");
-
-/// The shipped event types.
-pub fn shipped_event_types() -> Vec<EventType> {
-    let raw: Vec<serde_json::Value> = serde_json::from_str(SEED).expect("the shipped catalog is valid JSON");
-    raw.into_iter()
-        .map(|mut value| {
-            let id = EventType::id_of(
-                value["source_product"].as_str().unwrap_or_default(),
-                value["event_type"].as_str().unwrap_or_default(),
-            );
-            value["id"] = id.into();
-            serde_json::from_value(value).expect("the shipped catalog has the event type shape")
-        })
-        .collect()
-}
+pub use oa_domain::catalog::shipped_event_types;
 
 pub async fn seed_catalog(pool: &PgPool) -> Result<(), StoreError> {
     let store = CatalogStore::new(pool.clone());

@@ -160,6 +160,25 @@ pub async fn insert_for_event(
     .await
 }
 
+/// The first runs (not retries) of `agent_ids` for an event that have not finished: the work a
+/// redelivered event publishes again.
+pub async fn unfinished_for_event(
+    tx: &mut PgConnection,
+    org_id: &str,
+    event_id: &str,
+    agent_ids: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM executions.executions
+         WHERE org_id = $3 AND event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
+    )
+    .bind(event_id)
+    .bind(agent_ids)
+    .bind(org_id)
+    .fetch_all(tx)
+    .await
+}
+
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
     let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
         .bind(id)

@@ -268,9 +268,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, services: &str) -> anyhow::Result<()> {
-    let roles = one_agents::parse_roles(services)?;
+    let roles = oa_plane::parse_roles(services)?;
     let _telemetry = oa_telemetry::init(&config.telemetry)?;
-    let plane = one_agents::Plane::bind(config, &roles).await?;
+    let plane = oa_plane::Plane::bind(config, &roles).await?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

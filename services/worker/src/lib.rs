@@ -67,9 +67,10 @@ impl Ingest {
             }
         }
         let caller = Caller::service("worker", org_id);
-        let found = oa_catalog::fetch_event_type(&mut self.catalog.clone(), &caller, &self.token, id)
-            .await
-            .map_err(|e| delivery::Unavailable::new("catalog", e))?;
+        let found =
+            oa_clients::catalog::fetch_event_type(&mut self.catalog.clone(), &caller, &self.token, id)
+                .await
+                .map_err(|e| delivery::Unavailable::new("catalog", e))?;
         if found.is_some() {
             self.known_event_types
                 .lock()
@@ -197,15 +198,7 @@ impl Ingest {
             inserted
         } else {
             let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
-            sqlx::query_scalar(
-                "SELECT id FROM executions.executions
-                 WHERE org_id = $3 AND event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
-            )
-            .bind(&envelope.id)
-            .bind(&agent_ids)
-            .bind(org_id)
-            .fetch_all(&mut *tx)
-            .await?
+            store::unfinished_for_event(&mut tx, org_id, &envelope.id, &agent_ids).await?
         };
         tx.commit().await?;
         // One work item for the event's executions, confirmed by JetStream before the event is acked.

@@ -1,7 +1,10 @@
-//! Domain event types to and from their proto messages.
+//! The catalog's event types to and from their proto messages, and fetching one.
 
 use oa_domain::catalog::{EventType, FieldType, FilterableField};
+use oa_domain::{ApiError, ErrorCode};
 use oa_proto::catalog as pb;
+use secrecy::SecretString;
+use tonic::transport::Channel;
 
 pub fn to_proto(event_type: &EventType) -> pb::EventType {
     pb::EventType {
@@ -29,7 +32,7 @@ pub fn field_type(name: &str) -> Option<FieldType> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
-/// The inverse of [`to_proto`], for clients of the catalog (the agents service, the gateway).
+/// The inverse of [`to_proto`], for clients of the catalog (the agents service, the worker).
 pub fn from_proto(message: pb::EventType) -> Option<EventType> {
     let filterable_fields = message
         .filterable_fields
@@ -50,4 +53,24 @@ pub fn from_proto(message: pb::EventType) -> Option<EventType> {
         filterable_fields,
         sample_payload: serde_json::from_str(&message.sample_payload_json).ok()?,
     })
+}
+
+/// Fetches one event type from the catalog (for the agents service and the worker); `None` when
+/// the catalog does not have it.
+pub async fn fetch_event_type(
+    client: &mut pb::catalog_client::CatalogClient<Channel>,
+    caller: &oa_domain::Caller,
+    token: &SecretString,
+    id: &str,
+) -> Result<Option<EventType>, ApiError> {
+    let request = oa_auth::service::outgoing(pb::GetEventTypeRequest { id: id.to_owned() }, caller, token);
+    match client.get_event_type(request).await {
+        Ok(response) => from_proto(response.into_inner())
+            .map(Some)
+            .ok_or_else(|| ApiError::internal_from("catalog", &"malformed event type from the catalog")),
+        Err(status) => {
+            let error = ApiError::from_status(&status);
+            if error.code == ErrorCode::EventTypeNotFound { Ok(None) } else { Err(error) }
+        }
+    }
 }
