@@ -158,7 +158,7 @@ async fn redelivery_and_republish_create_exactly_one_execution() {
     );
 
     wait_for_status(&plane, &org, &format!("agent_id={agent}"), 1, "completed").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    plane.bus_settled(30).await.unwrap();
     assert_eq!(executions(&plane, &org, "").await["total"], 1);
     assert_eq!(plane.sandbox.of_kind("sms").len(), 1);
 }

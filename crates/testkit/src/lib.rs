@@ -350,6 +350,36 @@ impl TestPlane {
 
 impl TestPlane {
     /// Polls `check` every 50 ms until it returns `Some`, for at most `seconds`.
+    /// Waits until the workers hold nothing more: every message on the bus and work streams has
+    /// been delivered and acknowledged. Then nothing more happens unless something new arrives, so
+    /// a test can count what happened without sleeping on it.
+    pub async fn bus_settled(&self, seconds: u64) -> anyhow::Result<()> {
+        let client = oa_bus::connect(&self.config.nats).await?;
+        let jetstream = oa_bus::async_nats::jetstream::new(client);
+        let topology = oa_bus::Topology::new(&self.config.nats);
+        let consumers = [(&topology.bus_stream, "bus"), (&topology.work_stream, "work")];
+        let settled = self
+            .eventually(seconds, || async {
+                for (stream, kind) in consumers {
+                    let stream = jetstream.get_stream(stream).await.ok()?;
+                    let mut consumer = stream
+                        .get_consumer::<oa_bus::async_nats::jetstream::consumer::pull::Config>(&format!(
+                            "{}_{kind}",
+                            topology.consumer
+                        ))
+                        .await
+                        .ok()?;
+                    let info = consumer.info().await.ok()?;
+                    if info.num_pending > 0 || info.num_ack_pending > 0 {
+                        return None;
+                    }
+                }
+                Some(())
+            })
+            .await;
+        settled.context("the bus did not settle")
+    }
+
     pub async fn eventually<T, F, Fut>(&self, seconds: u64, mut check: F) -> Option<T>
     where
         F: FnMut() -> Fut,
