@@ -2,9 +2,7 @@
 //! `Authorization: Bearer` or the session cookie. Every refusal, whatever its reason, answers the
 //! same 401 body; the reason goes to the log.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -22,23 +20,26 @@ pub const INTEGRATION_KEY_HEADER: &str = "x-integration-key";
 const KNOWN_ORG_TTL: Duration = Duration::from_secs(60);
 
 /// Orgs recently seen to exist, with their tier, so a Hub token costs no query per request.
-#[derive(Default)]
 pub struct KnownOrgs {
-    seen: Mutex<HashMap<String, (Instant, String)>>,
+    /// Org id → tier, for [`KNOWN_ORG_TTL`]; the least recently used go first past 100,000.
+    seen: moka::sync::Cache<String, String>,
+}
+
+impl Default for KnownOrgs {
+    fn default() -> Self {
+        KnownOrgs {
+            seen: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(KNOWN_ORG_TTL).build(),
+        }
+    }
 }
 
 impl KnownOrgs {
     fn tier(&self, org_id: &str) -> Option<String> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(org_id).filter(|(at, _)| at.elapsed() < KNOWN_ORG_TTL).map(|(_, tier)| tier.clone())
+        self.seen.get(org_id)
     }
 
     fn insert(&self, org_id: &str, tier: &str) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() > 100_000 {
-            seen.clear();
-        }
-        seen.insert(org_id.to_owned(), (Instant::now(), tier.to_owned()));
+        self.seen.insert(org_id.to_owned(), tier.to_owned());
     }
 }
 

@@ -3,9 +3,8 @@
 //! service announces a change for that org (or for the system agents), and after a TTL as a
 //! safety net.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller};
@@ -18,36 +17,15 @@ use crate::matching::Candidate;
 
 const TTL: Duration = Duration::from_secs(60);
 
-/// Per-org values loaded from the agents service, each kept for [`TTL`] or until dropped.
-struct PerOrg<T>(Mutex<HashMap<String, (Instant, Arc<T>)>>);
+/// Per-org values loaded from the agents service, each kept for [`TTL`] or until dropped; at
+/// most [`ORGS`] orgs, the least recently used going first. Concurrent loads of one org are one.
+type PerOrg<T> = moka::future::Cache<String, Arc<T>>;
 
-impl<T> PerOrg<T> {
-    fn new() -> Self {
-        PerOrg(Mutex::new(HashMap::new()))
-    }
+/// Orgs whose agents and settings a worker keeps at once.
+const ORGS: u64 = 100_000;
 
-    fn fresh(&self, org_id: &str) -> Option<Arc<T>> {
-        let cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cached.get(org_id).filter(|(at, _)| at.elapsed() < TTL).map(|(_, value)| value.clone())
-    }
-
-    /// Keeps `value`, loaded at `loaded_at` (an invalidation since then still wins after the TTL).
-    fn keep(&self, org_id: &str, loaded_at: Instant, value: T) -> Arc<T> {
-        let value = Arc::new(value);
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(org_id.to_owned(), (loaded_at, value.clone()));
-        value
-    }
-
-    fn forget(&self, org_id: Option<&str>) {
-        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match org_id {
-            Some(org_id) => drop(cached.remove(org_id)),
-            None => cached.clear(),
-        }
-    }
+fn per_org<T: Send + Sync + 'static>() -> PerOrg<T> {
+    moka::future::Cache::builder().max_capacity(ORGS).time_to_live(TTL).build()
 }
 
 pub struct AgentIndex {
@@ -61,25 +39,27 @@ pub struct AgentIndex {
 
 impl AgentIndex {
     pub fn new(agents: AgentsClient<Channel>, token: SecretString) -> Self {
-        AgentIndex { agents, token, cache: PerOrg::new(), settings: PerOrg::new() }
+        AgentIndex { agents, token, cache: per_org(), settings: per_org() }
     }
 
     /// Forgets an org's set; `system` forgets every org's, since system agents are in all of them.
-    pub fn invalidate(&self, org_id: &str) {
+    /// A load already in flight may still land, and lives out its TTL.
+    pub async fn invalidate(&self, org_id: &str) {
         if org_id == "system" {
-            self.cache.forget(None);
+            self.cache.invalidate_all();
         } else {
-            self.cache.forget(Some(org_id));
-            self.settings.forget(Some(org_id));
+            self.cache.invalidate(org_id).await;
+            self.settings.invalidate(org_id).await;
         }
     }
 
     /// The org's settings, unmasked: who its notifications and approval links go to.
     pub async fn settings(&self, org_id: &str) -> Result<Arc<OrgSettings>, ApiError> {
-        if let Some(settings) = self.settings.fresh(org_id) {
-            return Ok(settings);
-        }
-        let loaded_at = Instant::now();
+        let load = async { self.load_settings(org_id).await.map(Arc::new) };
+        self.settings.try_get_with_by_ref(org_id, load).await.map_err(|error| (*error).clone())
+    }
+
+    async fn load_settings(&self, org_id: &str) -> Result<OrgSettings, ApiError> {
         let caller = Caller::service("worker", org_id);
         let request = oa_proto::agents::GetOrgSettingsRequest {};
         let response = self
@@ -89,16 +69,15 @@ impl AgentIndex {
             .await
             .map_err(|s| ApiError::from_status(&s))?
             .into_inner();
-        let settings: OrgSettings = serde_json::from_str(&response.settings_json)
-            .map_err(|e| ApiError::internal_from("org settings", &e))?;
-        Ok(self.settings.keep(org_id, loaded_at, settings))
+        serde_json::from_str(&response.settings_json).map_err(|e| ApiError::internal_from("org settings", &e))
     }
 
     pub async fn candidates(&self, org_id: &str) -> Result<Arc<Vec<Candidate>>, ApiError> {
-        if let Some(set) = self.cache.fresh(org_id) {
-            return Ok(set);
-        }
-        let loaded_at = Instant::now();
+        let load = async { self.load_candidates(org_id).await.map(Arc::new) };
+        self.cache.try_get_with_by_ref(org_id, load).await.map_err(|error| (*error).clone())
+    }
+
+    async fn load_candidates(&self, org_id: &str) -> Result<Vec<Candidate>, ApiError> {
         let caller = Caller::service("worker", org_id);
         let request =
             ListAgentsRequest { status: "active".into(), r#type: String::new(), category: String::new() };
@@ -125,6 +104,6 @@ impl AgentIndex {
                 definition_json,
             });
         }
-        Ok(self.cache.keep(org_id, loaded_at, set))
+        Ok(set)
     }
 }

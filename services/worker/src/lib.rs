@@ -16,9 +16,8 @@ pub mod providers;
 pub mod scheduler;
 pub mod sweeper;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -47,7 +46,8 @@ struct Ingest {
     index: Arc<AgentIndex>,
     catalog: CatalogClient<Channel>,
     token: SecretString,
-    known_event_types: Mutex<HashMap<String, Instant>>,
+    /// Event types the catalog has, for [`CATALOG_TTL`].
+    known_event_types: moka::future::Cache<String, ()>,
     nats: oa_bus::async_nats::Client,
     dead_letters: dead_letters::DeadLetters,
 }
@@ -60,11 +60,8 @@ enum Handled {
 
 impl Ingest {
     async fn event_type_known(&self, org_id: &str, id: &str) -> anyhow::Result<bool> {
-        {
-            let known = self.known_event_types.lock().unwrap_or_else(|e| e.into_inner());
-            if known.get(id).is_some_and(|at| at.elapsed() < CATALOG_TTL) {
-                return Ok(true);
-            }
+        if self.known_event_types.contains_key(id) {
+            return Ok(true);
         }
         let caller = Caller::service("worker", org_id);
         let found =
@@ -72,10 +69,7 @@ impl Ingest {
                 .await
                 .map_err(|e| delivery::Unavailable::new("catalog", e))?;
         if found.is_some() {
-            self.known_event_types
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_owned(), Instant::now());
+            self.known_event_types.insert(id.to_owned(), ()).await;
         }
         Ok(found.is_some())
     }
@@ -291,7 +285,10 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         index: index.clone(),
         catalog: CatalogClient::new(channel(config, "catalog")?),
         token: config.grpc.service_token.clone(),
-        known_event_types: Mutex::new(HashMap::new()),
+        known_event_types: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(CATALOG_TTL)
+            .build(),
         nats: worker.nats.clone(),
         dead_letters: dead_letters::DeadLetters::start(worker.pool.clone()),
     });
@@ -324,7 +321,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 message = changes.next() => match message {
                     Some(message) => {
                         if let Some(org_id) = message.subject.as_str().strip_prefix(&prefix) {
-                            invalidating.index.invalidate(org_id);
+                            invalidating.index.invalidate(org_id).await;
                         }
                     }
                     None => return,
