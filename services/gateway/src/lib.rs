@@ -5,13 +5,14 @@
 //! It owns the `tenancy` schema through `oa-tenancy` (orgs and integration keys) and no other
 //! table; everything else goes through a service.
 
-mod approvals;
 pub mod auth;
 pub mod error;
+mod forward;
 mod health;
 mod me;
 pub mod ratelimit;
 mod routes;
+mod state;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -30,7 +31,6 @@ use oa_config::Config;
 use oa_domain::ApiError;
 use oa_tenancy::{KeyStore, OrgStore};
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -46,59 +46,7 @@ use tonic::transport::Channel;
 
 use crate::error::Failure;
 use crate::ratelimit::RateLimiter;
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
-    pub pool: PgPool,
-    pub keys: KeyStore,
-    pub orgs: OrgStore,
-    pub verifier: Option<HubVerifier>,
-    pub known_orgs: auth::KnownOrgs,
-    pub limiter: RateLimiter,
-    pub nats: Option<async_nats::Client>,
-    pub agents: AgentsClient<Channel>,
-    pub catalog: CatalogClient<Channel>,
-    pub executions: ExecutionsClient<Channel>,
-    pub approvals: ApprovalsClient<Channel>,
-    pub credits: CreditsClient<Channel>,
-    pub topology: oa_bus::Topology,
-    redis_client: redis::Client,
-    redis: OnceCell<redis::aio::ConnectionManager>,
-    /// Set when shutdown begins: `/readyz` answers 503 from then on.
-    pub draining: std::sync::atomic::AtomicBool,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// A request to a service carrying the caller, the service credential and the trace context.
-    pub fn outgoing<T>(&self, message: T, caller: &oa_domain::Caller) -> tonic::Request<T> {
-        oa_auth::service::outgoing(message, caller, &self.config.grpc.service_token)
-    }
-
-    /// The shared Redis connection, opened on first use so the gateway starts while Redis is down.
-    pub async fn redis(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        self.redis
-            .get_or_try_init(|| {
-                redis::aio::ConnectionManager::new_with_config(self.redis_client.clone(), config)
-            })
-            .await
-            .cloned()
-    }
-}
+pub use crate::state::{AppState, Inner};
 
 pub struct Gateway {
     listener: TcpListener,
@@ -247,7 +195,7 @@ async fn request_timeout(timeout: Duration, request: Request, next: Next) -> Res
 }
 
 fn api_routes() -> Router<AppState> {
-    Router::new().route("/me", get(me::me)).merge(routes::router()).merge(approvals::router())
+    Router::new().route("/me", get(me::me)).merge(routes::router())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -276,7 +224,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/api", api)
-        .merge(approvals::link_router())
+        .merge(routes::approvals::link_router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |request: Request, next: Next| {

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiJson, ApiQuery, ApiResult, Failure};
-use crate::routes::{grpc, page_body, page_request, service_json};
+use crate::forward::{grpc, page_body, page_request, service_json};
 
 /// The `/api` routes.
 pub fn router() -> Router<AppState> {
