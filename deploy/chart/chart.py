@@ -23,6 +23,7 @@ Kubernetes API schemas. Both are installed by deploy/local/install.sh into .loca
 """
 import argparse
 import base64
+import copy
 import json
 import pathlib
 import sys
@@ -134,7 +135,7 @@ def for_podman(objects):
         elif kind == "Deployment" and obj["spec"]["template"]["spec"].get("initContainers"):
             # podman 4.3 applies the pod's restart policy to init containers too: under Always it
             # restarts an init step that has finished. OnFailure still restarts a failed role.
-            deployment = json.loads(json.dumps(obj))
+            deployment = copy.deepcopy(obj)
             deployment["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
             played.append(deployment)
         elif kind in PODMAN_KINDS:
@@ -164,10 +165,10 @@ def for_podman(objects):
         for volume in spec.get("volumes", []):
             source = volume.get("configMap", {}).get("name")
             if source in config_maps:
-                copy = json.loads(json.dumps(config_maps[source]))
-                copy["metadata"]["name"] = f"{obj['metadata']['name']}-{volume['name']}"
-                volume["configMap"]["name"] = copy["metadata"]["name"]
-                copies.append(copy)
+                duplicate = copy.deepcopy(config_maps[source])
+                duplicate["metadata"]["name"] = f"{obj['metadata']['name']}-{volume['name']}"
+                volume["configMap"]["name"] = duplicate["metadata"]["name"]
+                copies.append(duplicate)
     played = [o for o in played if o["kind"] != "ConfigMap"] + copies
     # ConfigMaps and Secrets first: the pods that follow refer to them.
     order = {"ConfigMap": 0, "Secret": 0, "Pod": 1, "Deployment": 2}

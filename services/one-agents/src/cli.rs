@@ -173,11 +173,13 @@ async fn migrate(config: &Config, check: bool, wait: Duration) -> anyhow::Result
     let deadline = tokio::time::Instant::now() + wait;
     let expected = oa_store::expected_schema_version();
     let mut delay = Duration::from_millis(250);
+    // Lazy: it connects on each attempt, so one pool serves every retry.
+    let app = oa_store::app_pool(&config.database)?;
     loop {
         let attempt = async {
             if check {
-                let pool = oa_store::app_pool(&config.database)?;
-                let applied = oa_store::applied_schema_version(&pool).await?;
+                let pool = &app;
+                let applied = oa_store::applied_schema_version(pool).await?;
                 if applied < expected {
                     bail!(
                         "the database schema is at version {applied}; this build needs {expected}: run `one-agents migrate`"

@@ -99,25 +99,13 @@ async fn a_reservation_left_by_a_killed_worker_is_settled_by_the_sweeper_and_nev
     let definition = json!({
         "name": "Slow thinker", "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
-        "steps": [{"id": "think", "type": "ai_reason", "model_tier": "standard",
-                   "prompt": "Think about {{ event_payload.ticket_id }} sandbox-delay-ms:4000",
-                   "output_schema": {"type": "object", "properties": {"verdict": {"type": "string"}}}}],
+        "steps": [common::slow_thinking_step(4000)],
         "client_scope": "all"
     });
     active_agent(&plane, &org, &definition).await;
 
     let mut doomed = spawn_worker(&plane);
-    let event = oa_bus::Envelope::new(
-        &org,
-        "psa",
-        "ticket.created",
-        json!({"ticket_id": "tkt_think", "client_id": "cl_1"}),
-    );
-    plane.publish_on_bus(&event).await.unwrap();
-    plane
-        .eventually(30, || async { (!plane.sandbox.of_kind("llm").is_empty()).then_some(()) })
-        .await
-        .expect("the model call is in flight");
+    common::publish_ticket_until(&plane, &org, "tkt_think", "llm").await;
     doomed.kill().expect("SIGKILL");
     doomed.wait().unwrap();
     let reserved: i64 = sqlx::query_scalar("SELECT reserved FROM credits.balances WHERE org_id = $1")

@@ -41,9 +41,7 @@ async fn a_worker_sigtermed_mid_step_exits_within_the_grace_and_another_complete
         "name": "Slow thinker", "category": "service_desk",
         "trigger": {"type": "bus_event", "source_product": "psa", "event_type": "ticket.created"},
         "steps": [
-            {"id": "think", "type": "ai_reason", "model_tier": "standard",
-             "prompt": "Think about {{ event_payload.ticket_id }} sandbox-delay-ms:6000",
-             "output_schema": {"type": "object", "properties": {"verdict": {"type": "string"}}}},
+            common::slow_thinking_step(6000),
             {"id": "tell", "type": "notification", "channel": "sms", "recipients": ["+15550100009"],
              "body": "done {{ event_payload.ticket_id }}"}
         ],
@@ -53,17 +51,7 @@ async fn a_worker_sigtermed_mid_step_exits_within_the_grace_and_another_complete
 
     let grace = 2;
     let mut draining = spawn(&plane, "worker", &[("ONE_AGENTS_SHUTDOWN__GRACE_SECONDS", grace.to_string())]);
-    let event = oa_bus::Envelope::new(
-        &org,
-        "psa",
-        "ticket.created",
-        json!({"ticket_id": "tkt_drain", "client_id": "cl_1"}),
-    );
-    plane.publish_on_bus(&event).await.unwrap();
-    plane
-        .eventually(30, || async { (!plane.sandbox.of_kind("llm").is_empty()).then_some(()) })
-        .await
-        .expect("the first worker is inside the slow model call");
+    common::publish_ticket_until(&plane, &org, "tkt_drain", "llm").await;
 
     sigterm(&draining);
     let (status, took) = exit_within(&mut draining, Duration::from_secs(grace + 3)).await;

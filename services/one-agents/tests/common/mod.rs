@@ -56,3 +56,27 @@ pub async fn plane_without_worker(adjust: impl FnOnce(&mut oa_config::Config)) -
     pause_dispatch(&plane, &org).await;
     (plane, org)
 }
+
+/// An `ai_reason` step whose sandbox model answers after `delay_ms`: a step a worker is inside
+/// of for that long.
+pub fn slow_thinking_step(delay_ms: u64) -> Value {
+    json!({"id": "think", "type": "ai_reason", "model_tier": "standard",
+           "prompt": format!("Think about {{{{ event_payload.ticket_id }}}} sandbox-delay-ms:{delay_ms}"),
+           "output_schema": {"type": "object", "properties": {"verdict": {"type": "string"}}}})
+}
+
+/// Publishes a `psa` ticket on the bus and waits until the sandbox has received a `kind` request
+/// for it (a worker is inside that step).
+pub async fn publish_ticket_until(plane: &TestPlane, org: &str, ticket_id: &str, kind: &str) {
+    let event = oa_bus::Envelope::new(
+        org,
+        "psa",
+        "ticket.created",
+        json!({"ticket_id": ticket_id, "client_id": "cl_1"}),
+    );
+    plane.publish_on_bus(&event).await.unwrap();
+    plane
+        .eventually(30, || async { (!plane.sandbox.of_kind(kind).is_empty()).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("a worker reaches the {kind} step"));
+}
