@@ -3,16 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use strum::{EnumDiscriminants, IntoStaticStr, VariantNames};
 
-pub const AGENT_STATUSES: [&str; 4] = ["draft", "active", "paused", "error"];
-pub const AGENT_TYPES: [&str; 4] = ["system", "template", "custom", "cloned"];
-pub const MODEL_TIERS: [&str; 4] = ["quick", "standard", "premium", "expert"];
-pub const CHANNELS: [&str; 5] = ["sms", "email", "slack", "teams", "webhook"];
-pub const STEP_TYPES: [&str; 5] = ["ai_reason", "notification", "approval", "transform", "action"];
-pub const OPERATORS: [&str; 10] =
-    ["eq", "neq", "in", "not_in", "contains", "gt", "gte", "lt", "lte", "exists"];
-pub const CONFLICT_BEHAVIORS: [&str; 3] = ["additive", "override", "exclusive"];
-pub const TEMPLATE_CATEGORIES: [&str; 5] = ["operations", "security", "billing", "hr", "custom"];
+pub use crate::status::{AgentStatus, AgentType, Channel, ModelTier, TemplateCategory};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -34,8 +27,9 @@ fn utc() -> String {
     "UTC".to_owned()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Operator {
     Eq,
     Neq,
@@ -99,8 +93,9 @@ impl ClientScope {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ConflictBehavior {
     #[default]
     Additive,
@@ -118,26 +113,35 @@ pub struct Step {
     pub kind: StepKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum OnTimeout {
     Deny,
     Approve,
     Escalate,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A step's type and its fields. [`StepType`], the type alone, is derived from it: its string
+/// forms are the `type` tags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, EnumDiscriminants)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[strum_discriminants(
+    name(StepType),
+    derive(Hash, IntoStaticStr, VariantNames, strum::EnumString, strum::Display, Serialize, Deserialize),
+    strum(serialize_all = "snake_case"),
+    serde(rename_all = "snake_case")
+)]
 pub enum StepKind {
     AiReason {
-        model_tier: String,
+        model_tier: ModelTier,
         prompt: String,
         output_schema: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         system_prompt: Option<String>,
     },
     Notification {
-        channel: String,
+        channel: Channel,
         recipients: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subject: Option<String>,
@@ -173,17 +177,13 @@ pub enum StepKind {
 /// The announcement of an open gate: a channel and its recipients (templates allowed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalNotify {
-    pub channel: String,
+    pub channel: Channel,
     pub recipients: Vec<String>,
 }
 
 impl OnTimeout {
     pub fn as_str(self) -> &'static str {
-        match self {
-            OnTimeout::Deny => "deny",
-            OnTimeout::Approve => "approve",
-            OnTimeout::Escalate => "escalate",
-        }
+        self.into()
     }
 }
 
@@ -192,14 +192,12 @@ fn deny() -> OnTimeout {
 }
 
 impl StepKind {
+    pub fn step_type(&self) -> StepType {
+        self.into()
+    }
+
     pub fn type_name(&self) -> &'static str {
-        match self {
-            StepKind::AiReason { .. } => "ai_reason",
-            StepKind::Notification { .. } => "notification",
-            StepKind::Approval { .. } => "approval",
-            StepKind::Transform { .. } => "transform",
-            StepKind::Action { .. } => "action",
-        }
+        self.step_type().into()
     }
 }
 
@@ -272,6 +270,16 @@ mod tests {
         assert!(!scope.admits(Some("cl_3")));
         assert!(!scope.admits(None));
         assert!(serde_json::from_value::<ClientScope>(json!("some")).is_err());
+    }
+
+    #[test]
+    fn string_lists_come_from_the_enums() {
+        assert_eq!(StepType::VARIANTS, ["ai_reason", "notification", "approval", "transform", "action"]);
+        assert_eq!(Operator::VARIANTS.len(), 10);
+        assert_eq!(Operator::VARIANTS[3], "not_in");
+        assert_eq!(ConflictBehavior::VARIANTS, ["additive", "override", "exclusive"]);
+        assert_eq!(OnTimeout::Escalate.as_str(), "escalate");
+        assert_eq!("ai_reason".parse::<StepType>().unwrap(), StepType::AiReason);
     }
 
     #[test]

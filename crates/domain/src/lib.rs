@@ -12,6 +12,7 @@ pub mod hostile;
 pub mod ids;
 pub mod page;
 pub mod settings;
+pub mod status;
 
 pub use caller::{Caller, Permission, Principal, Role, Scope};
 pub use error::{ApiError, ErrorCode};

@@ -12,7 +12,7 @@ pub mod validate;
 
 use std::collections::HashMap;
 
-use oa_domain::agent::{AGENT_STATUSES, AGENT_TYPES, AgentDefinition, TEMPLATE_CATEGORIES};
+use oa_domain::agent::{AgentDefinition, AgentStatus, AgentType, TemplateCategory};
 use oa_domain::catalog::EVENT_CATEGORIES;
 use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
@@ -23,6 +23,7 @@ use oa_store::begin_org;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
+use strum::VariantNames;
 use tonic::transport::Channel;
 
 pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
@@ -371,8 +372,8 @@ impl Agents for AgentsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ReadAgents)?;
         let filter = request.into_inner();
-        one_of("status", &filter.status, &AGENT_STATUSES)?;
-        one_of("type", &filter.r#type, &AGENT_TYPES)?;
+        one_of("status", &filter.status, AgentStatus::VARIANTS)?;
+        one_of("type", &filter.r#type, AgentType::VARIANTS)?;
         one_of("category", &filter.category, &EVENT_CATEGORIES)?;
         let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
         let list_filter = store::ListFilter {
@@ -515,7 +516,7 @@ impl Agents for AgentsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ReadAgents)?;
         let category = request.into_inner().category;
-        one_of("category", &category, &TEMPLATE_CATEGORIES)?;
+        one_of("category", &category, TemplateCategory::VARIANTS)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let templates = store::templates(&mut tx, &category).await.map_err(db)?;
         tx.commit().await.map_err(db)?;

@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 use oa_domain::agent::{
-    AgentDefinition, CHANNELS, CONFLICT_BEHAVIORS, MODEL_TIERS, OPERATORS, STEP_TYPES, parse_duration_seconds,
+    AgentDefinition, Channel, ConflictBehavior, ModelTier, Operator, StepType, parse_duration_seconds,
 };
 use oa_domain::catalog::{EVENT_CATEGORIES, EventType, FieldType, FilterableField};
 use serde_json::{Map, Value, json};
+use strum::VariantNames;
 
 const TOP_LEVEL_FIELDS: [&str; 8] = [
     "name",
@@ -132,11 +133,11 @@ pub fn validate_within(
     check_conditions(&mut checker, object.get("conditions"), event_type.as_ref());
     check_steps(&mut checker, object.get("steps"));
     if let Some(behavior) = object.get("conflict_behavior")
-        && behavior.as_str().is_none_or(|b| !CONFLICT_BEHAVIORS.contains(&b))
+        && behavior.as_str().is_none_or(|b| !ConflictBehavior::VARIANTS.contains(&b))
     {
         checker.problem(
             "conflict_behavior",
-            format!("conflict_behavior is one of {}", CONFLICT_BEHAVIORS.join(", ")),
+            format!("conflict_behavior is one of {}", ConflictBehavior::VARIANTS.join(", ")),
         );
     }
     check_client_scope(&mut checker, object.get("client_scope"));
@@ -289,8 +290,11 @@ fn check_filter(
         checker.problem(format!("{path}.field"), "field names a path in the event payload");
         return;
     }
-    if !OPERATORS.contains(&operator) {
-        checker.problem(format!("{path}.operator"), format!("operator is one of {}", OPERATORS.join(", ")));
+    if !Operator::VARIANTS.contains(&operator) {
+        checker.problem(
+            format!("{path}.operator"),
+            format!("operator is one of {}", Operator::VARIANTS.join(", ")),
+        );
         return;
     }
     let field = event_type.and_then(|e| e.field(field_path));
@@ -571,12 +575,12 @@ fn check_steps(checker: &mut Checker, steps: Option<&Value>) {
             }
         }
         match step.get("type").and_then(Value::as_str) {
-            Some(step_type) if STEP_TYPES.contains(&step_type) => {
+            Some(step_type) if StepType::VARIANTS.contains(&step_type) => {
                 check_step_fields(checker, &path, step_type, step, &earlier, &all_ids)
             }
             Some(other) => checker.problem(
                 format!("{path}.type"),
-                format!("{other} is not a step type; use one of {}", STEP_TYPES.join(", ")),
+                format!("{other} is not a step type; use one of {}", StepType::VARIANTS.join(", ")),
             ),
             None => checker.problem(format!("{path}.type"), "every step has a type"),
         }
@@ -605,7 +609,7 @@ fn check_link_recipients(checker: &mut Checker, path: &str, notify: &Map<String,
     }
 }
 
-/// A channel of [`CHANNELS`] and 1 to 100 recipient templates; returns the channel when valid.
+/// A channel of [`Channel::VARIANTS`] and 1 to 100 recipient templates; returns the channel when valid.
 fn check_channel_and_recipients<'a>(
     checker: &mut Checker,
     path: &str,
@@ -613,9 +617,12 @@ fn check_channel_and_recipients<'a>(
     earlier: &HashSet<String>,
     all: &HashSet<String>,
 ) -> Option<&'a str> {
-    let channel = fields.get("channel").and_then(Value::as_str).filter(|c| CHANNELS.contains(c));
+    let channel = fields.get("channel").and_then(Value::as_str).filter(|c| Channel::VARIANTS.contains(c));
     if channel.is_none() {
-        checker.problem(format!("{path}.channel"), format!("channel is one of {}", CHANNELS.join(", ")));
+        checker.problem(
+            format!("{path}.channel"),
+            format!("channel is one of {}", Channel::VARIANTS.join(", ")),
+        );
     }
     match fields.get("recipients").and_then(Value::as_array) {
         Some(recipients) if recipients.len() > checker.limits.max_recipients => {
@@ -663,10 +670,14 @@ fn check_step_fields(
     }
     match step_type {
         "ai_reason" => {
-            if !step.get("model_tier").and_then(Value::as_str).is_some_and(|t| MODEL_TIERS.contains(&t)) {
+            if !step
+                .get("model_tier")
+                .and_then(Value::as_str)
+                .is_some_and(|t| ModelTier::VARIANTS.contains(&t))
+            {
                 checker.problem(
                     format!("{path}.model_tier"),
-                    format!("model_tier is one of {}", MODEL_TIERS.join(", ")),
+                    format!("model_tier is one of {}", ModelTier::VARIANTS.join(", ")),
                 );
             }
             if let Some(prompt) = required_text(checker, step, path, "prompt") {

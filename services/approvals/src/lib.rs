@@ -12,6 +12,7 @@ pub mod store;
 pub mod sweeper;
 
 use std::collections::HashMap;
+use strum::VariantNames;
 
 use oa_bus::{Topology, WorkItem};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
@@ -21,7 +22,6 @@ use oa_store::{api_error as db, begin_org};
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-pub const STATUSES: [&str; 4] = ["pending", "approved", "denied", "expired"];
 const MAX_NOTE: usize = 2000;
 
 /// What the service and its sweeper share.
@@ -179,9 +179,12 @@ impl Approvals for ApprovalsService {
         let status = match request.status.as_str() {
             "" => "pending",
             "all" => "",
-            status if STATUSES.contains(&status) => status,
+            status if oa_domain::status::GateStatus::VARIANTS.contains(&status) => status,
             _ => {
-                let allowed = format!("status must be one of {} or all", STATUSES.join(", "));
+                let allowed = format!(
+                    "status must be one of {} or all",
+                    oa_domain::status::GateStatus::VARIANTS.join(", ")
+                );
                 return Err(ApiError::bad_request(allowed).into());
             }
         };

@@ -7,8 +7,7 @@ use oa_config::TiersConfig;
 use oa_domain::ids;
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, Row};
-
-pub const MODEL_TIERS: [&str; 4] = ["quick", "standard", "premium", "expert"];
+use strum::VariantNames;
 
 /// The calendar month (UTC) of now, as `YYYY-MM`.
 pub fn current_month() -> String {
@@ -350,7 +349,8 @@ pub async fn usage(
     .fetch_all(&mut *tx)
     .await?;
     let mut by_agent = Map::new();
-    let mut by_model: Map<String, Value> = MODEL_TIERS.iter().map(|t| ((*t).to_owned(), json!(0))).collect();
+    let mut by_model: Map<String, Value> =
+        oa_domain::status::ModelTier::VARIANTS.iter().map(|t| ((*t).to_owned(), json!(0))).collect();
     for row in rows {
         let amount: i64 = row.try_get("amount")?;
         let agent: String = row.try_get("agent_id")?;

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod store;
 
 use oa_bus::{Topology, WorkItem};
+use oa_domain::status::ExecutionStatus;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
 use oa_proto::approvals::DenyOpenGatesRequest;
 use oa_proto::approvals::approvals_client::ApprovalsClient;
@@ -17,6 +18,7 @@ use oa_proto::executions::executions_server::{Executions, ExecutionsServer};
 use oa_store::begin_org;
 use secrecy::SecretString;
 use sqlx::PgPool;
+use strum::VariantNames;
 use tonic::transport::Channel;
 
 pub struct ExecutionsService {
@@ -99,8 +101,8 @@ impl ExecutionsService {
             "message": format!("cancelled by {}", caller.principal_label()),
         });
         for id in ids {
-            store::close_open_steps(tx, id, "skipped").await.map_err(db)?;
-            store::set_status(tx, id, "cancelled", Some(&reason)).await.map_err(db)?;
+            store::close_open_steps(tx, id, oa_domain::status::StepStatus::Skipped).await.map_err(db)?;
+            store::set_status(tx, id, ExecutionStatus::Cancelled, Some(&reason)).await.map_err(db)?;
         }
         self.deny_gates(caller, ids).await
     }
@@ -125,7 +127,7 @@ impl ExecutionsService {
         &self,
         caller: &Caller,
         id: &str,
-        allowed: &[&str],
+        allowed: &[ExecutionStatus],
         what: &str,
     ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, store::ExecutionRow), ApiError> {
         if !ids::has_prefix(id, "exec") {
@@ -134,7 +136,7 @@ impl ExecutionsService {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let execution =
             store::lock(&mut tx, &caller.org_id, id).await.map_err(db)?.ok_or_else(|| not_found(id))?;
-        if !allowed.contains(&execution.status.as_str()) {
+        if !allowed.contains(&execution.status) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("{what}; this one is {}", execution.status),
@@ -162,18 +164,20 @@ impl Executions for ExecutionsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ReadExecutions)?;
         let request = request.into_inner();
-        const STATUSES: [&str; 6] =
-            ["pending", "running", "waiting_approval", "completed", "failed", "cancelled"];
-        if !request.status.is_empty() && !STATUSES.contains(&request.status.as_str()) {
-            return Err(
-                ApiError::bad_request(format!("status must be one of {}", STATUSES.join(", "))).into()
-            );
-        }
+        let status = match request.status.as_str() {
+            "" => None,
+            status => Some(status.parse::<ExecutionStatus>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "status must be one of {}",
+                    ExecutionStatus::VARIANTS.join(", ")
+                ))
+            })?),
+        };
         let page = request.page.unwrap_or_default();
         let limit = oa_domain::page::limit(page.limit)?;
         let filter = store::ListFilter {
             agent_id: &request.agent_id,
-            status: &request.status,
+            status,
             from: parse_time("from", &request.from)?,
             to: parse_time("to", &request.to)?,
             cursor: &page.cursor,
@@ -208,7 +212,8 @@ impl Executions for ExecutionsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::ControlExecutions)?;
         let id = request.into_inner().id;
-        let allowed = ["pending", "running", "waiting_approval"];
+        use ExecutionStatus::{Pending, Running, WaitingApproval};
+        let allowed = [Pending, Running, WaitingApproval];
         let (mut tx, _) = self
             .lock_in(&caller, &id, &allowed, "Only a running or waiting execution can be cancelled")
             .await?;
@@ -228,7 +233,7 @@ impl Executions for ExecutionsService {
             .lock_in(
                 &caller,
                 &id,
-                &["failed", "cancelled"],
+                &[ExecutionStatus::Failed, ExecutionStatus::Cancelled],
                 "Only a failed or cancelled execution can be retried",
             )
             .await?;

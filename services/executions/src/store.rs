@@ -2,24 +2,29 @@
 //! engine of this context; the executions service reads and controls them. Every query runs in an
 //! org-scoped transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use oa_domain::agent::AgentDefinition;
+use oa_domain::agent::{AgentDefinition, StepType};
+use oa_domain::status::{ExecutionStatus, StepStatus};
 use serde_json::Value;
+use sqlx::PgConnection;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
 
-pub const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExecutionRow {
     pub id: String,
     pub org_id: String,
     pub agent_id: String,
     pub agent_version: i32,
+    #[sqlx(json)]
     pub definition: AgentDefinition,
     pub event_id: String,
+    #[sqlx(json)]
     pub trigger_event: Value,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ExecutionStatus,
+    #[sqlx(json(nullable))]
     pub error: Option<Value>,
     pub credits_used: i64,
     pub retry_of: Option<String>,
@@ -28,54 +33,23 @@ pub struct ExecutionRow {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepRow {
     pub position: i32,
     pub step_id: String,
-    pub step_type: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub step_type: StepType,
+    #[sqlx(try_from = "String")]
+    pub status: StepStatus,
     pub attempt: i32,
+    #[sqlx(json(nullable))]
     pub output: Option<Value>,
+    #[sqlx(json(nullable))]
     pub error: Option<Value>,
     pub credits_used: i64,
     pub duration_ms: Option<i64>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-}
-
-fn execution_from_row(row: &sqlx::postgres::PgRow) -> Result<ExecutionRow, sqlx::Error> {
-    Ok(ExecutionRow {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        agent_id: row.try_get("agent_id")?,
-        agent_version: row.try_get("agent_version")?,
-        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
-        event_id: row.try_get("event_id")?,
-        trigger_event: row.try_get::<Json<Value>, _>("trigger_event")?.0,
-        status: row.try_get("status")?,
-        error: row.try_get::<Option<Json<Value>>, _>("error")?.map(|j| j.0),
-        credits_used: row.try_get("credits_used")?,
-        retry_of: row.try_get("retry_of")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-    })
-}
-
-fn step_from_row(row: &sqlx::postgres::PgRow) -> Result<StepRow, sqlx::Error> {
-    Ok(StepRow {
-        position: row.try_get("position")?,
-        step_id: row.try_get("step_id")?,
-        step_type: row.try_get("step_type")?,
-        status: row.try_get("status")?,
-        attempt: row.try_get("attempt")?,
-        output: row.try_get::<Option<Json<Value>>, _>("output")?.map(|j| j.0),
-        error: row.try_get::<Option<Json<Value>>, _>("error")?.map(|j| j.0),
-        credits_used: row.try_get("credits_used")?,
-        duration_ms: row.try_get("duration_ms")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-    })
 }
 
 pub struct NewExecution<'a> {
@@ -180,12 +154,11 @@ pub async fn unfinished_for_event(
 }
 
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
+    sqlx::query_as("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
         .bind(id)
         .bind(org_id)
         .fetch_optional(&mut *tx)
-        .await?;
-    row.as_ref().map(execution_from_row).transpose()
+        .await
 }
 
 /// Locks an execution for a state change.
@@ -194,28 +167,23 @@ pub async fn lock(
     org_id: &str,
     id: &str,
 ) -> Result<Option<ExecutionRow>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2 FOR UPDATE")
+    sqlx::query_as("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2 FOR UPDATE")
         .bind(id)
         .bind(org_id)
         .fetch_optional(&mut *tx)
-        .await?;
-    row.as_ref().map(execution_from_row).transpose()
+        .await
 }
 
 /// The trace of an execution: one record per step of its pinned definition. A step that has not
 /// started has no row yet (ingest writes executions only): it shows as `pending` while the
 /// execution can still run it, and as `skipped` once the execution ended without it.
 pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Vec<StepRow>, sqlx::Error> {
-    let rows = sqlx::query("SELECT * FROM executions.steps WHERE execution_id = $1 ORDER BY position")
-        .bind(&execution.id)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut written: Vec<StepRow> = rows.iter().map(step_from_row).collect::<Result<_, _>>()?;
-    let unstarted = if matches!(execution.status.as_str(), "pending" | "running" | "waiting_approval") {
-        "pending"
-    } else {
-        "skipped"
-    };
+    let mut written: Vec<StepRow> =
+        sqlx::query_as("SELECT * FROM executions.steps WHERE execution_id = $1 ORDER BY position")
+            .bind(&execution.id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let unstarted = if execution.status.is_live() { StepStatus::Pending } else { StepStatus::Skipped };
     let mut trace = Vec::with_capacity(execution.definition.steps.len());
     for (position, step) in execution.definition.steps.iter().enumerate() {
         let position = position as i32;
@@ -224,8 +192,8 @@ pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Ve
             None => trace.push(StepRow {
                 position,
                 step_id: step.id.clone(),
-                step_type: step.kind.type_name().to_owned(),
-                status: unstarted.to_owned(),
+                step_type: step.kind.step_type(),
+                status: unstarted,
                 attempt: 0,
                 output: None,
                 error: None,
@@ -239,20 +207,21 @@ pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Ve
     Ok(trace)
 }
 
-/// Where a step row lives: its execution and org, its position, and what the definition says it is.
-pub struct StepAt<'a> {
+/// The slot of a step row: its execution and org, its position, and what the definition says the
+/// step is.
+pub struct StepSlot<'a> {
     pub execution_id: &'a str,
     pub org_id: &'a str,
     pub position: i32,
     pub step_id: &'a str,
-    pub step_type: &'a str,
+    pub step_type: StepType,
 }
 
 /// Moves an execution to `status`; terminal statuses set `completed_at`.
 pub async fn set_status(
     tx: &mut PgConnection,
     id: &str,
-    status: &str,
+    status: ExecutionStatus,
     error: Option<&Value>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -263,7 +232,7 @@ pub async fn set_status(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error.map(Json))
     .execute(&mut *tx)
     .await?;
@@ -272,7 +241,7 @@ pub async fn set_status(
 
 /// Marks a step running and returns its attempt, or `None` when another runner already finished
 /// it (its result then stands).
-pub async fn start_step(tx: &mut PgConnection, at: &StepAt<'_>) -> Result<Option<i32>, sqlx::Error> {
+pub async fn start_step(tx: &mut PgConnection, at: &StepSlot<'_>) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar(
         // A step found running was interrupted by a dead worker: resuming it is the same attempt,
         // so its side effects keep their idempotency key.
@@ -288,32 +257,39 @@ pub async fn start_step(tx: &mut PgConnection, at: &StepAt<'_>) -> Result<Option
     .bind(at.position)
     .bind(at.org_id)
     .bind(at.step_id)
-    .bind(at.step_type)
+    .bind(at.step_type.as_str())
     .fetch_optional(&mut *tx)
     .await
 }
 
 /// One step's row, as it is now.
 pub async fn step(tx: &mut PgConnection, id: &str, position: i32) -> Result<Option<StepRow>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM executions.steps WHERE execution_id = $1 AND position = $2")
+    sqlx::query_as("SELECT * FROM executions.steps WHERE execution_id = $1 AND position = $2")
         .bind(id)
         .bind(position)
         .fetch_optional(&mut *tx)
-        .await?;
-    row.as_ref().map(step_from_row).transpose()
+        .await
 }
 
+/// How a step ended, as its row records it.
 pub struct StepOutcome<'a> {
-    pub status: &'a str,
+    pub status: StepStatus,
     pub output: Option<&'a Value>,
     pub error: Option<&'a Value>,
     pub credits_used: i64,
     pub duration_ms: i64,
 }
 
+impl StepOutcome<'_> {
+    /// An outcome with only a status: no output, no error, no credits, no duration.
+    pub fn ended(status: StepStatus) -> StepOutcome<'static> {
+        StepOutcome { status, output: None, error: None, credits_used: 0, duration_ms: 0 }
+    }
+}
+
 pub async fn finish_step(
     tx: &mut PgConnection,
-    at: &StepAt<'_>,
+    at: &StepSlot<'_>,
     outcome: &StepOutcome<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -328,8 +304,8 @@ pub async fn finish_step(
     .bind(at.position)
     .bind(at.org_id)
     .bind(at.step_id)
-    .bind(at.step_type)
-    .bind(outcome.status)
+    .bind(at.step_type.as_str())
+    .bind(outcome.status.as_str())
     .bind(outcome.output.map(Json))
     .bind(outcome.error.map(Json))
     .bind(outcome.credits_used)
@@ -359,13 +335,17 @@ pub async fn set_waiting_output(
 
 /// Marks every step row not yet finished as `status` (cancelled executions skip what is left;
 /// steps that never started have no row and show as skipped once the execution ended).
-pub async fn close_open_steps(tx: &mut PgConnection, id: &str, status: &str) -> Result<(), sqlx::Error> {
+pub async fn close_open_steps(
+    tx: &mut PgConnection,
+    id: &str,
+    status: StepStatus,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE executions.steps SET status = $2, completed_at = now()
          WHERE execution_id = $1 AND status IN ('pending', 'running')",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -403,7 +383,7 @@ pub async fn lock_unfinished_of_agent(
 
 pub struct ListFilter<'a> {
     pub agent_id: &'a str,
-    pub status: &'a str,
+    pub status: Option<ExecutionStatus>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     /// The last id of the previous page: ids sort by creation, so the cursor stays correct while
@@ -417,16 +397,16 @@ pub async fn list(
     org_id: &str,
     filter: &ListFilter<'_>,
 ) -> Result<(Vec<ExecutionRow>, i64), sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<ExecutionRow> = sqlx::query_as(
         "SELECT * FROM executions.executions
-         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3 = '' OR status = $3)
+         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
            AND ($6 = '' OR id < $6)
          ORDER BY id DESC LIMIT $7",
     )
     .bind(org_id)
     .bind(filter.agent_id)
-    .bind(filter.status)
+    .bind(filter.status.map(ExecutionStatus::as_str))
     .bind(filter.from)
     .bind(filter.to)
     .bind(filter.cursor)
@@ -435,52 +415,65 @@ pub async fn list(
     .await?;
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM executions.executions
-         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3 = '' OR status = $3)
+         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)",
     )
     .bind(org_id)
     .bind(filter.agent_id)
-    .bind(filter.status)
+    .bind(filter.status.map(ExecutionStatus::as_str))
     .bind(filter.from)
     .bind(filter.to)
     .fetch_one(&mut *tx)
     .await?;
-    Ok((rows.iter().map(execution_from_row).collect::<Result<_, _>>()?, total))
+    Ok((rows, total))
 }
 
-/// The recorded result of a side effect, if it already happened.
-pub async fn side_effect(tx: &mut PgConnection, key: &str) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<Json<Value>> =
-        sqlx::query_scalar("SELECT result FROM executions.side_effects WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-    Ok(row.map(|j| j.0))
-}
-
-pub async fn record_side_effect(
+/// The recorded results of a step's side effects, by idempotency key. The runner reads them in
+/// the transaction that starts the step, so a side effect that already happened is not repeated.
+pub async fn side_effects_of_step(
     tx: &mut PgConnection,
-    key: &str,
+    execution_id: &str,
+    step_id: &str,
+) -> Result<HashMap<String, Value>, sqlx::Error> {
+    let rows: Vec<(String, Json<Value>)> = sqlx::query_as(
+        "SELECT idempotency_key, result FROM executions.side_effects WHERE execution_id = $1 AND step_id = $2",
+    )
+    .bind(execution_id)
+    .bind(step_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|(key, result)| (key, result.0)).collect())
+}
+
+/// Records side effects that succeeded, in the transaction that finishes their step.
+pub async fn record_side_effects(
+    tx: &mut PgConnection,
     org_id: &str,
     execution_id: &str,
     step_id: &str,
-    result: &Value,
+    results: &[(String, Value)],
 ) -> Result<(), sqlx::Error> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = results.iter().map(|(key, _)| key.as_str()).collect();
+    let values: Vec<Json<&Value>> = results.iter().map(|(_, value)| Json(value)).collect();
     sqlx::query(
         "INSERT INTO executions.side_effects (idempotency_key, org_id, execution_id, step_id, result)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+         SELECT k, $3, $4, $5, r FROM unnest($1::text[], $2::jsonb[]) AS u(k, r)
+         ON CONFLICT DO NOTHING",
     )
-    .bind(key)
+    .bind(keys)
+    .bind(values)
     .bind(org_id)
     .bind(execution_id)
     .bind(step_id)
-    .bind(Json(result))
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetter {
     pub id: String,
     pub org_id: String,
@@ -490,19 +483,6 @@ pub struct DeadLetter {
     pub reason: String,
     pub created_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
-}
-
-fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {
-    Ok(DeadLetter {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        subject: row.try_get("subject")?,
-        event_id: row.try_get("event_id")?,
-        payload: row.try_get("payload")?,
-        reason: row.try_get("reason")?,
-        created_at: row.try_get("created_at")?,
-        replayed_at: row.try_get("replayed_at")?,
-    })
 }
 
 /// Stores dead letters of one org in one statement (a letter already stored is left as it is).
@@ -529,13 +509,11 @@ pub async fn dead_letters(
     org_id: &str,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT * FROM executions.dead_letters WHERE org_id = $1 ORDER BY id DESC LIMIT $2")
-            .bind(org_id)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-    rows.iter().map(dead_letter_from_row).collect()
+    sqlx::query_as("SELECT * FROM executions.dead_letters WHERE org_id = $1 ORDER BY id DESC LIMIT $2")
+        .bind(org_id)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
 }
 
 pub async fn lock_dead_letter(
@@ -543,12 +521,11 @@ pub async fn lock_dead_letter(
     org_id: &str,
     id: &str,
 ) -> Result<Option<DeadLetter>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM executions.dead_letters WHERE id = $1 AND org_id = $2 FOR UPDATE")
+    sqlx::query_as("SELECT * FROM executions.dead_letters WHERE id = $1 AND org_id = $2 FOR UPDATE")
         .bind(id)
         .bind(org_id)
         .fetch_optional(&mut *tx)
-        .await?;
-    row.as_ref().map(dead_letter_from_row).transpose()
+        .await
 }
 
 pub async fn mark_replayed(tx: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {

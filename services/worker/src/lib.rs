@@ -303,9 +303,12 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         token: config.grpc.service_token.clone(),
         limits: config.limits.clone(),
         index,
-        renderer: oa_template::isolated::IsolatedRenderer::new(
-            config.limits.template_memory_bytes,
-            config.limits.template_renderers,
+        templates: engine::Templates::new(
+            oa_template::isolated::IsolatedRenderer::new(
+                config.limits.template_memory_bytes,
+                config.limits.template_renderers,
+            ),
+            config.limits.max_rendered_bytes,
         ),
     });
 

@@ -1,0 +1,194 @@
+//! The step runner: runs (or resumes) one execution from its last persisted step. Each step is
+//! marked running in one transaction before it starts and finished in one after, so a worker that
+//! dies mid-execution leaves a trace another worker resumes from; side effects are keyed by
+//! (execution, step, attempt) and recorded, so a resumed step does not repeat one that happened.
+//!
+//! The step kinds live in [`kinds`], one module each; the transactions that move an execution and
+//! its steps in [`transitions`].
+
+mod effects;
+mod kinds;
+mod output;
+mod templates;
+mod transitions;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use oa_bus::WorkItem;
+use oa_domain::Caller;
+use oa_domain::agent::{Step, StepKind};
+use oa_domain::status::StepStatus;
+use oa_executions::store::StepSlot;
+use oa_proto::agents::RecordRunRequest;
+use oa_proto::agents::agents_client::AgentsClient;
+use oa_proto::approvals::approvals_client::ApprovalsClient;
+use oa_proto::credits::credits_client::CreditsClient;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+pub use templates::Templates;
+
+use self::effects::Effects;
+use self::kinds::{StepResult, StepRun, human_approved_before, on_deny_of};
+use self::transitions::{At, Next, Start};
+use crate::providers::{Llm, Outbound};
+
+pub struct Engine {
+    pub pool: PgPool,
+    pub llm: Llm,
+    pub outbound: Outbound,
+    pub prices: BTreeMap<String, i64>,
+    pub agents: AgentsClient<Channel>,
+    pub credits: CreditsClient<Channel>,
+    pub approvals: ApprovalsClient<Channel>,
+    pub token: SecretString,
+    pub limits: oa_config::LimitsConfig,
+    /// Each org's agents and settings (contacts, its own webhooks).
+    pub index: std::sync::Arc<crate::index::AgentIndex>,
+    pub templates: Templates,
+}
+
+/// The template context of a step: the event, its payload, and earlier steps' outputs.
+fn base_context(trigger_event: &Value) -> Value {
+    json!({
+        "event_payload": trigger_event["payload"],
+        "event": {
+            "id": trigger_event["id"],
+            "source_product": trigger_event["source_product"],
+            "event_type": trigger_event["event_type"],
+            "client_id": trigger_event["client_id"],
+            "occurred_at": trigger_event["occurred_at"],
+        },
+        "steps": {},
+    })
+}
+
+/// Takes a completed step's output into the context of the steps after it, and where a denied
+/// gate sends the run.
+fn settle<'a>(step: &'a Step, output: Value, skip_until: &mut Option<&'a str>, context: &mut Value) {
+    let target = skip_until.filter(|target| *target != step.id);
+    *skip_until = target.or(on_deny_of(step, &output));
+    context["steps"][&step.id] = json!({ "output": output });
+}
+
+impl Engine {
+    /// Runs every execution of a work item side by side. Any infrastructure failure fails the
+    /// item, which is redelivered; executions that finished return at once on the rerun.
+    pub async fn run_all<F, Fut>(&self, item: &WorkItem, progress: &F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let runs = item.execution_ids.iter().map(|id| self.run(&item.org_id, id, progress));
+        futures::future::join_all(runs).await.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(())
+    }
+
+    /// Runs an execution to its end, or until it waits for a human. Errors are infrastructure
+    /// failures: the work item is retried and the execution resumes where it stopped. A waiting
+    /// execution is run again when its gate changes: the gate says whether it goes on.
+    pub async fn run<F, Fut>(&self, org_id: &str, execution_id: &str, progress: &F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let started = Instant::now();
+        let Some((execution, rows)) = self.open(org_id, execution_id).await? else {
+            return Ok(());
+        };
+        let settings = self
+            .index
+            .settings(org_id)
+            .await
+            .map_err(|e| crate::delivery::Unavailable::new("agents", e.message))?;
+        let mut context = base_context(&execution.trigger_event);
+        context["org"] = json!({ "contacts": settings.contacts, "webhooks": settings.webhooks });
+        // Set while a denied gate's `on_deny` jumps ahead: steps before it are skipped.
+        let mut skip_until: Option<&str> = None;
+        for (position, step) in execution.definition.steps.iter().enumerate() {
+            let row = rows.iter().find(|r| r.position == position as i32);
+            match row.map(|r| r.status) {
+                Some(StepStatus::Completed) => {
+                    let output = row.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
+                    settle(step, output, &mut skip_until, &mut context);
+                    continue;
+                }
+                Some(StepStatus::Skipped) => continue,
+                Some(StepStatus::Cancelled | StepStatus::Failed) => return Ok(()),
+                _ => {}
+            }
+            let slot = StepSlot {
+                execution_id: &execution.id,
+                org_id,
+                position: position as i32,
+                step_id: &step.id,
+                step_type: step.kind.step_type(),
+            };
+            let at = At { execution: &execution, step, slot, started };
+            let (attempt, recorded) = match self.start(&at, &mut skip_until, &context).await? {
+                Start::Run { attempt, recorded } => (attempt, recorded),
+                Start::Settled(Some(output)) => {
+                    settle(step, output, &mut skip_until, &mut context);
+                    continue;
+                }
+                Start::Settled(None) => continue,
+                Start::Stop => return Ok(()),
+            };
+            progress().await;
+
+            let run = StepRun {
+                org_id,
+                execution_id: &execution.id,
+                agent_id: &execution.agent_id,
+                step_id: &step.id,
+                key: format!("{}:{}:{attempt}", execution.id, step.id),
+                human_approved: human_approved_before(&execution.definition.steps, position, &context),
+                settings: &settings,
+                effects: Effects::new(recorded),
+            };
+            let step_started = Instant::now();
+            let span =
+                tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
+            let limit = self.limits.max_step_output_bytes;
+            let result =
+                kinds::execute(self, step, &context, &run).instrument(span).await?.and_then(|result| {
+                    Ok(match result {
+                        StepResult::Done { output, credits } => {
+                            StepResult::Done { output: output::checked(output, limit)?, credits }
+                        }
+                        other => other,
+                    })
+                });
+            let mut duration_ms = step_started.elapsed().as_millis() as i64;
+            if matches!(step.kind, StepKind::Approval { .. }) {
+                // An approval step lasts from its gate opening to its decision.
+                let opened = row.and_then(|r| r.started_at).unwrap_or_else(chrono::Utc::now);
+                duration_ms = duration_ms.max((chrono::Utc::now() - opened).num_milliseconds());
+            }
+            match self.finish(&at, &run, result, duration_ms).await? {
+                Next::Go(Some(output)) => settle(step, output, &mut skip_until, &mut context),
+                Next::Go(None) => {}
+                Next::Stop => return Ok(()),
+            }
+        }
+        self.complete(&execution, started).await
+    }
+
+    async fn record_run(&self, org_id: &str, agent_id: &str, succeeded: bool, started: Instant) {
+        let caller = Caller::service("worker", org_id);
+        let request = RecordRunRequest {
+            agent_id: agent_id.to_owned(),
+            succeeded,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(status) =
+            self.agents.clone().record_run(oa_auth::service::outgoing(request, &caller, &self.token)).await
+        {
+            tracing::warn!(%status, agent_id, "could not record the run in the agent's stats");
+        }
+    }
+}
