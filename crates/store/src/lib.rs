@@ -132,6 +132,14 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 /// True when `error` is a unique-key violation (an idempotent insert that lost a race).
+/// A text column read as one of the domain's enums (see `oa_domain::status`); a value the enum
+/// does not know is a decode error.
+pub fn text_column<T: TryFrom<String, Error = E>, E: std::error::Error + Send + Sync + 'static>(
+    text: String,
+) -> Result<T, sqlx::Error> {
+    T::try_from(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }

@@ -7,6 +7,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sqlx::FromRow;
 use sqlx::{PgPool, Row};
 use subtle::ConstantTimeEq;
 
@@ -16,7 +17,7 @@ const KEY_PREFIX_LEN: usize = 12;
 const KEY_SECRET_LEN: usize = 40;
 
 /// A key as listed: never its secret.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct IntegrationKey {
     pub id: String,
     pub org_id: String,
@@ -48,7 +49,7 @@ pub struct ResolvedKey {
 }
 
 /// A product's key as listed: never its secret.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct ProductKey {
     pub id: String,
     pub product: String,
@@ -85,20 +86,6 @@ fn random_string(len: usize, lowercase_only: bool) -> String {
             if lowercase_only { c.to_ascii_lowercase() } else { c }
         })
         .collect()
-}
-
-fn key_from_row(row: &sqlx::postgres::PgRow) -> Result<IntegrationKey, sqlx::Error> {
-    Ok(IntegrationKey {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        name: row.try_get("name")?,
-        prefix: row.try_get("prefix")?,
-        scopes: row.try_get("scopes")?,
-        created_by: row.try_get("created_by")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
 }
 
 macro_rules! key_columns {
@@ -159,7 +146,7 @@ impl KeyStore {
         let Some(row) = row else {
             return Err(TenancyError::OrgNotFound(org_id.to_owned()));
         };
-        let key = key_from_row(&row)?;
+        let key = IntegrationKey::from_row(&row)?;
         tx.commit().await?;
         Ok(NewIntegrationKey { key, plaintext: format!("oak_{prefix}_{secret}") })
     }
@@ -175,7 +162,7 @@ impl KeyStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(IntegrationKey::from_row).collect::<Result<_, _>>()?)
     }
 
     /// Revokes a key of `org_id`. Returns false when the org has no such key.
@@ -307,7 +294,7 @@ impl KeyStore {
         .bind(created_by)
         .fetch_one(&self.pool)
         .await?;
-        Ok((product_key_from_row(&row)?, format!("oak_{prefix}_{secret}")))
+        Ok((ProductKey::from_row(&row)?, format!("oak_{prefix}_{secret}")))
     }
 
     pub async fn list_product_keys(&self, product: &str) -> Result<Vec<ProductKey>, TenancyError> {
@@ -318,7 +305,7 @@ impl KeyStore {
         .bind(product)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(product_key_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(ProductKey::from_row).collect::<Result<_, _>>()?)
     }
 
     /// Revokes a key of `product`. Returns false when the product has no such key.
@@ -341,19 +328,6 @@ fn usable(row: &sqlx::postgres::PgRow, secret: &str) -> Result<bool, sqlx::Error
     let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
     let revoked: bool = row.try_get("revoked")?;
     Ok(matches && !revoked)
-}
-
-fn product_key_from_row(row: &sqlx::postgres::PgRow) -> Result<ProductKey, sqlx::Error> {
-    Ok(ProductKey {
-        id: row.try_get("id")?,
-        product: row.try_get("product")?,
-        name: row.try_get("name")?,
-        prefix: row.try_get("prefix")?,
-        created_by: row.try_get("created_by")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
 }
 
 #[cfg(test)]

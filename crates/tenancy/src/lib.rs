@@ -10,13 +10,14 @@ use chrono::{DateTime, Utc};
 use oa_domain::ids;
 use oa_store::{StoreError, begin_org};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::FromRow;
+use sqlx::PgPool;
 
 pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, PRODUCT_ORG, ProductKey, ResolvedKey};
 
 pub const TIERS: [&str; 3] = ["starter", "pro", "enterprise"];
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct Org {
     pub id: String,
     pub name: String,
@@ -41,16 +42,6 @@ impl From<sqlx::Error> for TenancyError {
     fn from(error: sqlx::Error) -> Self {
         TenancyError::Store(StoreError::Database(error))
     }
-}
-
-fn org_from_row(row: &sqlx::postgres::PgRow) -> Result<Org, sqlx::Error> {
-    Ok(Org {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        tier: row.try_get("tier")?,
-        monthly_credits_override: row.try_get("monthly_credits_override")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 #[derive(Clone)]
@@ -89,7 +80,7 @@ impl OrgStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(org_from_row(&row)?),
+            Some(row) => Ok(Org::from_row(&row)?),
             None => Err(TenancyError::OrgExists(id)),
         }
     }
@@ -104,7 +95,7 @@ impl OrgStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(row.as_ref().map(org_from_row).transpose()?)
+        Ok(row.as_ref().map(Org::from_row).transpose()?)
     }
 
     /// Sets or clears the per-org monthly credit override. Admin pool.
@@ -121,7 +112,7 @@ impl OrgStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(org_from_row(&row)?),
+            Some(row) => Ok(Org::from_row(&row)?),
             None => Err(TenancyError::OrgNotFound(org_id.to_owned())),
         }
     }

@@ -237,7 +237,7 @@ impl AgentsService {
     async fn insert_new(
         &self,
         caller: &Caller,
-        agent_type: &str,
+        agent_type: AgentType,
         definition: &AgentDefinition,
         cloned_from: Option<&str>,
         template_id: Option<&str>,
@@ -278,7 +278,8 @@ impl AgentsService {
         patch: &Map<String, Value>,
     ) -> Result<store::AgentView, ApiError> {
         let status = match (patch.len(), patch.get("status").and_then(Value::as_str)) {
-            (1, Some(status @ ("active" | "paused"))) => status,
+            (1, Some("active")) => AgentStatus::Active,
+            (1, Some("paused")) => AgentStatus::Paused,
             _ => {
                 return Err(ApiError::forbidden(
                     "System agents cannot be modified; pause or resume it with {\"status\": \"paused\"}, or clone it",
@@ -304,8 +305,10 @@ impl AgentsService {
             return Err(invalid_at("", "the update changes nothing; send the fields to change"));
         }
         let new_status = match patch.get("status") {
-            None => current.status.clone(),
-            Some(Value::String(s)) if matches!(s.as_str(), "draft" | "active" | "paused") => s.clone(),
+            None => current.status,
+            Some(Value::String(s)) if matches!(s.as_str(), "draft" | "active" | "paused") => {
+                s.parse().map_err(|_| invalid_at("status", "status is draft, active or paused"))?
+            }
             Some(_) => return Err(invalid_at("status", "status is draft, active or paused")),
         };
         let mut merged = match serde_json::to_value(&current.definition) {
@@ -331,7 +334,7 @@ impl AgentsService {
                 "The agent changed while this update was prepared; retry it",
             ));
         }
-        if new_status == "active" && stored_status != "active" {
+        if new_status == AgentStatus::Active && stored_status != AgentStatus::Active {
             store::lock_org_activations(&mut tx, &caller.org_id).await.map_err(db)?;
             let active = store::count_active(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
             let cap = self.active_agent_cap(caller);
@@ -346,17 +349,9 @@ impl AgentsService {
             }
         }
         let by = caller.principal_label();
-        store::update(
-            &mut tx,
-            &caller.org_id,
-            &current.id,
-            &new_status,
-            &definition,
-            stored_version + 1,
-            &by,
-        )
-        .await
-        .map_err(db)?;
+        store::update(&mut tx, &caller.org_id, &current.id, new_status, &definition, stored_version + 1, &by)
+            .await
+            .map_err(db)?;
         let view = store::get(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         view.ok_or_else(|| agent_not_found(&current.id, caller))
@@ -421,7 +416,7 @@ impl Agents for AgentsService {
             .into());
         }
         let definition = self.validated(&caller, &body).await?;
-        let view = self.insert_new(&caller, "custom", &definition, None, None).await?;
+        let view = self.insert_new(&caller, AgentType::Custom, &definition, None, None).await?;
         self.announce_change(&caller.org_id).await;
         self.respond_agent(&caller, &view).await
     }
@@ -434,7 +429,7 @@ impl Agents for AgentsService {
             return Err(ApiError::bad_request("The update is a JSON object of the fields to change").into());
         };
         let current = self.view(&caller, &request.id).await?;
-        let view = if current.agent_type == "system" {
+        let view = if current.agent_type == AgentType::System {
             self.update_system_agent(&caller, &current.id, &patch).await?
         } else {
             self.update_own_agent(&caller, current, patch).await?
@@ -450,7 +445,7 @@ impl Agents for AgentsService {
         let caller = oa_auth::service::caller_of(&request)?;
         caller.require(Permission::WriteAgents)?;
         let current = self.view(&caller, &request.into_inner().id).await?;
-        if current.agent_type == "system" {
+        if current.agent_type == AgentType::System {
             return Err(ApiError::forbidden(
                 "System agents cannot be deleted; pause it for your org with {\"status\": \"paused\"}",
             )
@@ -480,7 +475,7 @@ impl Agents for AgentsService {
         let source = self.view(&caller, &request.id).await?;
         let mut definition = source.definition.clone();
         definition.name = clone_name(&request.name, format!("{} (copy)", source.definition.name))?;
-        let view = self.insert_new(&caller, "cloned", &definition, Some(&source.id), None).await?;
+        let view = self.insert_new(&caller, AgentType::Cloned, &definition, Some(&source.id), None).await?;
         self.respond_agent(&caller, &view).await
     }
 
@@ -545,7 +540,8 @@ impl Agents for AgentsService {
         tx.commit().await.map_err(db)?;
         let mut definition = template.definition.clone();
         definition.name = clone_name(&request.name, template.name.clone())?;
-        let view = self.insert_new(&caller, "template", &definition, None, Some(&template.id)).await?;
+        let view =
+            self.insert_new(&caller, AgentType::Template, &definition, None, Some(&template.id)).await?;
         self.respond_agent(&caller, &view).await
     }
 

@@ -2,32 +2,36 @@
 //! `oa_store::begin_org`, so row-level security backs up each `WHERE org_id`.
 
 use chrono::{DateTime, Utc};
-use oa_domain::agent::{AgentDefinition, Trigger};
+use oa_domain::agent::{AgentDefinition, AgentStatus, AgentType, Trigger};
 use oa_domain::settings::OrgSettings;
 use serde_json::Value;
+use sqlx::PgConnection;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
 
 /// An agent row with the calling org's view of it: its own status for a system agent, and its
 /// own run counters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentView {
     pub id: String,
     pub org_id: String,
-    pub agent_type: String,
-    pub status: String,
+    #[sqlx(rename = "type", try_from = "String")]
+    pub agent_type: AgentType,
+    #[sqlx(rename = "effective_status", try_from = "String")]
+    pub status: AgentStatus,
     /// Why the agent is in `error`, when it is.
     pub status_reason: Option<String>,
+    #[sqlx(json)]
     pub definition: AgentDefinition,
     pub version: i32,
     pub cloned_from: Option<String>,
     pub template_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[sqlx(flatten)]
     pub stats: Stats,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct Stats {
     pub total_runs: i64,
     pub succeeded_runs: i64,
@@ -48,28 +52,6 @@ macro_rules! view_select {
     };
 }
 
-fn view_from_row(row: &sqlx::postgres::PgRow) -> Result<AgentView, sqlx::Error> {
-    Ok(AgentView {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        agent_type: row.try_get("type")?,
-        status: row.try_get("effective_status")?,
-        status_reason: row.try_get("status_reason")?,
-        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
-        version: row.try_get("version")?,
-        cloned_from: row.try_get("cloned_from")?,
-        template_id: row.try_get("template_id")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        stats: Stats {
-            total_runs: row.try_get("total_runs")?,
-            succeeded_runs: row.try_get("succeeded_runs")?,
-            total_duration_ms: row.try_get("total_duration_ms")?,
-            last_run_at: row.try_get("last_run_at")?,
-        },
-    })
-}
-
 pub struct ListFilter<'a> {
     pub status: &'a str,
     pub agent_type: &'a str,
@@ -81,7 +63,7 @@ pub async fn list(
     org_id: &str,
     filter: &ListFilter<'_>,
 ) -> Result<Vec<AgentView>, sqlx::Error> {
-    let rows = sqlx::query(concat!(
+    sqlx::query_as(concat!(
         view_select!(),
         "AND ($2 = '' OR COALESCE(o.status, a.status) = $2)
            AND ($3 = '' OR a.type = $3)
@@ -93,17 +75,15 @@ pub async fn list(
     .bind(filter.agent_type)
     .bind(filter.category)
     .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(view_from_row).collect()
+    .await
 }
 
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<AgentView>, sqlx::Error> {
-    let row = sqlx::query(concat!(view_select!(), "AND a.id = $2"))
+    sqlx::query_as(concat!(view_select!(), "AND a.id = $2"))
         .bind(org_id)
         .bind(id)
         .fetch_optional(&mut *tx)
-        .await?;
-    row.as_ref().map(view_from_row).transpose()
+        .await
 }
 
 /// Locks an org's own agent for update; `None` for system agents, other orgs' and deleted ones.
@@ -111,8 +91,8 @@ pub async fn lock_own(
     tx: &mut PgConnection,
     org_id: &str,
     id: &str,
-) -> Result<Option<(String, i32)>, sqlx::Error> {
-    let row = sqlx::query(
+) -> Result<Option<(AgentStatus, i32)>, sqlx::Error> {
+    let row: Option<(String, i32)> = sqlx::query_as(
         "SELECT status, version FROM agents.agents
          WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL FOR UPDATE",
     )
@@ -120,13 +100,13 @@ pub async fn lock_own(
     .bind(org_id)
     .fetch_optional(&mut *tx)
     .await?;
-    row.map(|r| Ok((r.try_get("status")?, r.try_get("version")?))).transpose()
+    row.map(|(status, version)| Ok((oa_store::text_column(status)?, version))).transpose()
 }
 
 pub struct NewAgent<'a> {
     pub id: &'a str,
     pub org_id: &'a str,
-    pub agent_type: &'a str,
+    pub agent_type: AgentType,
     pub definition: &'a AgentDefinition,
     pub cloned_from: Option<&'a str>,
     pub template_id: Option<&'a str>,
@@ -145,14 +125,15 @@ pub async fn insert(tx: &mut PgConnection, agent: &NewAgent<'_>) -> Result<(), s
     .bind(&agent.definition.name)
     .bind(&agent.definition.description)
     .bind(&agent.definition.category)
-    .bind(agent.agent_type)
+    .bind(agent.agent_type.as_str())
     .bind(Json(agent.definition))
     .bind(agent.cloned_from)
     .bind(agent.template_id)
     .bind(agent.created_by)
     .execute(&mut *tx)
     .await?;
-    record_version(tx, agent.id, agent.org_id, 1, "draft", agent.definition, agent.created_by).await?;
+    record_version(tx, agent.org_id, agent.id, 1, AgentStatus::Draft, agent.definition, agent.created_by)
+        .await?;
     replace_field_usage(tx, agent.id, agent.definition).await
 }
 
@@ -161,7 +142,7 @@ pub async fn update(
     tx: &mut PgConnection,
     org_id: &str,
     id: &str,
-    status: &str,
+    status: AgentStatus,
     definition: &AgentDefinition,
     version: i32,
     updated_by: &str,
@@ -176,28 +157,28 @@ pub async fn update(
     .bind(&definition.name)
     .bind(&definition.description)
     .bind(&definition.category)
-    .bind(status)
+    .bind(status.as_str())
     .bind(Json(definition))
     .bind(version)
     .execute(&mut *tx)
     .await?;
-    record_version(tx, id, org_id, version, status, definition, updated_by).await?;
+    record_version(tx, org_id, id, version, status, definition, updated_by).await?;
     replace_field_usage(tx, id, definition).await?;
-    replace_schedule(tx, id, org_id, version, status, definition).await
+    replace_schedule(tx, org_id, id, version, status, definition).await
 }
 
 /// Keeps `agents.schedules` in step with an agent: present only while it is active with a
 /// schedule trigger.
 async fn replace_schedule(
     tx: &mut PgConnection,
-    id: &str,
     org_id: &str,
+    id: &str,
     version: i32,
-    status: &str,
+    status: AgentStatus,
     definition: &AgentDefinition,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM agents.schedules WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
-    if let (Trigger::Schedule { cron, timezone }, "active") = (&definition.trigger, status) {
+    if let (Trigger::Schedule { cron, timezone }, AgentStatus::Active) = (&definition.trigger, status) {
         sqlx::query(
             "INSERT INTO agents.schedules (agent_id, org_id, version, cron, timezone, definition)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -214,40 +195,29 @@ async fn replace_schedule(
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
 pub struct ScheduleRow {
     pub agent_id: String,
     pub org_id: String,
     pub version: i32,
     pub cron: String,
     pub timezone: String,
+    #[sqlx(json)]
     pub definition: Value,
 }
 
 pub async fn schedules(tx: &mut PgConnection) -> Result<Vec<ScheduleRow>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT agent_id, org_id, version, cron, timezone, definition FROM agents.schedules")
-            .fetch_all(&mut *tx)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ScheduleRow {
-                agent_id: r.try_get("agent_id")?,
-                org_id: r.try_get("org_id")?,
-                version: r.try_get("version")?,
-                cron: r.try_get("cron")?,
-                timezone: r.try_get("timezone")?,
-                definition: r.try_get::<Json<Value>, _>("definition")?.0,
-            })
-        })
-        .collect()
+    sqlx::query_as("SELECT agent_id, org_id, version, cron, timezone, definition FROM agents.schedules")
+        .fetch_all(&mut *tx)
+        .await
 }
 
 async fn record_version(
     tx: &mut PgConnection,
-    id: &str,
     org_id: &str,
+    id: &str,
     version: i32,
-    status: &str,
+    status: AgentStatus,
     definition: &AgentDefinition,
     created_by: &str,
 ) -> Result<(), sqlx::Error> {
@@ -258,7 +228,7 @@ async fn record_version(
     .bind(id)
     .bind(version)
     .bind(org_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(Json(definition))
     .bind(created_by)
     .execute(&mut *tx)
@@ -331,7 +301,7 @@ pub async fn set_override(
     tx: &mut PgConnection,
     org_id: &str,
     id: &str,
-    status: &str,
+    status: AgentStatus,
     by: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -341,41 +311,33 @@ pub async fn set_override(
     )
     .bind(org_id)
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(by)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
 pub struct VersionRow {
     pub version: i32,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: AgentStatus,
+    #[sqlx(json)]
     pub snapshot: Value,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
 }
 
 pub async fn versions(tx: &mut PgConnection, id: &str, limit: i64) -> Result<Vec<VersionRow>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT version, status, snapshot, created_by, created_at FROM agents.agent_versions
          WHERE agent_id = $1 ORDER BY version DESC LIMIT $2",
     )
     .bind(id)
     .bind(limit)
     .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(VersionRow {
-                version: r.try_get("version")?,
-                status: r.try_get("status")?,
-                snapshot: r.try_get::<Json<Value>, _>("snapshot")?.0,
-                created_by: r.try_get("created_by")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 pub async fn fields_in_use(tx: &mut PgConnection, event_type_id: &str) -> Result<Vec<String>, sqlx::Error> {
@@ -387,46 +349,34 @@ pub async fn fields_in_use(tx: &mut PgConnection, event_type_id: &str) -> Result
     .await
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TemplateRow {
     pub id: String,
     pub category: String,
     pub name: String,
     pub description: String,
     pub version: String,
+    #[sqlx(json)]
     pub definition: AgentDefinition,
 }
 
-fn template_from_row(row: &sqlx::postgres::PgRow) -> Result<TemplateRow, sqlx::Error> {
-    Ok(TemplateRow {
-        id: row.try_get("id")?,
-        category: row.try_get("category")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        version: row.try_get("version")?,
-        definition: row.try_get::<Json<AgentDefinition>, _>("definition")?.0,
-    })
-}
-
 pub async fn templates(tx: &mut PgConnection, category: &str) -> Result<Vec<TemplateRow>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, category, name, description, version, definition FROM agents.templates
          WHERE ($1 = '' OR category = $1) ORDER BY category, name",
     )
     .bind(category)
     .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(template_from_row).collect()
+    .await
 }
 
 pub async fn template(tx: &mut PgConnection, id: &str) -> Result<Option<TemplateRow>, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_as(
         "SELECT id, category, name, description, version, definition FROM agents.templates WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
-    .await?;
-    row.as_ref().map(template_from_row).transpose()
+    .await
 }
 
 pub async fn upsert_template(tx: &mut PgConnection, template: &TemplateRow) -> Result<(), sqlx::Error> {
@@ -498,7 +448,7 @@ pub async fn install_system_agent(
             1
         }
     };
-    record_version(tx, id, "system", version, "active", definition, "system").await?;
+    record_version(tx, "system", id, version, AgentStatus::Active, definition, "system").await?;
     replace_field_usage(tx, id, definition).await?;
     Ok(true)
 }

@@ -60,6 +60,12 @@ fn reply(gate: &store::Gate) -> tonic::Response<pb::Approval> {
 }
 
 /// Why a decided or expired gate takes no further decision.
+/// The gate status a decision (`approved` or `denied`) leaves.
+fn decided_as(decision: &str) -> oa_domain::status::GateStatus {
+    use oa_domain::status::GateStatus;
+    if decision == "approved" { GateStatus::Approved } else { GateStatus::Denied }
+}
+
 fn already_closed(gate: &store::Gate) -> ApiError {
     let by = gate.decided_by.as_deref().unwrap_or("unknown");
     let at = gate.decided_at.as_ref().map(store::time).unwrap_or_default();
@@ -281,15 +287,20 @@ impl Approvals for ApprovalsService {
             ))
             .into());
         }
-        if gate.status != "pending" {
+        if gate.status != oa_domain::status::GateStatus::Pending {
             return Err(already_closed(&gate).into());
         }
         if gate.expires_at <= chrono::Utc::now() {
             return Err(ApiError::new(ErrorCode::Conflict, "This approval has expired").into());
         }
         let note = Some(request.note.as_str()).filter(|n| !n.is_empty());
-        let decision =
-            store::Decision { status, outcome, by: &decider.actor, via: decider.principal_type, note };
+        let decision = store::Decision {
+            status: decided_as(status),
+            outcome,
+            by: &decider.actor,
+            via: decider.principal_type,
+            note,
+        };
         let decided = store::decide(&mut tx, &gate.id, &decision).await.map_err(db)?;
         store::audit(&mut tx, &decided, status, &decider.actor, decider.principal_type, note, None)
             .await

@@ -3,11 +3,12 @@
 //! which set `app.sweeper` for their own transaction.
 
 use chrono::{DateTime, Utc};
+use oa_domain::status::GateStatus;
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{FromRow, PgConnection, Row};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Gate {
     pub id: String,
     pub org_id: String,
@@ -16,7 +17,8 @@ pub struct Gate {
     pub step_id: String,
     pub message: String,
     pub approvers: Vec<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: GateStatus,
     pub outcome: Option<String>,
     pub on_timeout: String,
     pub escalate_to: Option<String>,
@@ -30,32 +32,6 @@ pub struct Gate {
     pub version: i32,
     pub published_version: i32,
     pub created_at: DateTime<Utc>,
-}
-
-fn gate_from_row(row: &PgRow) -> Result<Gate, sqlx::Error> {
-    Ok(Gate {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        execution_id: row.try_get("execution_id")?,
-        agent_id: row.try_get("agent_id")?,
-        step_id: row.try_get("step_id")?,
-        message: row.try_get("message")?,
-        approvers: row.try_get("approvers")?,
-        status: row.try_get("status")?,
-        outcome: row.try_get("outcome")?,
-        on_timeout: row.try_get("on_timeout")?,
-        escalate_to: row.try_get("escalate_to")?,
-        expires_in_secs: row.try_get("expires_in_secs")?,
-        escalated_at: row.try_get("escalated_at")?,
-        expires_at: row.try_get("expires_at")?,
-        decided_by: row.try_get("decided_by")?,
-        decided_via: row.try_get("decided_via")?,
-        decided_at: row.try_get("decided_at")?,
-        note: row.try_get("note")?,
-        version: row.try_get("version")?,
-        published_version: row.try_get("published_version")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 pub(crate) fn time(t: &DateTime<Utc>) -> String {
@@ -124,7 +100,7 @@ pub async fn open(tx: &mut PgConnection, new: &NewGate<'_>) -> Result<(Gate, boo
     if let Some(row) = created {
         // Opening needs no publish (published_version starts at 1): the engine that opened it is
         // the one waiting on it.
-        let gate = gate_from_row(&row)?;
+        let gate = Gate::from_row(&row)?;
         let detail = json!({"approvers": gate.approvers, "expires_at": time(&gate.expires_at)});
         audit(tx, &gate, "opened", "engine", "system", None, Some(&detail)).await?;
         return Ok((gate, true));
@@ -134,7 +110,7 @@ pub async fn open(tx: &mut PgConnection, new: &NewGate<'_>) -> Result<(Gate, boo
         .bind(new.step_id)
         .fetch_one(&mut *tx)
         .await?;
-    Ok((gate_from_row(&row)?, false))
+    Ok((Gate::from_row(&row)?, false))
 }
 
 pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<Gate>, sqlx::Error> {
@@ -143,7 +119,7 @@ pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    row.as_ref().map(gate_from_row).transpose()
+    row.as_ref().map(Gate::from_row).transpose()
 }
 
 /// The gate, locked until the transaction ends: decisions on one gate are taken one at a time.
@@ -153,7 +129,7 @@ pub async fn lock(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Optio
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    row.as_ref().map(gate_from_row).transpose()
+    row.as_ref().map(Gate::from_row).transpose()
 }
 
 /// A page of the org's gates, newest first, after `cursor` (the last id of the previous page).
@@ -181,12 +157,12 @@ pub async fn list(
     .bind(status)
     .fetch_one(&mut *tx)
     .await?;
-    Ok((rows.iter().map(gate_from_row).collect::<Result<_, _>>()?, total))
+    Ok((rows.iter().map(Gate::from_row).collect::<Result<_, _>>()?, total))
 }
 
 /// Who decided, and how.
 pub struct Decision<'a> {
-    pub status: &'a str,
+    pub status: GateStatus,
     pub outcome: &'a str,
     pub by: &'a str,
     pub via: &'a str,
@@ -201,14 +177,14 @@ pub async fn decide(tx: &mut PgConnection, id: &str, decision: &Decision<'_>) ->
          WHERE id = $1 AND status = 'pending' RETURNING *",
     )
     .bind(id)
-    .bind(decision.status)
+    .bind(decision.status.as_str())
     .bind(decision.outcome)
     .bind(decision.by)
     .bind(decision.via)
     .bind(decision.note)
     .fetch_one(&mut *tx)
     .await?;
-    gate_from_row(&row)
+    Gate::from_row(&row)
 }
 
 /// Hands an expired gate to `role` with a fresh expiry.
@@ -223,7 +199,7 @@ pub async fn escalate(tx: &mut PgConnection, id: &str, role: &str) -> Result<Gat
     .bind(role)
     .fetch_one(&mut *tx)
     .await?;
-    gate_from_row(&row)
+    Gate::from_row(&row)
 }
 
 /// Denies the open gates of executions being cancelled. The cancel ends the execution itself, so
@@ -245,7 +221,7 @@ pub async fn deny_open(
     .bind(reason)
     .fetch_all(&mut *tx)
     .await?;
-    rows.iter().map(gate_from_row).collect()
+    rows.iter().map(Gate::from_row).collect()
 }
 
 pub async fn mark_published(tx: &mut PgConnection, id: &str, version: i32) -> Result<(), sqlx::Error> {
@@ -355,5 +331,5 @@ pub async fn lock_expired(tx: &mut PgConnection, id: &str) -> Result<Option<Gate
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    row.as_ref().map(gate_from_row).transpose()
+    row.as_ref().map(Gate::from_row).transpose()
 }

@@ -70,7 +70,7 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
             let outcome = if on_timeout == "approve" { "approved" } else { "denied" };
             let note = format!("Expired without a decision; on_timeout {on_timeout}: {outcome}");
             let decision = store::Decision {
-                status: "expired",
+                status: oa_domain::status::GateStatus::Expired,
                 outcome,
                 by: "system:timeout",
                 via: "timeout",
@@ -84,6 +84,6 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
         }
     };
     tx.commit().await?;
-    tracing::info!(approval_id = changed.id, status = changed.status, "approval gate timed out");
+    tracing::info!(approval_id = changed.id, status = changed.status.as_str(), "approval gate timed out");
     Ok(Some(changed))
 }

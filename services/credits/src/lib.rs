@@ -101,7 +101,7 @@ impl Credits for CreditsService {
                 store::Reserved::Insufficient { remaining } => return Err(insufficient(remaining).into()),
                 store::Reserved::Raced => continue,
             };
-            if reservation.status == "released" {
+            if reservation.status == oa_domain::status::ReservationStatus::Released {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     "This reservation was released; reserve under a new key",

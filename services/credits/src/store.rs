@@ -5,6 +5,7 @@
 use chrono::{Datelike, Utc};
 use oa_config::TiersConfig;
 use oa_domain::ids;
+use oa_domain::status::ReservationStatus;
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, Row};
 use strum::VariantNames;
@@ -102,11 +103,12 @@ pub struct ReserveRequest<'a> {
     pub model_tier: &'a str,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Reservation {
     pub id: String,
     pub amount: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ReservationStatus,
     pub remaining: i64,
 }
 
@@ -115,7 +117,7 @@ async fn existing(
     org_id: &str,
     key: &str,
 ) -> Result<Option<Reservation>, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_as(
         "SELECT r.id, r.amount, r.status, b.allocation - b.used - b.reserved AS remaining
          FROM credits.reservations r JOIN credits.balances b ON b.org_id = r.org_id AND b.month = r.month
          WHERE r.org_id = $1 AND r.idempotency_key = $2",
@@ -123,16 +125,7 @@ async fn existing(
     .bind(org_id)
     .bind(key)
     .fetch_optional(&mut *tx)
-    .await?;
-    row.map(|r| {
-        Ok(Reservation {
-            id: r.try_get("id")?,
-            amount: r.try_get("amount")?,
-            status: r.try_get("status")?,
-            remaining: r.try_get("remaining")?,
-        })
-    })
-    .transpose()
+    .await
 }
 
 /// The outcome of a reservation attempt inside the caller's transaction.
@@ -201,7 +194,12 @@ pub async fn reserve(
         return Ok(Reserved::Raced);
     }
     ledger(tx, &id, "reserve", request.amount).await?;
-    Ok(Reserved::New(Reservation { id, amount: request.amount, status: "reserved".into(), remaining }))
+    Ok(Reserved::New(Reservation {
+        id,
+        amount: request.amount,
+        status: ReservationStatus::Reserved,
+        remaining,
+    }))
 }
 
 async fn ledger(
@@ -283,6 +281,7 @@ pub async fn settle(
     Ok(Ok(()))
 }
 
+#[derive(sqlx::FromRow)]
 pub struct StaleReservation {
     pub id: String,
     pub org_id: String,
@@ -298,7 +297,7 @@ pub async fn stale_reservations(
     limit: i64,
 ) -> Result<Vec<StaleReservation>, sqlx::Error> {
     sqlx::query("SELECT set_config('app.sweeper', 'on', true)").execute(&mut *tx).await?;
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, org_id, execution_id, step_id, amount FROM credits.reservations
          WHERE status = 'reserved' AND created_at < now() - make_interval(secs => $1)
          ORDER BY created_at LIMIT $2",
@@ -306,18 +305,7 @@ pub async fn stale_reservations(
     .bind(older_than_seconds as f64)
     .bind(limit)
     .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StaleReservation {
-                id: r.try_get("id")?,
-                org_id: r.try_get("org_id")?,
-                execution_id: r.try_get("execution_id")?,
-                step_id: r.try_get("step_id")?,
-                amount: r.try_get("amount")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// `GET /api/credits` for one month.

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use oa_testkit::TestPlane;
 use reqwest::Method;
@@ -39,13 +38,46 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
     .await;
     assert_eq!(status, 201, "{agent}");
     let id = agent["id"].as_str().unwrap().to_owned();
-    let set_status = |status: &'static str| {
+    let set_status = |id: String, status: &'static str| {
         plane
             .as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin")
             .json(&json!({"status": status}))
             .send()
     };
-    assert_eq!(set_status("active").await.unwrap().status(), 200);
+    assert_eq!(set_status(id.clone(), "active").await.unwrap().status(), 200);
+    // A second agent on the same schedule stays active: its runs show the scheduler's rounds.
+    let mut heartbeat = definition.clone();
+    heartbeat["name"] = json!("Heartbeat");
+    let (status, heartbeat) = json_of(
+        plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&heartbeat).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{heartbeat}");
+    let heartbeat = heartbeat["id"].as_str().unwrap().to_owned();
+    assert_eq!(set_status(heartbeat.clone(), "active").await.unwrap().status(), 200);
+    // Waits until the scheduler has started two more heartbeat runs after `since`: whatever it
+    // was going to do before then has been done.
+    let two_rounds_after = |since: chrono::DateTime<chrono::Utc>| {
+        let (plane, org, heartbeat) = (&plane, &org, &heartbeat);
+        async move {
+            plane
+                .eventually(30, || async {
+                    let (_, list) =
+                        plane.get_json(&format!("/api/executions?agent_id={heartbeat}"), org).await;
+                    let later = list["executions"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|e| {
+                            e["created_at"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok()
+                        })
+                        .filter(|created| *created > since)
+                        .count();
+                    (later >= 2).then_some(())
+                })
+                .await
+                .expect("the scheduler goes on running the heartbeat agent")
+        }
+    };
 
     let runs = plane
         .eventually(30, || async {
@@ -56,7 +88,8 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
         })
         .await
         .expect("three scheduled runs");
-    assert_eq!(set_status("paused").await.unwrap().status(), 200);
+    assert_eq!(set_status(id.clone(), "paused").await.unwrap().status(), 200);
+    let paused_at = chrono::Utc::now();
     second_worker.kill().ok();
     second_worker.wait().ok();
 
@@ -70,10 +103,10 @@ async fn a_scheduled_agent_runs_once_per_tick_across_two_worker_replicas() {
             "one execution per tick"
         );
     }
-    // Paused: the count settles.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Paused: the count settles. Each read waits for the scheduler's next rounds, not a clock.
+    two_rounds_after(paused_at).await;
     let (_, before) = plane.get_json(&format!("/api/executions?agent_id={id}"), &org).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    two_rounds_after(chrono::Utc::now()).await;
     let (_, after) = plane.get_json(&format!("/api/executions?agent_id={id}"), &org).await;
     assert_eq!(before["total"], after["total"], "a paused agent is not scheduled");
 }
