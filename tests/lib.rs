@@ -21,18 +21,10 @@ pub async fn status_and_json(response: reqwest::Response) -> (u16, serde_json::V
 
 /// A valid custom agent definition on `psa:ticket.escalated`, named `name`.
 pub fn p1_escalation(name: &str) -> serde_json::Value {
-    serde_json::json!({
-        "name": name,
-        "description": "SMS notify senior technicians when a ticket is escalated to P1",
-        "category": "service_desk",
-        "trigger": {"type": "bus_event", "event_type": "ticket.escalated", "source_product": "psa",
-                    "filters": [{"field": "escalated_to", "operator": "eq", "value": "p1"}]},
-        "conditions": [],
-        "steps": [{"type": "notification", "id": "notify_senior", "channel": "sms",
-                   "recipients": ["+15551234567"], "body": "P1 escalation: {{event_payload.ticket_id}}"}],
-        "conflict_behavior": "additive",
-        "client_scope": "all"
-    })
+    let mut definition: Value =
+        serde_json::from_str(include_str!("../crates/domain/fixtures/p1_escalation.json")).unwrap();
+    definition["name"] = name.into();
+    definition
 }
 
 /// Creates and activates an agent; pauses the system agents so counts are the test's own.

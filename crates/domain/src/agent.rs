@@ -243,19 +243,9 @@ mod tests {
 
     #[test]
     fn the_reference_example_parses() {
-        let definition: AgentDefinition = serde_json::from_value(json!({
-            "name": "P1 Escalation Notify",
-            "description": "SMS notify senior technicians when a ticket is escalated to P1",
-            "category": "service_desk",
-            "trigger": {"type": "bus_event", "event_type": "ticket.escalated", "source_product": "psa",
-                        "filters": [{"field": "escalated_to", "operator": "eq", "value": "p1"}]},
-            "conditions": [],
-            "steps": [{"type": "notification", "id": "notify_senior", "channel": "sms",
-                       "recipients": ["+15551234567"], "body": "P1 escalation: {{event_payload.ticket_id}}"}],
-            "conflict_behavior": "additive",
-            "client_scope": "all"
-        }))
-        .unwrap();
+        // The reference's example, shared with the API and validation tests.
+        let definition: AgentDefinition =
+            serde_json::from_str(include_str!("../fixtures/p1_escalation.json")).unwrap();
         assert_eq!(definition.steps[0].kind.type_name(), "notification");
         assert_eq!(definition.client_scope, ClientScope::All);
         let back = serde_json::to_value(&definition).unwrap();

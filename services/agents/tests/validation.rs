@@ -12,23 +12,17 @@ fn catalog() -> HashMap<String, EventType> {
 }
 
 fn valid() -> Value {
-    json!({
-        "name": "P1 Escalation Notify",
-        "description": "SMS notify senior technicians when a ticket is escalated to P1",
-        "category": "service_desk",
-        "trigger": {"type": "bus_event", "event_type": "ticket.escalated", "source_product": "psa",
-                    "filters": [{"field": "escalated_to", "operator": "eq", "value": "p1"}]},
-        "conditions": [],
-        "steps": [
+    // The reference's example (shared with the domain and API tests), with a model step first.
+    let mut definition: Value =
+        serde_json::from_str(include_str!("../../../crates/domain/fixtures/p1_escalation.json")).unwrap();
+    definition["steps"] = json!([
             {"type": "ai_reason", "id": "classify", "model_tier": "quick", "prompt": "Classify {{ event_payload.ticket_id }}",
              "output_schema": {"type": "object", "properties": {"urgent": {"type": "boolean"}}}},
             {"type": "notification", "id": "notify_senior", "channel": "sms", "recipients": ["+15551234567"],
              "body": "P1 escalation: {{event_payload.ticket_id}} {{ steps.classify.output.urgent }}",
              "when": "steps.classify.output.urgent"}
-        ],
-        "conflict_behavior": "additive",
-        "client_scope": "all"
-    })
+    ]);
+    definition
 }
 
 /// Applies `change` to a valid definition.
