@@ -85,3 +85,37 @@ fn no_workspace_crate_depends_on_itself_through_others() {
         crates.keys().filter(|name| reaches(&crates, name, name, &mut BTreeSet::new())).collect();
     assert!(cycles.is_empty(), "crates on a dependency cycle: {cycles:?}");
 }
+
+/// Every `.rs` file under `dir`.
+fn sources(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn sql_lives_in_store_modules() {
+    // The test kit seeds and inspects databases; `oa-store` is the pool and the transaction helpers.
+    let exempt = ["oa-testkit", "oa-store", "oa-e2e", "oa-bench"];
+    let mut outside = Vec::new();
+    for (name, (dir, _)) in workspace() {
+        if exempt.contains(&name.as_str()) {
+            continue;
+        }
+        let mut files = Vec::new();
+        sources(&dir.join("src"), &mut files);
+        for file in files {
+            let in_store = file.components().any(|c| c.as_os_str() == "store" || c.as_os_str() == "store.rs");
+            let text = std::fs::read_to_string(&file).unwrap();
+            if !in_store && text.contains("sqlx::query") {
+                outside.push(file.strip_prefix(root()).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(outside.is_empty(), "SQL outside a store module: {outside:?}");
+}

@@ -7,11 +7,10 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::FromRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
-use crate::TenancyError;
+use crate::{TenancyError, store};
 
 const KEY_PREFIX_LEN: usize = 12;
 const KEY_SECRET_LEN: usize = 40;
@@ -88,12 +87,6 @@ fn random_string(len: usize, lowercase_only: bool) -> String {
         .collect()
 }
 
-macro_rules! key_columns {
-    () => {
-        "id, org_id, name, prefix, scopes, created_by, created_at, last_used_at, revoked_at"
-    };
-}
-
 #[derive(Clone)]
 pub struct KeyStore {
     pool: PgPool,
@@ -128,57 +121,35 @@ impl KeyStore {
         let secret = random_string(KEY_SECRET_LEN, false);
         let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let row = sqlx::query(concat!(
-            "INSERT INTO tenancy.integration_keys (id, org_id, name, prefix, secret_hash, scopes, created_by)
-             SELECT $1, o.id, $3, $4, $5, $6, $7 FROM tenancy.orgs o WHERE o.id = $2
-             RETURNING ",
-            key_columns!()
-        ))
-        .bind(ids::new_id("key"))
-        .bind(org_id)
-        .bind(name)
-        .bind(&prefix)
-        .bind(hash_secret(&secret).to_vec())
-        .bind(&scope_names)
-        .bind(created_by)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let new = store::NewKey {
+            id: &ids::new_id("key"),
+            org_id,
+            name,
+            prefix: &prefix,
+            secret_hash: &hash_secret(&secret),
+            scopes: &scope_names,
+            created_by,
+        };
+        let Some(key) = store::insert_key(&mut tx, &new).await? else {
             return Err(TenancyError::OrgNotFound(org_id.to_owned()));
         };
-        let key = IntegrationKey::from_row(&row)?;
         tx.commit().await?;
         Ok(NewIntegrationKey { key, plaintext: format!("oak_{prefix}_{secret}") })
     }
 
     pub async fn list(&self, org_id: &str) -> Result<Vec<IntegrationKey>, TenancyError> {
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM tenancy.integration_keys WHERE org_id = $1 ORDER BY created_at DESC"
-        ))
-        .bind(org_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let keys = store::keys_of_org(&mut tx, org_id).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(IntegrationKey::from_row).collect::<Result<_, _>>()?)
+        Ok(keys)
     }
 
     /// Revokes a key of `org_id`. Returns false when the org has no such key.
     pub async fn revoke(&self, org_id: &str, key_id: &str) -> Result<bool, TenancyError> {
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let updated = sqlx::query(
-            "UPDATE tenancy.integration_keys SET revoked_at = COALESCE(revoked_at, now())
-             WHERE id = $1 AND org_id = $2",
-        )
-        .bind(key_id)
-        .bind(org_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let revoked = store::revoke_key(&mut tx, org_id, key_id).await?;
         tx.commit().await?;
-        Ok(updated == 1)
+        Ok(revoked)
     }
 
     /// Resolves a presented key. Malformed, unknown, wrong and revoked keys all give `None`.
@@ -188,40 +159,20 @@ impl KeyStore {
             return Ok(None);
         };
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.key_prefix', $1, true)").bind(prefix).execute(&mut *tx).await?;
-        let row = sqlx::query(
-            "SELECT id, org_id, secret_hash, scopes, revoked_at IS NOT NULL AS revoked
-             FROM tenancy.integration_keys WHERE prefix = $1",
-        )
-        .bind(prefix)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(key) = store::key_by_prefix(&mut tx, prefix).await? else {
             let product = self.resolve_product(&mut tx, prefix, secret).await?;
             tx.commit().await?;
             return Ok(product);
         };
-        if !usable(&row, secret)? {
+        if !usable(&key, secret) {
             return Ok(None);
         }
-        let key_id: String = row.try_get("id")?;
-        let org_id: String = row.try_get("org_id")?;
-        let scope_names: Vec<String> = row.try_get("scopes")?;
-        sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(&org_id).execute(&mut *tx).await?;
-        let tier: String = sqlx::query_scalar("SELECT tier FROM tenancy.orgs WHERE id = $1")
-            .bind(&org_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE tenancy.integration_keys SET last_used_at = now()
-             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
-        )
-        .bind(&key_id)
-        .execute(&mut *tx)
-        .await?;
+        store::scope_to_org(&mut tx, &key.owner).await?;
+        let tier = store::org_tier(&mut tx, &key.owner).await?;
+        store::touch_key(&mut tx, &key.id).await?;
         tx.commit().await?;
-        let scopes = scope_names.iter().filter_map(|s| Scope::parse(s)).collect();
-        Ok(Some(ResolvedKey { key_id, org_id, tier, scopes, product: None }))
+        let scopes = key.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+        Ok(Some(ResolvedKey { key_id: key.id, org_id: key.owner, tier, scopes, product: None }))
     }
 
     /// A product key under `prefix`, when the secret matches and it is not revoked.
@@ -231,33 +182,19 @@ impl KeyStore {
         prefix: &str,
         secret: &str,
     ) -> Result<Option<ResolvedKey>, TenancyError> {
-        let row = sqlx::query(
-            "SELECT id, product, secret_hash, revoked_at IS NOT NULL AS revoked
-             FROM tenancy.product_keys WHERE prefix = $1",
-        )
-        .bind(prefix)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(key) = store::product_key_by_prefix(tx, prefix).await? else {
             return Ok(None);
         };
-        if !usable(&row, secret)? {
+        if !usable(&key, secret) {
             return Ok(None);
         }
-        let key_id: String = row.try_get("id")?;
-        sqlx::query(
-            "UPDATE tenancy.product_keys SET last_used_at = now()
-             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
-        )
-        .bind(&key_id)
-        .execute(&mut *tx)
-        .await?;
+        store::touch_product_key(tx, &key.id).await?;
         Ok(Some(ResolvedKey {
-            key_id,
+            key_id: key.id,
             org_id: PRODUCT_ORG.to_owned(),
             tier: "enterprise".to_owned(),
             scopes: vec![Scope::CatalogWrite],
-            product: Some(row.try_get("product")?),
+            product: Some(key.owner),
         }))
     }
 
@@ -281,53 +218,32 @@ impl KeyStore {
         }
         let prefix = random_string(KEY_PREFIX_LEN, true);
         let secret = random_string(KEY_SECRET_LEN, false);
-        let row = sqlx::query(
-            "INSERT INTO tenancy.product_keys (id, product, name, prefix, secret_hash, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             RETURNING id, product, name, prefix, created_by, created_at, last_used_at, revoked_at",
-        )
-        .bind(ids::new_id("pkey"))
-        .bind(product)
-        .bind(name)
-        .bind(&prefix)
-        .bind(hash_secret(&secret).to_vec())
-        .bind(created_by)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((ProductKey::from_row(&row)?, format!("oak_{prefix}_{secret}")))
+        let new = store::NewProductKey {
+            id: &ids::new_id("pkey"),
+            product,
+            name,
+            prefix: &prefix,
+            secret_hash: &hash_secret(&secret),
+            created_by,
+        };
+        let key = store::insert_product_key(&mut *self.pool.acquire().await?, &new).await?;
+        Ok((key, format!("oak_{prefix}_{secret}")))
     }
 
     pub async fn list_product_keys(&self, product: &str) -> Result<Vec<ProductKey>, TenancyError> {
-        let rows = sqlx::query(
-            "SELECT id, product, name, prefix, created_by, created_at, last_used_at, revoked_at
-             FROM tenancy.product_keys WHERE product = $1 ORDER BY created_at DESC",
-        )
-        .bind(product)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(ProductKey::from_row).collect::<Result<_, _>>()?)
+        Ok(store::product_keys(&mut *self.pool.acquire().await?, product).await?)
     }
 
     /// Revokes a key of `product`. Returns false when the product has no such key.
     pub async fn revoke_product_key(&self, product: &str, key_id: &str) -> Result<bool, TenancyError> {
-        let updated = sqlx::query(
-            "UPDATE tenancy.product_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND product = $2",
-        )
-        .bind(key_id)
-        .bind(product)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        Ok(store::revoke_product_key(&mut *self.pool.acquire().await?, product, key_id).await?)
     }
 }
 
 /// Whether a looked-up key row holds `secret` (compared in constant time) and is not revoked.
-fn usable(row: &sqlx::postgres::PgRow, secret: &str) -> Result<bool, sqlx::Error> {
-    let stored_hash: Vec<u8> = row.try_get("secret_hash")?;
-    let matches: bool = hash_secret(secret).ct_eq(stored_hash.as_slice()).into();
-    let revoked: bool = row.try_get("revoked")?;
-    Ok(matches && !revoked)
+fn usable(key: &store::KeyLookup, secret: &str) -> bool {
+    let matches: bool = hash_secret(secret).ct_eq(key.secret_hash.as_slice()).into();
+    matches && !key.revoked
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@
 //! enough and lets every request be checked cheaply). This crate touches no other schema.
 
 pub mod keys;
+pub mod store;
 
 use chrono::{DateTime, Utc};
 use oa_domain::ids;
 use oa_store::{StoreError, begin_org};
 use serde::Serialize;
-use sqlx::FromRow;
 use sqlx::PgPool;
 
 pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, PRODUCT_ORG, ProductKey, ResolvedKey};
@@ -69,33 +69,16 @@ impl OrgStore {
         if name.is_empty() || name.len() > 200 {
             return Err(TenancyError::Invalid("org name must have 1 to 200 characters".into()));
         }
-        let row = sqlx::query(
-            "INSERT INTO tenancy.orgs (id, name, tier) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id, name, tier, monthly_credits_override, created_at",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(tier)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Org::from_row(&row)?),
-            None => Err(TenancyError::OrgExists(id)),
-        }
+        let mut conn = self.pool.acquire().await?;
+        store::insert_org(&mut conn, &id, name, tier).await?.ok_or(TenancyError::OrgExists(id))
     }
 
     /// Reads an org inside its own org scope.
     pub async fn get(&self, org_id: &str) -> Result<Option<Org>, TenancyError> {
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let row = sqlx::query(
-            "SELECT id, name, tier, monthly_credits_override, created_at FROM tenancy.orgs WHERE id = $1",
-        )
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let org = store::org(&mut tx, org_id).await?;
         tx.commit().await?;
-        Ok(row.as_ref().map(Org::from_row).transpose()?)
+        Ok(org)
     }
 
     /// Sets or clears the per-org monthly credit override. Admin pool.
@@ -103,17 +86,8 @@ impl OrgStore {
         if credits.is_some_and(|c| c < 0) {
             return Err(TenancyError::Invalid("a credit allocation cannot be negative".into()));
         }
-        let row = sqlx::query(
-            "UPDATE tenancy.orgs SET monthly_credits_override = $2 WHERE id = $1
-             RETURNING id, name, tier, monthly_credits_override, created_at",
-        )
-        .bind(org_id)
-        .bind(credits)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Org::from_row(&row)?),
-            None => Err(TenancyError::OrgNotFound(org_id.to_owned())),
-        }
+        let mut conn = self.pool.acquire().await?;
+        let org = store::set_credit_override(&mut conn, org_id, credits).await?;
+        org.ok_or_else(|| TenancyError::OrgNotFound(org_id.to_owned()))
     }
 }
