@@ -43,6 +43,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The conversions every service's error enum shares: a database error becomes its
+/// `Store(StoreError)` variant (so `?` works on queries), and the enum reaches gRPC through its
+/// `From<_> for ApiError`, written by the service.
+#[macro_export]
+macro_rules! service_error {
+    ($error:ty) => {
+        impl From<sqlx::Error> for $error {
+            fn from(error: sqlx::Error) -> Self {
+                Self::Store($crate::StoreError::Database(error))
+            }
+        }
+
+        impl From<$error> for tonic::Status {
+            fn from(error: $error) -> tonic::Status {
+                oa_domain::ApiError::from(error).into()
+            }
+        }
+    };
+}
+
 /// A database failure as the API's error: unavailable when the database is, internal otherwise.
 pub fn api_error(error: sqlx::Error) -> ApiError {
     ApiError::from(StoreError::Database(error))

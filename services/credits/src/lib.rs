@@ -4,9 +4,12 @@
 //!
 //! Owns schema `credits` and touches no other.
 
+mod error;
 pub mod store;
 
-use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal};
+pub use error::CreditsError;
+
+use oa_domain::{ApiError, Caller, Permission, Principal};
 use oa_proto::credits as pb;
 use oa_proto::credits::credits_server::{Credits, CreditsServer};
 use oa_store::begin_org;
@@ -26,18 +29,13 @@ pub type GuardedCredits = tonic::service::interceptor::InterceptedService<
 >;
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+type Result<T, E = CreditsError> = std::result::Result<T, E>;
 
-use oa_store::api_error as db;
-
-fn engine_only(caller: &Caller) -> Result<(), ApiError> {
+fn engine_only(caller: &Caller) -> Result<()> {
     match caller.principal {
         Principal::Service { .. } => Ok(()),
-        _ => Err(ApiError::forbidden("Only the plane's engine reserves and settles credits")),
+        _ => Err(CreditsError::EngineOnly),
     }
-}
-
-pub fn insufficient(remaining: i64) -> ApiError {
-    ApiError::new(ErrorCode::CreditInsufficient, format!("The org has {remaining} credits left this month"))
 }
 
 impl CreditsService {
@@ -49,14 +47,9 @@ impl CreditsService {
         )
     }
 
-    async fn reserve_once(
-        &self,
-        caller: &Caller,
-        request: &pb::ReserveRequest,
-    ) -> Result<store::Reserved, ApiError> {
+    async fn reserve_once(&self, caller: &Caller, request: &pb::ReserveRequest) -> Result<store::Reserved> {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let allocation =
-            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
+        let allocation = store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await?;
         let reserve = store::ReserveRequest {
             org_id: &caller.org_id,
             idempotency_key: &request.idempotency_key,
@@ -69,27 +62,25 @@ impl CreditsService {
         let outcome = store::reserve(&mut tx, &reserve, allocation).await;
         match outcome {
             Ok(store::Reserved::New(reservation)) => {
-                tx.commit().await.map_err(db)?;
+                tx.commit().await?;
                 Ok(store::Reserved::New(reservation))
             }
             // Nothing to keep: insufficient and raced attempts roll back.
             Ok(other) => Ok(other),
             Err(error) if oa_store::is_unique_violation(&error) => Ok(store::Reserved::Raced),
-            Err(error) => Err(db(error)),
+            Err(error) => Err(error.into()),
         }
     }
 }
 
-#[tonic::async_trait]
-impl Credits for CreditsService {
-    async fn reserve(&self, request: tonic::Request<pb::ReserveRequest>) -> GrpcResult<pb::ReserveResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+/// The methods behind the gRPC handlers: each takes the resolved caller and returns the
+/// service's error, which the handler maps once.
+impl CreditsService {
+    async fn reserve_for(&self, caller: Caller, request: pb::ReserveRequest) -> Result<pb::ReserveResponse> {
         engine_only(&caller)?;
-        let request = request.into_inner();
         if request.amount <= 0 || request.amount > MAX_RESERVATION {
-            return Err(
-                ApiError::bad_request(format!("amount must be between 1 and {MAX_RESERVATION}")).into()
-            );
+            let message = format!("amount must be between 1 and {MAX_RESERVATION}");
+            return Err(ApiError::bad_request(message).into());
         }
         if request.idempotency_key.is_empty() || request.idempotency_key.len() > 300 {
             return Err(ApiError::bad_request("a reservation needs an idempotency key").into());
@@ -98,82 +89,70 @@ impl Credits for CreditsService {
         for _ in 0..3 {
             let reservation = match self.reserve_once(&caller, &request).await? {
                 store::Reserved::New(r) | store::Reserved::Existing(r) => r,
-                store::Reserved::Insufficient { remaining } => return Err(insufficient(remaining).into()),
+                store::Reserved::Insufficient { remaining } => {
+                    return Err(CreditsError::Insufficient { remaining });
+                }
                 store::Reserved::Raced => continue,
             };
             if reservation.status == oa_domain::status::ReservationStatus::Released {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    "This reservation was released; reserve under a new key",
-                )
-                .into());
+                return Err(CreditsError::Released);
             }
-            return Ok(tonic::Response::new(pb::ReserveResponse {
+            return Ok(pb::ReserveResponse {
                 reservation_id: reservation.id,
                 remaining: reservation.remaining,
-            }));
+            });
         }
-        Err(ApiError::unavailable("credits ledger").into())
+        Err(CreditsError::Contended)
     }
 
-    async fn commit(&self, request: tonic::Request<pb::CommitRequest>) -> GrpcResult<pb::CommitResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn commit_for(&self, caller: Caller, request: pb::CommitRequest) -> Result<pb::CommitResponse> {
         engine_only(&caller)?;
-        let request = request.into_inner();
         if request.amount < 0 || request.amount > MAX_RESERVATION {
             return Err(ApiError::bad_request("amount must not be negative or absurd").into());
         }
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         store::settle(&mut tx, &caller.org_id, &request.reservation_id, Some(request.amount))
-            .await
-            .map_err(db)?
-            .map_err(ApiError::bad_request)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::CommitResponse {}))
+            .await?
+            .map_err(CreditsError::Settle)?;
+        tx.commit().await?;
+        Ok(pb::CommitResponse {})
     }
 
-    async fn release(&self, request: tonic::Request<pb::ReleaseRequest>) -> GrpcResult<pb::ReleaseResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn release_for(&self, caller: Caller, request: pb::ReleaseRequest) -> Result<pb::ReleaseResponse> {
         engine_only(&caller)?;
-        let reservation_id = request.into_inner().reservation_id;
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        store::settle(&mut tx, &caller.org_id, &reservation_id, None)
-            .await
-            .map_err(db)?
-            .map_err(ApiError::bad_request)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ReleaseResponse {}))
+        let reservation_id = request.reservation_id;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        store::settle(&mut tx, &caller.org_id, &reservation_id, None).await?.map_err(CreditsError::Settle)?;
+        tx.commit().await?;
+        Ok(pb::ReleaseResponse {})
     }
 
-    async fn get_usage(&self, request: tonic::Request<pb::GetUsageRequest>) -> GrpcResult<pb::Usage> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn usage(&self, caller: Caller, request: pb::GetUsageRequest) -> Result<pb::Usage> {
         caller.require(Permission::ReadCredits)?;
-        let month = match request.into_inner().month {
+        let month = match request.month {
             month if month.is_empty() => store::current_month(),
             month if store::months_back(&month, 1) == [month.clone()] => month,
             _ => return Err(ApiError::bad_request("month is YYYY-MM").into()),
         };
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let allocation =
-            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
-        let usage = store::usage(&mut tx, &caller.org_id, &month, allocation).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::Usage { usage_json: usage.to_string() }))
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let allocation = store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await?;
+        let usage = store::usage(&mut tx, &caller.org_id, &month, allocation).await?;
+        tx.commit().await?;
+        Ok(pb::Usage { usage_json: usage.to_string() })
     }
 
-    async fn list_stale_reservations(
+    async fn stale_reservations(
         &self,
-        request: tonic::Request<pb::ListStaleReservationsRequest>,
-    ) -> GrpcResult<pb::ListStaleReservationsResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListStaleReservationsRequest,
+    ) -> Result<pb::ListStaleReservationsResponse> {
         engine_only(&caller)?;
-        let request = request.into_inner();
         let limit = i64::from(request.limit.clamp(1, 1000));
         let older_than = i64::try_from(request.older_than_seconds).unwrap_or(i64::MAX / 2);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let stale = store::stale_reservations(&mut tx, older_than, limit).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ListStaleReservationsResponse {
+        let mut tx = self.pool.begin().await?;
+        let stale = store::stale_reservations(&mut tx, older_than, limit).await?;
+        tx.commit().await?;
+        Ok(pb::ListStaleReservationsResponse {
             reservations: stale
                 .into_iter()
                 .map(|r| pb::StaleReservation {
@@ -184,7 +163,51 @@ impl Credits for CreditsService {
                     amount: r.amount,
                 })
                 .collect(),
-        }))
+        })
+    }
+
+    async fn history(
+        &self,
+        caller: Caller,
+        _request: pb::GetHistoryRequest,
+    ) -> Result<pb::GetHistoryResponse> {
+        caller.require(Permission::ReadCredits)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let allocation = store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await?;
+        let history = store::history(&mut tx, &caller.org_id, allocation).await?;
+        tx.commit().await?;
+        Ok(pb::GetHistoryResponse { history_json: history.to_string() })
+    }
+}
+
+#[tonic::async_trait]
+impl Credits for CreditsService {
+    async fn reserve(&self, request: tonic::Request<pb::ReserveRequest>) -> GrpcResult<pb::ReserveResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.reserve_for(caller, request.into_inner()).await?))
+    }
+
+    async fn commit(&self, request: tonic::Request<pb::CommitRequest>) -> GrpcResult<pb::CommitResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.commit_for(caller, request.into_inner()).await?))
+    }
+
+    async fn release(&self, request: tonic::Request<pb::ReleaseRequest>) -> GrpcResult<pb::ReleaseResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.release_for(caller, request.into_inner()).await?))
+    }
+
+    async fn get_usage(&self, request: tonic::Request<pb::GetUsageRequest>) -> GrpcResult<pb::Usage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.usage(caller, request.into_inner()).await?))
+    }
+
+    async fn list_stale_reservations(
+        &self,
+        request: tonic::Request<pb::ListStaleReservationsRequest>,
+    ) -> GrpcResult<pb::ListStaleReservationsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.stale_reservations(caller, request.into_inner()).await?))
     }
 
     async fn get_history(
@@ -192,12 +215,6 @@ impl Credits for CreditsService {
         request: tonic::Request<pb::GetHistoryRequest>,
     ) -> GrpcResult<pb::GetHistoryResponse> {
         let caller = oa_auth::service::caller_of(&request)?;
-        caller.require(Permission::ReadCredits)?;
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let allocation =
-            store::allocation(&mut tx, &caller.org_id, &self.tiers, &caller.tier).await.map_err(db)?;
-        let history = store::history(&mut tx, &caller.org_id, allocation).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::GetHistoryResponse { history_json: history.to_string() }))
+        Ok(tonic::Response::new(self.history(caller, request.into_inner()).await?))
     }
 }

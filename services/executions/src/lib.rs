@@ -6,11 +6,14 @@
 //! schema.
 
 pub mod convert;
+mod error;
 pub mod store;
+
+pub use error::ExecutionsError;
 
 use oa_bus::{Topology, WorkItem};
 use oa_domain::status::ExecutionStatus;
-use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
+use oa_domain::{ApiError, Caller, Permission, ids};
 use oa_proto::approvals::DenyOpenGatesRequest;
 use oa_proto::approvals::approvals_client::ApprovalsClient;
 use oa_proto::executions as pb;
@@ -35,17 +38,7 @@ pub type GuardedExecutions = tonic::service::interceptor::InterceptedService<
 >;
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
-
-use oa_store::api_error as db;
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(ErrorCode::ExecutionNotFound, format!("Execution {id} not found"))
-}
-
-fn bus_error(error: oa_bus::BusError) -> ApiError {
-    tracing::error!(%error, "cannot publish on the bus");
-    ApiError::unavailable("event bus")
-}
+type Result<T, E = ExecutionsError> = std::result::Result<T, E>;
 
 impl ExecutionsService {
     pub fn build(
@@ -71,7 +64,7 @@ impl ExecutionsService {
 
     /// Denies the open gates of executions being cancelled, before the cancel commits: when the
     /// approvals service cannot be reached, nothing is cancelled and the caller may retry.
-    async fn deny_gates(&self, caller: &Caller, execution_ids: &[String]) -> Result<(), ApiError> {
+    async fn deny_gates(&self, caller: &Caller, execution_ids: &[String]) -> Result<()> {
         if execution_ids.is_empty() {
             return Ok(());
         }
@@ -95,27 +88,27 @@ impl ExecutionsService {
         tx: &mut sqlx::PgConnection,
         caller: &Caller,
         ids: &[String],
-    ) -> Result<(), ApiError> {
+    ) -> Result<()> {
         let reason = serde_json::json!({
             "code": "cancelled",
             "message": format!("cancelled by {}", caller.principal_label()),
         });
         for id in ids {
-            store::close_open_steps(tx, id, oa_domain::status::StepStatus::Skipped).await.map_err(db)?;
-            store::set_status(tx, id, ExecutionStatus::Cancelled, Some(&reason)).await.map_err(db)?;
+            store::close_open_steps(tx, id, oa_domain::status::StepStatus::Skipped).await?;
+            store::set_status(tx, id, ExecutionStatus::Cancelled, Some(&reason)).await?;
         }
         self.deny_gates(caller, ids).await
     }
 
-    async fn detail(&self, caller: &Caller, id: &str) -> Result<pb::Execution, ApiError> {
+    async fn detail(&self, caller: &Caller, id: &str) -> Result<pb::Execution> {
+        let not_found = || ExecutionsError::NotFound(id.to_owned());
         if !ids::has_prefix(id, "exec") {
-            return Err(not_found(id));
+            return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let execution =
-            store::get(&mut tx, &caller.org_id, id).await.map_err(db)?.ok_or_else(|| not_found(id))?;
-        let steps = store::steps(&mut tx, &execution).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let execution = store::get(&mut tx, &caller.org_id, id).await?.ok_or_else(not_found)?;
+        let steps = store::steps(&mut tx, &execution).await?;
+        tx.commit().await?;
         Ok(pb::Execution { execution_json: convert::detail_json(&execution, &steps).to_string() })
     }
 }
@@ -128,19 +121,16 @@ impl ExecutionsService {
         caller: &Caller,
         id: &str,
         allowed: &[ExecutionStatus],
-        what: &str,
-    ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, store::ExecutionRow), ApiError> {
+        what: &'static str,
+    ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, store::ExecutionRow)> {
+        let not_found = || ExecutionsError::NotFound(id.to_owned());
         if !ids::has_prefix(id, "exec") {
-            return Err(not_found(id));
+            return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let execution =
-            store::lock(&mut tx, &caller.org_id, id).await.map_err(db)?.ok_or_else(|| not_found(id))?;
+        let execution = store::lock(&mut tx, &caller.org_id, id).await?.ok_or_else(not_found)?;
         if !allowed.contains(&execution.status) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("{what}; this one is {}", execution.status),
-            ));
+            return Err(ExecutionsError::WrongStatus { what, status: execution.status });
         }
         Ok((tx, execution))
     }
@@ -155,15 +145,15 @@ fn parse_time(name: &str, value: &str) -> Result<Option<chrono::DateTime<chrono:
     })
 }
 
-#[tonic::async_trait]
-impl Executions for ExecutionsService {
-    async fn list_executions(
+/// The methods behind the gRPC handlers: each takes the resolved caller and returns the
+/// service's error, which the handler maps once.
+impl ExecutionsService {
+    async fn list(
         &self,
-        request: tonic::Request<pb::ListExecutionsRequest>,
-    ) -> GrpcResult<pb::ListExecutionsResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListExecutionsRequest,
+    ) -> Result<pb::ListExecutionsResponse> {
         caller.require(Permission::ReadExecutions)?;
-        let request = request.into_inner();
         let status = match request.status.as_str() {
             "" => None,
             status => Some(status.parse::<ExecutionStatus>().map_err(|_| {
@@ -183,52 +173,40 @@ impl Executions for ExecutionsService {
             cursor: &page.cursor,
             limit: i64::from(limit) + 1,
         };
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let (mut rows, total) = store::list(&mut tx, &caller.org_id, &filter).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let (mut rows, total) = store::list(&mut tx, &caller.org_id, &filter).await?;
+        tx.commit().await?;
         let next_cursor = oa_domain::page::cut(&mut rows, limit, |r| &r.id);
-        Ok(tonic::Response::new(pb::ListExecutionsResponse {
+        Ok(pb::ListExecutionsResponse {
             executions: rows
                 .iter()
                 .map(|r| pb::Execution { execution_json: convert::summary_json(r).to_string() })
                 .collect(),
             page: Some(oa_proto::common::PageInfo { total: total as u64, next_cursor }),
-        }))
+        })
     }
 
-    async fn get_execution(
-        &self,
-        request: tonic::Request<pb::GetExecutionRequest>,
-    ) -> GrpcResult<pb::Execution> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn get(&self, caller: Caller, request: pb::GetExecutionRequest) -> Result<pb::Execution> {
         caller.require(Permission::ReadExecutions)?;
-        Ok(tonic::Response::new(self.detail(&caller, &request.into_inner().id).await?))
+        self.detail(&caller, &request.id).await
     }
 
-    async fn cancel_execution(
-        &self,
-        request: tonic::Request<pb::CancelExecutionRequest>,
-    ) -> GrpcResult<pb::Execution> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn cancel(&self, caller: Caller, request: pb::CancelExecutionRequest) -> Result<pb::Execution> {
         caller.require(Permission::ControlExecutions)?;
-        let id = request.into_inner().id;
+        let id = request.id;
         use ExecutionStatus::{Pending, Running, WaitingApproval};
         let allowed = [Pending, Running, WaitingApproval];
         let (mut tx, _) = self
             .lock_in(&caller, &id, &allowed, "Only a running or waiting execution can be cancelled")
             .await?;
         self.cancel_locked(&mut tx, &caller, std::slice::from_ref(&id)).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(self.detail(&caller, &id).await?))
+        tx.commit().await?;
+        self.detail(&caller, &id).await
     }
 
-    async fn retry_execution(
-        &self,
-        request: tonic::Request<pb::RetryExecutionRequest>,
-    ) -> GrpcResult<pb::Execution> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn retry(&self, caller: Caller, request: pb::RetryExecutionRequest) -> Result<pb::Execution> {
         caller.require(Permission::ControlExecutions)?;
-        let id = request.into_inner().id;
+        let id = request.id;
         let (mut tx, original) = self
             .lock_in(
                 &caller,
@@ -248,65 +226,60 @@ impl Executions for ExecutionsService {
             trigger_event: &original.trigger_event,
             retry_of: Some(&original.id),
         };
-        store::insert(&mut tx, &new).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        store::insert(&mut tx, &new).await?;
+        tx.commit().await?;
         let item = WorkItem { org_id: caller.org_id.clone(), execution_ids: vec![retry_id.clone()] };
-        oa_bus::publish_work(&self.jetstream, &self.topology, &retry_id, &item).await.map_err(bus_error)?;
-        Ok(tonic::Response::new(self.detail(&caller, &retry_id).await?))
+        oa_bus::publish_work(&self.jetstream, &self.topology, &retry_id, &item).await?;
+        self.detail(&caller, &retry_id).await
     }
 
-    async fn cancel_executions_of_agent(
+    async fn cancel_of_agent(
         &self,
-        request: tonic::Request<pb::CancelExecutionsOfAgentRequest>,
-    ) -> GrpcResult<pb::CancelExecutionsOfAgentResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::CancelExecutionsOfAgentRequest,
+    ) -> Result<pb::CancelExecutionsOfAgentResponse> {
         caller.require(Permission::WriteAgents)?;
-        let agent_id = request.into_inner().agent_id;
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let ids = store::lock_unfinished_of_agent(&mut tx, &caller.org_id, &agent_id).await.map_err(db)?;
+        let agent_id = request.agent_id;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let ids = store::lock_unfinished_of_agent(&mut tx, &caller.org_id, &agent_id).await?;
         self.cancel_locked(&mut tx, &caller, &ids).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         if !ids.is_empty() {
             tracing::info!(agent_id, cancelled = ids.len(), "cancelled the executions of a deleted agent");
         }
-        Ok(tonic::Response::new(pb::CancelExecutionsOfAgentResponse { cancelled: ids.len() as u32 }))
+        Ok(pb::CancelExecutionsOfAgentResponse { cancelled: ids.len() as u32 })
     }
 
-    async fn list_dead_letters(
+    async fn dead_letters(
         &self,
-        request: tonic::Request<pb::ListDeadLettersRequest>,
-    ) -> GrpcResult<pb::ListDeadLettersResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListDeadLettersRequest,
+    ) -> Result<pb::ListDeadLettersResponse> {
         caller.require(Permission::ReadExecutions)?;
-        let limit = match request.into_inner().limit {
+        let limit = match request.limit {
             0 => 50,
             limit => limit.min(200),
         };
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let letters = store::dead_letters(&mut tx, &caller.org_id, i64::from(limit)).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ListDeadLettersResponse {
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let letters = store::dead_letters(&mut tx, &caller.org_id, i64::from(limit)).await?;
+        tx.commit().await?;
+        Ok(pb::ListDeadLettersResponse {
             dead_letters: letters
                 .iter()
                 .map(|l| pb::DeadLetter { dead_letter_json: convert::dead_letter_json(l).to_string() })
                 .collect(),
-        }))
+        })
     }
 
-    async fn replay_dead_letter(
-        &self,
-        request: tonic::Request<pb::ReplayDeadLetterRequest>,
-    ) -> GrpcResult<pb::DeadLetter> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn replay(&self, caller: Caller, request: pb::ReplayDeadLetterRequest) -> Result<pb::DeadLetter> {
         caller.require(Permission::ControlExecutions)?;
-        let id = request.into_inner().id;
-        let missing = || ApiError::new(ErrorCode::NotFound, format!("Dead letter {id} not found"));
+        let id = request.id;
+        let missing = || ExecutionsError::DeadLetterNotFound(id.clone());
         if !ids::has_prefix(&id, "dlq") {
-            return Err(missing().into());
+            return Err(missing());
         }
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let letter =
-            store::lock_dead_letter(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(missing)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let letter = store::lock_dead_letter(&mut tx, &caller.org_id, &id).await?.ok_or_else(missing)?;
         // A fresh message id: the original was consumed, so JetStream must not drop the replay.
         let message_id = format!("replay_{}_{}", letter.id, ids::new_id("r"));
         oa_bus::publish_raw(
@@ -315,14 +288,69 @@ impl Executions for ExecutionsService {
             &message_id,
             letter.payload.clone().into_bytes().into(),
         )
-        .await
-        .map_err(bus_error)?;
-        store::mark_replayed(&mut tx, &letter.id).await.map_err(db)?;
-        let letter =
-            store::lock_dead_letter(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(missing)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::DeadLetter {
-            dead_letter_json: convert::dead_letter_json(&letter).to_string(),
-        }))
+        .await?;
+        store::mark_replayed(&mut tx, &letter.id).await?;
+        let letter = store::lock_dead_letter(&mut tx, &caller.org_id, &id).await?.ok_or_else(missing)?;
+        tx.commit().await?;
+        Ok(pb::DeadLetter { dead_letter_json: convert::dead_letter_json(&letter).to_string() })
+    }
+}
+
+#[tonic::async_trait]
+impl Executions for ExecutionsService {
+    async fn list_executions(
+        &self,
+        request: tonic::Request<pb::ListExecutionsRequest>,
+    ) -> GrpcResult<pb::ListExecutionsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list(caller, request.into_inner()).await?))
+    }
+
+    async fn get_execution(
+        &self,
+        request: tonic::Request<pb::GetExecutionRequest>,
+    ) -> GrpcResult<pb::Execution> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.get(caller, request.into_inner()).await?))
+    }
+
+    async fn cancel_execution(
+        &self,
+        request: tonic::Request<pb::CancelExecutionRequest>,
+    ) -> GrpcResult<pb::Execution> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.cancel(caller, request.into_inner()).await?))
+    }
+
+    async fn retry_execution(
+        &self,
+        request: tonic::Request<pb::RetryExecutionRequest>,
+    ) -> GrpcResult<pb::Execution> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.retry(caller, request.into_inner()).await?))
+    }
+
+    async fn cancel_executions_of_agent(
+        &self,
+        request: tonic::Request<pb::CancelExecutionsOfAgentRequest>,
+    ) -> GrpcResult<pb::CancelExecutionsOfAgentResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.cancel_of_agent(caller, request.into_inner()).await?))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: tonic::Request<pb::ListDeadLettersRequest>,
+    ) -> GrpcResult<pb::ListDeadLettersResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.dead_letters(caller, request.into_inner()).await?))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: tonic::Request<pb::ReplayDeadLetterRequest>,
+    ) -> GrpcResult<pb::DeadLetter> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.replay(caller, request.into_inner()).await?))
     }
 }
