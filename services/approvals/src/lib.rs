@@ -8,8 +8,11 @@
 //!
 //! Owns schema `approvals` and touches no other.
 
+mod error;
 pub mod store;
 pub mod sweeper;
+
+pub use error::ApprovalsError;
 
 use std::collections::HashMap;
 use strum::VariantNames;
@@ -18,7 +21,7 @@ use oa_bus::{Topology, WorkItem};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
 use oa_proto::approvals as pb;
 use oa_proto::approvals::approvals_server::{Approvals, ApprovalsServer};
-use oa_store::{api_error as db, begin_org};
+use oa_store::begin_org;
 use secrecy::SecretString;
 use sqlx::PgPool;
 
@@ -43,20 +46,21 @@ pub type GuardedApprovals = tonic::service::interceptor::InterceptedService<
 >;
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+type Result<T, E = ApprovalsError> = std::result::Result<T, E>;
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(ErrorCode::ApprovalNotFound, format!("Approval {id} not found"))
+fn not_found(id: &str) -> ApprovalsError {
+    ApprovalsError::NotFound(id.to_owned())
 }
 
-fn engine_only(caller: &Caller) -> Result<(), ApiError> {
+fn engine_only(caller: &Caller) -> Result<()> {
     match caller.principal {
         Principal::Service { .. } => Ok(()),
-        _ => Err(ApiError::forbidden("Only the plane's engine opens gates and mints links")),
+        _ => Err(ApprovalsError::EngineOnly),
     }
 }
 
-fn reply(gate: &store::Gate) -> tonic::Response<pb::Approval> {
-    tonic::Response::new(pb::Approval { approval_json: gate.to_json().to_string() })
+fn reply(gate: &store::Gate) -> pb::Approval {
+    pb::Approval { approval_json: gate.to_json().to_string() }
 }
 
 /// Why a decided or expired gate takes no further decision.
@@ -138,12 +142,11 @@ struct Decider {
     role: Option<&'static str>,
 }
 
-#[tonic::async_trait]
-impl Approvals for ApprovalsService {
-    async fn open_gate(&self, request: tonic::Request<pb::OpenGateRequest>) -> GrpcResult<pb::Approval> {
-        let caller = oa_auth::service::caller_of(&request)?;
+/// The methods behind the gRPC handlers: each takes the resolved caller and returns the
+/// service's error, which the handler maps once.
+impl ApprovalsService {
+    async fn open(&self, caller: Caller, request: pb::OpenGateRequest) -> Result<pb::Approval> {
         engine_only(&caller)?;
-        let request = request.into_inner();
         if request.approvers.is_empty() || request.expires_in_seconds == 0 {
             return Err(ApiError::bad_request("a gate needs approvers and an expiry").into());
         }
@@ -165,22 +168,21 @@ impl Approvals for ApprovalsService {
             escalate_to: Some(request.escalate_to.as_str()).filter(|r| !r.is_empty()),
             expires_in_secs,
         };
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let (gate, created) = store::open(&mut tx, &new).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
+        let (gate, created) = store::open(&mut tx, &new).await?;
+        tx.commit().await?;
         if created {
             tracing::info!(approval_id = gate.id, execution_id = gate.execution_id, "approval gate opened");
         }
         Ok(reply(&gate))
     }
 
-    async fn list_approvals(
+    async fn list(
         &self,
-        request: tonic::Request<pb::ListApprovalsRequest>,
-    ) -> GrpcResult<pb::ListApprovalsResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListApprovalsRequest,
+    ) -> Result<pb::ListApprovalsResponse> {
         caller.require(Permission::ReadApprovals)?;
-        let request = request.into_inner();
         // The reference lists pending gates; `all` lists every status.
         let status = match request.status.as_str() {
             "" => "pending",
@@ -199,45 +201,36 @@ impl Approvals for ApprovalsService {
         if !page.cursor.is_empty() && !ids::has_prefix(&page.cursor, "appr") {
             return Err(ApiError::bad_request("cursor is the next_cursor of a previous page").into());
         }
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
         let (mut gates, total) =
-            store::list(&mut tx, &caller.org_id, status, &page.cursor, i64::from(limit) + 1)
-                .await
-                .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+            store::list(&mut tx, &caller.org_id, status, &page.cursor, i64::from(limit) + 1).await?;
+        tx.commit().await?;
         let next_cursor = oa_domain::page::cut(&mut gates, limit, |g| &g.id);
-        Ok(tonic::Response::new(pb::ListApprovalsResponse {
+        Ok(pb::ListApprovalsResponse {
             approvals: gates
                 .iter()
                 .map(|g| pb::Approval { approval_json: g.to_json().to_string() })
                 .collect(),
             page: Some(oa_proto::common::PageInfo { total: total as u64, next_cursor }),
-        }))
+        })
     }
 
-    async fn get_approval(
-        &self,
-        request: tonic::Request<pb::GetApprovalRequest>,
-    ) -> GrpcResult<pb::Approval> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn get(&self, caller: Caller, request: pb::GetApprovalRequest) -> Result<pb::Approval> {
         caller.require(Permission::ReadApprovals)?;
-        let id = request.into_inner().id;
+        let id = request.id;
         if !ids::has_prefix(&id, "appr") {
-            return Err(not_found(&id).into());
+            return Err(not_found(&id));
         }
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let gate =
-            store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
-        let history = store::history(&mut tx, &id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
+        let gate = store::get(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
+        let history = store::history(&mut tx, &id).await?;
+        tx.commit().await?;
         let mut record = gate.to_json();
         record["history"] = serde_json::Value::Array(history);
-        Ok(tonic::Response::new(pb::Approval { approval_json: record.to_string() }))
+        Ok(pb::Approval { approval_json: record.to_string() })
     }
 
-    async fn decide(&self, request: tonic::Request<pb::DecideRequest>) -> GrpcResult<pb::Approval> {
-        let caller = oa_auth::service::caller_of(&request)?;
-        let request = request.into_inner();
+    async fn decide_for(&self, caller: Caller, request: pb::DecideRequest) -> Result<pb::Approval> {
         let (status, outcome) = match request.decision.as_str() {
             "approved" => ("approved", "approved"),
             "denied" => ("denied", "denied"),
@@ -273,11 +266,10 @@ impl Approvals for ApprovalsService {
             Decider { actor: claims.sub, principal_type: "signed_link", role: None }
         };
         if !ids::has_prefix(&id, "appr") {
-            return Err(not_found(&id).into());
+            return Err(not_found(&id));
         }
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let gate =
-            store::lock(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
+        let gate = store::lock(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
         if let Some(role) = decider.role
             && !gate.approvers.iter().any(|r| r == role)
         {
@@ -291,7 +283,7 @@ impl Approvals for ApprovalsService {
             return Err(already_closed(&gate).into());
         }
         if gate.expires_at <= chrono::Utc::now() {
-            return Err(ApiError::new(ErrorCode::Conflict, "This approval has expired").into());
+            return Err(ApprovalsError::Expired);
         }
         let note = Some(request.note.as_str()).filter(|n| !n.is_empty());
         let decision = store::Decision {
@@ -301,31 +293,23 @@ impl Approvals for ApprovalsService {
             via: decider.principal_type,
             note,
         };
-        let decided = store::decide(&mut tx, &gate.id, &decision).await.map_err(db)?;
-        store::audit(&mut tx, &decided, status, &decider.actor, decider.principal_type, note, None)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let decided = store::decide(&mut tx, &gate.id, &decision).await?;
+        store::audit(&mut tx, &decided, status, &decider.actor, decider.principal_type, note, None).await?;
+        tx.commit().await?;
         tracing::info!(approval_id = decided.id, decision = status, by = decider.actor, "approval decided");
         self.shared.publish(&decided).await;
         Ok(reply(&decided))
     }
 
-    async fn mint_links(
-        &self,
-        request: tonic::Request<pb::MintLinksRequest>,
-    ) -> GrpcResult<pb::MintLinksResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn mint(&self, caller: Caller, request: pb::MintLinksRequest) -> Result<pb::MintLinksResponse> {
         engine_only(&caller)?;
-        let request = request.into_inner();
         let id = request.approval_id;
         if !ids::has_prefix(&id, "appr") {
-            return Err(not_found(&id).into());
+            return Err(not_found(&id));
         }
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let gate =
-            store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?.ok_or_else(|| not_found(&id))?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
+        let gate = store::get(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
+        tx.commit().await?;
         let ttl = i64::try_from(self.shared.config.link_ttl_seconds).unwrap_or(i64::MAX / 4);
         let expires_at = gate.expires_at.timestamp().min(chrono::Utc::now().timestamp().saturating_add(ttl));
         let base = self.shared.config.public_url.trim_end_matches('/');
@@ -341,7 +325,72 @@ impl Approvals for ApprovalsService {
             .map_err(|e| ApiError::internal_from("signing a link", &e))?;
             links.insert(recipient, format!("{base}/approvals/{id}/link?token={token}"));
         }
-        Ok(tonic::Response::new(pb::MintLinksResponse { links }))
+        Ok(pb::MintLinksResponse { links })
+    }
+
+    async fn deny_open(
+        &self,
+        caller: Caller,
+        request: pb::DenyOpenGatesRequest,
+    ) -> Result<pb::DenyOpenGatesResponse> {
+        caller.require(Permission::ControlExecutions)?;
+        if request.execution_ids.is_empty() {
+            return Ok(pb::DenyOpenGatesResponse { denied: 0 });
+        }
+        let reason = Some(request.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or("Execution cancelled");
+        let by = match caller.principal {
+            Principal::Service { .. } => "system:cancel".to_owned(),
+            _ => caller.principal_label(),
+        };
+        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
+        let denied = store::deny_open(&mut tx, &request.execution_ids, &by, reason).await?;
+        let principal_type = match caller.principal {
+            Principal::User { .. } => "user",
+            Principal::IntegrationKey { .. } => "integration_key",
+            Principal::Service { .. } | Principal::Product { .. } => "system",
+        };
+        for gate in &denied {
+            store::audit(&mut tx, gate, "denied", &by, principal_type, Some(reason), None).await?;
+        }
+        tx.commit().await?;
+        Ok(pb::DenyOpenGatesResponse { denied: denied.len() as u32 })
+    }
+}
+
+#[tonic::async_trait]
+impl Approvals for ApprovalsService {
+    async fn open_gate(&self, request: tonic::Request<pb::OpenGateRequest>) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.open(caller, request.into_inner()).await?))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: tonic::Request<pb::ListApprovalsRequest>,
+    ) -> GrpcResult<pb::ListApprovalsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list(caller, request.into_inner()).await?))
+    }
+
+    async fn get_approval(
+        &self,
+        request: tonic::Request<pb::GetApprovalRequest>,
+    ) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.get(caller, request.into_inner()).await?))
+    }
+
+    async fn decide(&self, request: tonic::Request<pb::DecideRequest>) -> GrpcResult<pb::Approval> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.decide_for(caller, request.into_inner()).await?))
+    }
+
+    async fn mint_links(
+        &self,
+        request: tonic::Request<pb::MintLinksRequest>,
+    ) -> GrpcResult<pb::MintLinksResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.mint(caller, request.into_inner()).await?))
     }
 
     async fn deny_open_gates(
@@ -349,29 +398,6 @@ impl Approvals for ApprovalsService {
         request: tonic::Request<pb::DenyOpenGatesRequest>,
     ) -> GrpcResult<pb::DenyOpenGatesResponse> {
         let caller = oa_auth::service::caller_of(&request)?;
-        caller.require(Permission::ControlExecutions)?;
-        let request = request.into_inner();
-        if request.execution_ids.is_empty() {
-            return Ok(tonic::Response::new(pb::DenyOpenGatesResponse { denied: 0 }));
-        }
-        let reason = Some(request.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or("Execution cancelled");
-        let by = match caller.principal {
-            Principal::Service { .. } => "system:cancel".to_owned(),
-            _ => caller.principal_label(),
-        };
-        let mut tx = begin_org(&self.shared.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let denied = store::deny_open(&mut tx, &request.execution_ids, &by, reason).await.map_err(db)?;
-        let principal_type = match caller.principal {
-            Principal::User { .. } => "user",
-            Principal::IntegrationKey { .. } => "integration_key",
-            Principal::Service { .. } | Principal::Product { .. } => "system",
-        };
-        for gate in &denied {
-            store::audit(&mut tx, gate, "denied", &by, principal_type, Some(reason), None)
-                .await
-                .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::DenyOpenGatesResponse { denied: denied.len() as u32 }))
+        Ok(tonic::Response::new(self.deny_open(caller, request.into_inner()).await?))
     }
 }
