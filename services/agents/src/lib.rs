@@ -6,6 +6,7 @@
 //! service and touches no other schema.
 
 mod convert;
+mod error;
 mod seed;
 pub mod store;
 pub mod validate;
@@ -26,6 +27,7 @@ use sqlx::PgPool;
 use strum::VariantNames;
 use tonic::transport::Channel;
 
+pub use error::AgentsError;
 pub use seed::{seed_agents, shipped_system_agents, shipped_templates};
 
 /// Validates `body` and applies it over the org's settings: each section sent (`contacts`,
@@ -43,11 +45,14 @@ pub async fn update_org_settings(
     })?;
     let sections: Vec<&str> =
         body.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
-    let mut tx = begin_org(pool, org_id).await?;
-    let merged = store::org_settings(&mut tx, org_id).await.map_err(db)?.merged(update, &sections);
-    store::put_org_settings(&mut tx, org_id, &merged, updated_by).await.map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(merged)
+    let stored = async {
+        let mut tx = begin_org(pool, org_id).await?;
+        let merged = store::org_settings(&mut tx, org_id).await?.merged(update, &sections);
+        store::put_org_settings(&mut tx, org_id, &merged, updated_by).await?;
+        tx.commit().await?;
+        Ok::<_, AgentsError>(merged)
+    };
+    Ok(stored.await?)
 }
 
 pub struct AgentsService {
@@ -67,12 +72,10 @@ pub type GuardedAgents = tonic::service::interceptor::InterceptedService<
 >;
 
 type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+type Result<T, E = AgentsError> = std::result::Result<T, E>;
 
-use oa_store::api_error as db;
-
-fn agent_not_found(id: &str, caller: &Caller) -> ApiError {
-    // The same body for a missing id and another org's: ids cannot be probed.
-    ApiError::new(ErrorCode::AgentNotFound, format!("Agent {id} not found in org {}", caller.org_id))
+fn agent_not_found(id: &str, caller: &Caller) -> AgentsError {
+    AgentsError::NotFound { id: id.to_owned(), org_id: caller.org_id.clone() }
 }
 
 fn invalid(problems: Vec<validate::Problem>) -> ApiError {
@@ -117,7 +120,7 @@ async fn credits_by_agent(service: &AgentsService, caller: &Caller) -> HashMap<S
 }
 
 impl AgentsService {
-    async fn cancel_executions_of(&self, caller: &Caller, agent_id: &str) -> Result<(), ApiError> {
+    async fn cancel_executions_of(&self, caller: &Caller, agent_id: &str) -> Result<()> {
         let request = oa_proto::executions::CancelExecutionsOfAgentRequest { agent_id: agent_id.to_owned() };
         self.executions
             .clone()
@@ -127,9 +130,9 @@ impl AgentsService {
         Ok(())
     }
 
-    async fn respond_agent(&self, caller: &Caller, view: &store::AgentView) -> GrpcResult<pb::Agent> {
+    async fn respond_agent(&self, caller: &Caller, view: &store::AgentView) -> Result<pb::Agent> {
         let used = credits_by_agent(self, caller).await.get(&view.id).copied().unwrap_or(0);
-        Ok(tonic::Response::new(pb::Agent { agent_json: convert::agent_json(view, used).to_string() }))
+        Ok(pb::Agent { agent_json: convert::agent_json(view, used).to_string() })
     }
 }
 
@@ -146,7 +149,7 @@ impl AgentsService {
         pool: PgPool,
         nats: Option<oa_bus::async_nats::Client>,
         config: &oa_config::Config,
-    ) -> Result<GuardedAgents, ApiError> {
+    ) -> Result<GuardedAgents> {
         let catalog = CatalogClient::new(oa_auth::service::channel(
             config.endpoint("catalog").map_err(|e| ApiError::internal_from("config", &e))?,
             &config.grpc,
@@ -180,7 +183,7 @@ impl AgentsService {
         &self,
         caller: &Caller,
         definition: &Value,
-    ) -> Result<HashMap<String, oa_domain::catalog::EventType>, ApiError> {
+    ) -> Result<HashMap<String, oa_domain::catalog::EventType>> {
         let mut found = HashMap::new();
         if let Some(id) = validate::trigger_event_id(definition)
             && oa_domain::catalog::split_event_type_id(&id).is_some()
@@ -197,16 +200,17 @@ impl AgentsService {
         Ok(found)
     }
 
-    async fn validated(&self, caller: &Caller, definition: &Value) -> Result<AgentDefinition, ApiError> {
+    async fn validated(&self, caller: &Caller, definition: &Value) -> Result<AgentDefinition> {
         let catalog = self.event_types_for(caller, definition).await?;
         let tier = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter);
-        validate::validate_within(definition, &catalog, validate::Limits::of_tier(tier)).map_err(invalid)
+        validate::validate_within(definition, &catalog, validate::Limits::of_tier(tier))
+            .map_err(|problems| invalid(problems).into())
     }
 
-    async fn org_settings(&self, caller: &Caller) -> Result<OrgSettings, ApiError> {
+    async fn org_settings(&self, caller: &Caller) -> Result<OrgSettings> {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let settings = store::org_settings(&mut tx, &caller.org_id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let settings = store::org_settings(&mut tx, &caller.org_id).await?;
+        tx.commit().await?;
         Ok(settings)
     }
 
@@ -224,13 +228,13 @@ impl AgentsService {
         self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_active_agents
     }
 
-    async fn view(&self, caller: &Caller, id: &str) -> Result<store::AgentView, ApiError> {
+    async fn view(&self, caller: &Caller, id: &str) -> Result<store::AgentView> {
         if !ids::has_prefix(id, "agent") {
             return Err(agent_not_found(id, caller));
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let view = store::get(&mut tx, &caller.org_id, id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let view = store::get(&mut tx, &caller.org_id, id).await?;
+        tx.commit().await?;
         view.ok_or_else(|| agent_not_found(id, caller))
     }
 
@@ -241,11 +245,11 @@ impl AgentsService {
         definition: &AgentDefinition,
         cloned_from: Option<&str>,
         template_id: Option<&str>,
-    ) -> Result<store::AgentView, ApiError> {
+    ) -> Result<store::AgentView> {
         let id = ids::new_id("agent");
         let created_by = caller.principal_label();
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let held = store::count_for_create(&mut tx, &caller.org_id).await.map_err(db)?;
+        let held = store::count_for_create(&mut tx, &caller.org_id).await?;
         let cap = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_agents;
         if held >= i64::from(cap) {
             return Err(ApiError::new(
@@ -253,7 +257,7 @@ impl AgentsService {
                 format!(
                     "The org holds {held} agent definitions, the most its tier allows ({cap}); delete some first"
                 ),
-            ));
+            ).into());
         }
         let new = store::NewAgent {
             id: &id,
@@ -264,10 +268,12 @@ impl AgentsService {
             template_id,
             created_by: &created_by,
         };
-        store::insert(&mut tx, &new).await.map_err(db)?;
-        let view = store::get(&mut tx, &caller.org_id, &id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        view.ok_or_else(|| ApiError::internal_from("agents", &"a created agent could not be read back"))
+        store::insert(&mut tx, &new).await?;
+        let view = store::get(&mut tx, &caller.org_id, &id).await?;
+        tx.commit().await?;
+        view.ok_or_else(|| {
+            ApiError::internal_from("agents", &"a created agent could not be read back").into()
+        })
     }
 
     /// A system agent accepts only the org's own pause or resume.
@@ -276,22 +282,20 @@ impl AgentsService {
         caller: &Caller,
         id: &str,
         patch: &Map<String, Value>,
-    ) -> Result<store::AgentView, ApiError> {
+    ) -> Result<store::AgentView> {
         let status = match (patch.len(), patch.get("status").and_then(Value::as_str)) {
             (1, Some("active")) => AgentStatus::Active,
             (1, Some("paused")) => AgentStatus::Paused,
             _ => {
                 return Err(ApiError::forbidden(
                     "System agents cannot be modified; pause or resume it with {\"status\": \"paused\"}, or clone it",
-                ));
+                ).into());
             }
         };
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        store::set_override(&mut tx, &caller.org_id, id, status, &caller.principal_label())
-            .await
-            .map_err(db)?;
-        let view = store::get(&mut tx, &caller.org_id, id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        store::set_override(&mut tx, &caller.org_id, id, status, &caller.principal_label()).await?;
+        let view = store::get(&mut tx, &caller.org_id, id).await?;
+        tx.commit().await?;
         view.ok_or_else(|| agent_not_found(id, caller))
     }
 
@@ -300,20 +304,22 @@ impl AgentsService {
         caller: &Caller,
         current: store::AgentView,
         patch: Map<String, Value>,
-    ) -> Result<store::AgentView, ApiError> {
+    ) -> Result<store::AgentView> {
         if patch.is_empty() {
-            return Err(invalid_at("", "the update changes nothing; send the fields to change"));
+            return Err(invalid_at("", "the update changes nothing; send the fields to change").into());
         }
         let new_status = match patch.get("status") {
             None => current.status,
             Some(Value::String(s)) if matches!(s.as_str(), "draft" | "active" | "paused") => {
                 s.parse().map_err(|_| invalid_at("status", "status is draft, active or paused"))?
             }
-            Some(_) => return Err(invalid_at("status", "status is draft, active or paused")),
+            Some(_) => return Err(invalid_at("status", "status is draft, active or paused").into()),
         };
         let mut merged = match serde_json::to_value(&current.definition) {
             Ok(Value::Object(map)) => map,
-            _ => return Err(ApiError::internal_from("agents", &"a stored definition is not an object")),
+            _ => {
+                return Err(ApiError::internal_from("agents", &"a stored definition is not an object").into());
+            }
         };
         for (key, value) in patch {
             if key != "status" {
@@ -324,7 +330,7 @@ impl AgentsService {
 
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let Some((stored_status, stored_version)) =
-            store::lock_own(&mut tx, &caller.org_id, &current.id).await.map_err(db)?
+            store::lock_own(&mut tx, &caller.org_id, &current.id).await?
         else {
             return Err(agent_not_found(&current.id, caller));
         };
@@ -332,11 +338,12 @@ impl AgentsService {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "The agent changed while this update was prepared; retry it",
-            ));
+            )
+            .into());
         }
         if new_status == AgentStatus::Active && stored_status != AgentStatus::Active {
-            store::lock_org_activations(&mut tx, &caller.org_id).await.map_err(db)?;
-            let active = store::count_active(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+            store::lock_org_activations(&mut tx, &caller.org_id).await?;
+            let active = store::count_active(&mut tx, &caller.org_id, &current.id).await?;
             let cap = self.active_agent_cap(caller);
             if active >= i64::from(cap) {
                 return Err(ApiError::new(
@@ -345,46 +352,47 @@ impl AgentsService {
                         "The org already has {active} active agents, the limit of its {} tier",
                         caller.tier
                     ),
-                ));
+                )
+                .into());
             }
         }
         let by = caller.principal_label();
         store::update(&mut tx, &caller.org_id, &current.id, new_status, &definition, stored_version + 1, &by)
-            .await
-            .map_err(db)?;
-        let view = store::get(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+            .await?;
+        let view = store::get(&mut tx, &caller.org_id, &current.id).await?;
+        tx.commit().await?;
         view.ok_or_else(|| agent_not_found(&current.id, caller))
     }
 }
 
-#[tonic::async_trait]
-impl Agents for AgentsService {
-    async fn list_agents(
+/// The methods behind the gRPC handlers: each takes the resolved caller and returns the
+/// service's error, which the handler maps once.
+impl AgentsService {
+    async fn list_agents_for(
         &self,
-        request: tonic::Request<pb::ListAgentsRequest>,
-    ) -> GrpcResult<pb::ListAgentsResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListAgentsRequest,
+    ) -> Result<pb::ListAgentsResponse> {
         caller.require(Permission::ReadAgents)?;
-        let filter = request.into_inner();
+        let filter = request;
         one_of("status", &filter.status, AgentStatus::VARIANTS)?;
         one_of("type", &filter.r#type, AgentType::VARIANTS)?;
         one_of("category", &filter.category, &EVENT_CATEGORIES)?;
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let list_filter = store::ListFilter {
             status: &filter.status,
             agent_type: &filter.r#type,
             category: &filter.category,
         };
-        let views = store::list(&mut tx, &caller.org_id, &list_filter).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let views = store::list(&mut tx, &caller.org_id, &list_filter).await?;
+        tx.commit().await?;
         // The worker's index asks for active agents only; it needs no stats.
         let used = if matches!(caller.principal, oa_domain::Principal::Service { .. }) {
             HashMap::new()
         } else {
             credits_by_agent(self, &caller).await
         };
-        Ok(tonic::Response::new(pb::ListAgentsResponse {
+        Ok(pb::ListAgentsResponse {
             total: views.len() as u64,
             agents: views
                 .iter()
@@ -392,20 +400,18 @@ impl Agents for AgentsService {
                     agent_json: convert::agent_json(v, used.get(&v.id).copied().unwrap_or(0)).to_string(),
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn get_agent(&self, request: tonic::Request<pb::GetAgentRequest>) -> GrpcResult<pb::Agent> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn get_agent_for(&self, caller: Caller, request: pb::GetAgentRequest) -> Result<pb::Agent> {
         caller.require(Permission::ReadAgents)?;
-        let view = self.view(&caller, &request.into_inner().id).await?;
+        let view = self.view(&caller, &request.id).await?;
         self.respond_agent(&caller, &view).await
     }
 
-    async fn create_agent(&self, request: tonic::Request<pb::CreateAgentRequest>) -> GrpcResult<pb::Agent> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn create_agent_for(&self, caller: Caller, request: pb::CreateAgentRequest) -> Result<pb::Agent> {
         caller.require(Permission::WriteAgents)?;
-        let body = parse_json(&request.into_inner().definition_json)?;
+        let body = parse_json(&request.definition_json)?;
         if let Some(status) = body.get("status")
             && status != "draft"
         {
@@ -421,10 +427,8 @@ impl Agents for AgentsService {
         self.respond_agent(&caller, &view).await
     }
 
-    async fn update_agent(&self, request: tonic::Request<pb::UpdateAgentRequest>) -> GrpcResult<pb::Agent> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn update_agent_for(&self, caller: Caller, request: pb::UpdateAgentRequest) -> Result<pb::Agent> {
         caller.require(Permission::WriteAgents)?;
-        let request = request.into_inner();
         let Value::Object(patch) = parse_json(&request.patch_json)? else {
             return Err(ApiError::bad_request("The update is a JSON object of the fields to change").into());
         };
@@ -438,40 +442,38 @@ impl Agents for AgentsService {
         self.respond_agent(&caller, &view).await
     }
 
-    async fn delete_agent(
+    async fn delete_agent_for(
         &self,
-        request: tonic::Request<pb::DeleteAgentRequest>,
-    ) -> GrpcResult<pb::DeleteAgentResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::DeleteAgentRequest,
+    ) -> Result<pb::DeleteAgentResponse> {
         caller.require(Permission::WriteAgents)?;
-        let current = self.view(&caller, &request.into_inner().id).await?;
+        let current = self.view(&caller, &request.id).await?;
         if current.agent_type == AgentType::System {
             return Err(ApiError::forbidden(
                 "System agents cannot be deleted; pause it for your org with {\"status\": \"paused\"}",
             )
             .into());
         }
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        if store::lock_own(&mut tx, &caller.org_id, &current.id).await.map_err(db)?.is_none() {
-            return Err(agent_not_found(&current.id, &caller).into());
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        if store::lock_own(&mut tx, &caller.org_id, &current.id).await?.is_none() {
+            return Err(agent_not_found(&current.id, &caller));
         }
-        store::soft_delete(&mut tx, &caller.org_id, &current.id).await.map_err(db)?;
+        store::soft_delete(&mut tx, &caller.org_id, &current.id).await?;
         // Its unfinished executions are cancelled (their gates denied) before the delete commits:
         // when that cannot be done, the agent stays and the caller may retry.
         self.cancel_executions_of(&caller, &current.id).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         self.announce_change(&caller.org_id).await;
         // An event matched in the moment before workers dropped the agent is cancelled too.
         if let Err(error) = self.cancel_executions_of(&caller, &current.id).await {
             tracing::warn!(agent_id = current.id, %error, "cannot cancel late executions of a deleted agent");
         }
-        Ok(tonic::Response::new(pb::DeleteAgentResponse {}))
+        Ok(pb::DeleteAgentResponse {})
     }
 
-    async fn clone_agent(&self, request: tonic::Request<pb::CloneAgentRequest>) -> GrpcResult<pb::Agent> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn clone_agent_for(&self, caller: Caller, request: pb::CloneAgentRequest) -> Result<pb::Agent> {
         caller.require(Permission::WriteAgents)?;
-        let request = request.into_inner();
         let source = self.view(&caller, &request.id).await?;
         let mut definition = source.definition.clone();
         definition.name = clone_name(&request.name, format!("{} (copy)", source.definition.name))?;
@@ -479,19 +481,18 @@ impl Agents for AgentsService {
         self.respond_agent(&caller, &view).await
     }
 
-    async fn list_agent_versions(
+    async fn list_agent_versions_for(
         &self,
-        request: tonic::Request<pb::ListAgentVersionsRequest>,
-    ) -> GrpcResult<pb::ListAgentVersionsResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListAgentVersionsRequest,
+    ) -> Result<pb::ListAgentVersionsResponse> {
         caller.require(Permission::ReadAgents)?;
-        let request = request.into_inner();
         let agent = self.view(&caller, &request.id).await?;
         let limit = request.page.map(|p| p.limit).filter(|l| *l > 0).unwrap_or(100).min(500);
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        let versions = store::versions(&mut tx, &agent.id, i64::from(limit)).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ListAgentVersionsResponse {
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        let versions = store::versions(&mut tx, &agent.id, i64::from(limit)).await?;
+        tx.commit().await?;
+        Ok(pb::ListAgentVersionsResponse {
             versions: versions
                 .iter()
                 .map(|v| pb::AgentVersion {
@@ -501,43 +502,42 @@ impl Agents for AgentsService {
                     created_at: v.created_at.to_rfc3339(),
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn list_templates(
+    async fn list_templates_for(
         &self,
-        request: tonic::Request<pb::ListTemplatesRequest>,
-    ) -> GrpcResult<pb::ListTemplatesResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListTemplatesRequest,
+    ) -> Result<pb::ListTemplatesResponse> {
         caller.require(Permission::ReadAgents)?;
-        let category = request.into_inner().category;
+        let category = request.category;
         one_of("category", &category, TemplateCategory::VARIANTS)?;
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let templates = store::templates(&mut tx, &category).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ListTemplatesResponse {
+        let mut tx = self.pool.begin().await?;
+        let templates = store::templates(&mut tx, &category).await?;
+        tx.commit().await?;
+        Ok(pb::ListTemplatesResponse {
             templates: templates
                 .iter()
                 .map(|t| pb::Template { template_json: convert::template_json(t).to_string() })
                 .collect(),
-        }))
+        })
     }
 
-    async fn clone_template(
+    async fn clone_template_for(
         &self,
-        request: tonic::Request<pb::CloneTemplateRequest>,
-    ) -> GrpcResult<pb::Agent> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::CloneTemplateRequest,
+    ) -> Result<pb::Agent> {
         caller.require(Permission::WriteAgents)?;
-        let request = request.into_inner();
         let not_found =
             || ApiError::new(ErrorCode::TemplateNotFound, format!("Template {} not found", request.id));
         if !ids::has_prefix(&request.id, "tmpl") {
             return Err(not_found().into());
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let template = store::template(&mut tx, &request.id).await.map_err(db)?.ok_or_else(not_found)?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = self.pool.begin().await?;
+        let template = store::template(&mut tx, &request.id).await?.ok_or_else(not_found)?;
+        tx.commit().await?;
         let mut definition = template.definition.clone();
         definition.name = clone_name(&request.name, template.name.clone())?;
         let view =
@@ -545,68 +545,68 @@ impl Agents for AgentsService {
         self.respond_agent(&caller, &view).await
     }
 
-    async fn fields_in_use(
+    async fn fields_in_use_for(
         &self,
-        request: tonic::Request<pb::FieldsInUseRequest>,
-    ) -> GrpcResult<pb::FieldsInUseResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::FieldsInUseRequest,
+    ) -> Result<pb::FieldsInUseResponse> {
         caller.require(Permission::WriteCatalog)?;
-        let event_type_id = request.into_inner().event_type_id;
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let fields = store::fields_in_use(&mut tx, &event_type_id).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::FieldsInUseResponse { fields }))
+        let event_type_id = request.event_type_id;
+        let mut tx = self.pool.begin().await?;
+        let fields = store::fields_in_use(&mut tx, &event_type_id).await?;
+        tx.commit().await?;
+        Ok(pb::FieldsInUseResponse { fields })
     }
 
-    async fn get_org_settings(
+    async fn get_org_settings_for(
         &self,
-        request: tonic::Request<pb::GetOrgSettingsRequest>,
-    ) -> GrpcResult<pb::OrgSettingsMessage> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        _request: pb::GetOrgSettingsRequest,
+    ) -> Result<pb::OrgSettingsMessage> {
         caller.require(Permission::WriteAgents)?;
         let settings = self.org_settings(&caller).await?;
-        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: settings.masked().to_string() }))
+        Ok(pb::OrgSettingsMessage { settings_json: settings.masked().to_string() })
     }
 
-    async fn resolve_org_settings(
+    async fn resolve_org_settings_for(
         &self,
-        request: tonic::Request<pb::GetOrgSettingsRequest>,
-    ) -> GrpcResult<pb::OrgSettingsMessage> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        _request: pb::GetOrgSettingsRequest,
+    ) -> Result<pb::OrgSettingsMessage> {
         if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
             return Err(ApiError::forbidden("Only the plane reads an org's webhooks in full").into());
         }
         let settings = self.org_settings(&caller).await?;
         let json = serde_json::to_string(&settings).map_err(|e| ApiError::internal_from("settings", &e))?;
-        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: json }))
+        Ok(pb::OrgSettingsMessage { settings_json: json })
     }
 
-    async fn put_org_settings(
+    async fn put_org_settings_for(
         &self,
-        request: tonic::Request<pb::PutOrgSettingsRequest>,
-    ) -> GrpcResult<pb::OrgSettingsMessage> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::PutOrgSettingsRequest,
+    ) -> Result<pb::OrgSettingsMessage> {
         caller.require(Permission::WriteAgents)?;
-        let body = parse_json(&request.into_inner().settings_json)?;
+        let body = parse_json(&request.settings_json)?;
         let merged =
             update_org_settings(&self.pool, &caller.org_id, &body, &caller.principal_label()).await?;
         // Workers hold settings with the org's agents: the same announcement refreshes both.
         self.announce_change(&caller.org_id).await;
-        Ok(tonic::Response::new(pb::OrgSettingsMessage { settings_json: merged.masked().to_string() }))
+        Ok(pb::OrgSettingsMessage { settings_json: merged.masked().to_string() })
     }
 
-    async fn list_schedules(
+    async fn list_schedules_for(
         &self,
-        request: tonic::Request<pb::ListSchedulesRequest>,
-    ) -> GrpcResult<pb::ListSchedulesResponse> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        _request: pb::ListSchedulesRequest,
+    ) -> Result<pb::ListSchedulesResponse> {
         if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
             return Err(ApiError::forbidden("Only the plane's scheduler lists schedules").into());
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let rows = store::schedules(&mut tx).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::ListSchedulesResponse {
+        let mut tx = self.pool.begin().await?;
+        let rows = store::schedules(&mut tx).await?;
+        tx.commit().await?;
+        Ok(pb::ListSchedulesResponse {
             schedules: rows
                 .into_iter()
                 .map(|r| pb::Schedule {
@@ -618,7 +618,126 @@ impl Agents for AgentsService {
                     definition_json: r.definition.to_string(),
                 })
                 .collect(),
-        }))
+        })
+    }
+
+    async fn record_run_for(
+        &self,
+        caller: Caller,
+        request: pb::RecordRunRequest,
+    ) -> Result<pb::RecordRunResponse> {
+        if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
+            return Err(ApiError::forbidden("Only the plane's engine records runs").into());
+        }
+        let run = request;
+        let duration_ms = i64::try_from(run.duration_ms).unwrap_or(i64::MAX);
+        let mut tx = begin_org(&self.pool, &caller.org_id).await?;
+        store::record_run(&mut tx, &caller.org_id, &run.agent_id, run.succeeded, duration_ms).await?;
+        tx.commit().await?;
+        Ok(pb::RecordRunResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsService {
+    async fn list_agents(
+        &self,
+        request: tonic::Request<pb::ListAgentsRequest>,
+    ) -> GrpcResult<pb::ListAgentsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list_agents_for(caller, request.into_inner()).await?))
+    }
+
+    async fn get_agent(&self, request: tonic::Request<pb::GetAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.get_agent_for(caller, request.into_inner()).await?))
+    }
+
+    async fn create_agent(&self, request: tonic::Request<pb::CreateAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.create_agent_for(caller, request.into_inner()).await?))
+    }
+
+    async fn update_agent(&self, request: tonic::Request<pb::UpdateAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.update_agent_for(caller, request.into_inner()).await?))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: tonic::Request<pb::DeleteAgentRequest>,
+    ) -> GrpcResult<pb::DeleteAgentResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.delete_agent_for(caller, request.into_inner()).await?))
+    }
+
+    async fn clone_agent(&self, request: tonic::Request<pb::CloneAgentRequest>) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.clone_agent_for(caller, request.into_inner()).await?))
+    }
+
+    async fn list_agent_versions(
+        &self,
+        request: tonic::Request<pb::ListAgentVersionsRequest>,
+    ) -> GrpcResult<pb::ListAgentVersionsResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list_agent_versions_for(caller, request.into_inner()).await?))
+    }
+
+    async fn list_templates(
+        &self,
+        request: tonic::Request<pb::ListTemplatesRequest>,
+    ) -> GrpcResult<pb::ListTemplatesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list_templates_for(caller, request.into_inner()).await?))
+    }
+
+    async fn clone_template(
+        &self,
+        request: tonic::Request<pb::CloneTemplateRequest>,
+    ) -> GrpcResult<pb::Agent> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.clone_template_for(caller, request.into_inner()).await?))
+    }
+
+    async fn fields_in_use(
+        &self,
+        request: tonic::Request<pb::FieldsInUseRequest>,
+    ) -> GrpcResult<pb::FieldsInUseResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.fields_in_use_for(caller, request.into_inner()).await?))
+    }
+
+    async fn get_org_settings(
+        &self,
+        request: tonic::Request<pb::GetOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.get_org_settings_for(caller, request.into_inner()).await?))
+    }
+
+    async fn resolve_org_settings(
+        &self,
+        request: tonic::Request<pb::GetOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.resolve_org_settings_for(caller, request.into_inner()).await?))
+    }
+
+    async fn put_org_settings(
+        &self,
+        request: tonic::Request<pb::PutOrgSettingsRequest>,
+    ) -> GrpcResult<pb::OrgSettingsMessage> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.put_org_settings_for(caller, request.into_inner()).await?))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: tonic::Request<pb::ListSchedulesRequest>,
+    ) -> GrpcResult<pb::ListSchedulesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list_schedules_for(caller, request.into_inner()).await?))
     }
 
     async fn record_run(
@@ -626,16 +745,6 @@ impl Agents for AgentsService {
         request: tonic::Request<pb::RecordRunRequest>,
     ) -> GrpcResult<pb::RecordRunResponse> {
         let caller = oa_auth::service::caller_of(&request)?;
-        if !matches!(caller.principal, oa_domain::Principal::Service { .. }) {
-            return Err(ApiError::forbidden("Only the plane's engine records runs").into());
-        }
-        let run = request.into_inner();
-        let duration_ms = i64::try_from(run.duration_ms).unwrap_or(i64::MAX);
-        let mut tx = begin_org(&self.pool, &caller.org_id).await.map_err(ApiError::from)?;
-        store::record_run(&mut tx, &caller.org_id, &run.agent_id, run.succeeded, duration_ms)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(tonic::Response::new(pb::RecordRunResponse {}))
+        Ok(tonic::Response::new(self.record_run_for(caller, request.into_inner()).await?))
     }
 }
