@@ -43,7 +43,7 @@ async fn a_thousand_concurrent_reservations_never_overdraw() {
         .iter()
         .filter(|r| {
             r.as_ref().err().is_some_and(|s| {
-                oa_domain::ApiError::from_status(s).code == oa_domain::ErrorCode::CreditInsufficient
+                oa_proto::status::api_error(s).code == oa_domain::ErrorCode::CreditInsufficient
             })
         })
         .count();
@@ -108,11 +108,7 @@ async fn the_same_reservation_key_retried_concurrently_charges_once() {
             .reserve(reserve(&plane, &org, &format!("bad{amount}"), amount))
             .await
             .unwrap_err();
-        assert_eq!(
-            oa_domain::ApiError::from_status(&status).code,
-            oa_domain::ErrorCode::BadRequest,
-            "{amount}"
-        );
+        assert_eq!(oa_proto::status::api_error(&status).code, oa_domain::ErrorCode::BadRequest, "{amount}");
     }
     // Only the engine reserves.
     let user = Caller {

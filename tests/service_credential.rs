@@ -45,7 +45,7 @@ async fn a_service_refuses_calls_without_the_internal_credential() {
     );
     let status = client(&endpoint).who_am_i(forged).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    assert_eq!(oa_domain::ApiError::from_status(&status).code, oa_domain::ErrorCode::Unauthorized);
+    assert_eq!(oa_proto::status::api_error(&status).code, oa_domain::ErrorCode::Unauthorized);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use oa_domain::{ApiError, Caller, Principal};
 use oa_proto::common::diagnostics_server::DiagnosticsServer;
 use oa_proto::common::{WhoAmIRequest, WhoAmIResponse};
+use oa_proto::status::to_status;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
@@ -45,17 +46,17 @@ impl ServiceGuard {
         let presented = metadata.get(SERVICE_TOKEN_KEY).map(|v| v.as_bytes()).unwrap_or_default();
         let expected = self.token.expose_secret().as_bytes();
         if !bool::from(presented.ct_eq(expected)) {
-            return Err(ApiError::new(
+            let error = ApiError::new(
                 oa_domain::ErrorCode::Unauthorized,
                 "This service accepts calls only from the plane",
-            )
-            .to_status());
+            );
+            return Err(to_status(&error));
         }
         let caller = metadata
             .get_bin(CALLER_KEY)
             .and_then(|v| v.to_bytes().ok())
             .and_then(|bytes| serde_json::from_slice::<Caller>(&bytes).ok())
-            .ok_or_else(|| ApiError::bad_request("The call carries no caller identity").to_status())?;
+            .ok_or_else(|| to_status(&ApiError::bad_request("The call carries no caller identity")))?;
         Ok(caller)
     }
 }
@@ -74,7 +75,7 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| ApiError::internal_from("service guard", &"no caller in extensions").to_status())
+        .ok_or_else(|| to_status(&ApiError::internal_from("service guard", &"no caller in extensions")))
 }
 
 /// A lazily connected channel to a service of the plane.

@@ -69,7 +69,7 @@ pub async fn fetch_event_type(
             .map(Some)
             .ok_or_else(|| ApiError::internal_from("catalog", &"malformed event type from the catalog")),
         Err(status) => {
-            let error = ApiError::from_status(&status);
+            let error = oa_proto::status::api_error(&status);
             if error.code == ErrorCode::EventTypeNotFound { Ok(None) } else { Err(error) }
         }
     }

@@ -1,6 +1,7 @@
-//! The one `ErrorCode` of the API reference (plus the few the reference leaves implicit), mapped
-//! once to `tonic::Code` and once to the HTTP status, and the `ApiError` that carries it across
-//! gRPC and into the `{"error","message","status"}` body.
+//! The one `ErrorCode` of the API reference (plus the few the reference leaves implicit), with the
+//! status number the reference gives it, and the `ApiError` that carries it into the
+//! `{"error","message","status"}` body. The transports' mappings live at the edges: gRPC's in
+//! `oa_proto::status`, HTTP's in the gateway.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,54 +85,26 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == code)
     }
 
-    pub fn http_status(self) -> http::StatusCode {
-        use http::StatusCode as S;
+    /// The HTTP status the reference gives this code (the `status` of the error body).
+    pub fn status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest | ErrorCode::InvalidAgentConfig => S::BAD_REQUEST,
-            ErrorCode::Unauthorized => S::UNAUTHORIZED,
-            ErrorCode::CreditInsufficient => S::PAYMENT_REQUIRED,
-            ErrorCode::Forbidden => S::FORBIDDEN,
+            ErrorCode::BadRequest | ErrorCode::InvalidAgentConfig => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::CreditInsufficient => 402,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound
             | ErrorCode::AgentNotFound
             | ErrorCode::ExecutionNotFound
             | ErrorCode::ApprovalNotFound
             | ErrorCode::TemplateNotFound
-            | ErrorCode::EventTypeNotFound => S::NOT_FOUND,
-            ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            ErrorCode::Conflict => S::CONFLICT,
-            ErrorCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
-            ErrorCode::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::AgentLimitReached | ErrorCode::QuotaExceeded | ErrorCode::RateLimited => {
-                S::TOO_MANY_REQUESTS
-            }
-            ErrorCode::ServiceUnavailable => S::SERVICE_UNAVAILABLE,
-            ErrorCode::InternalError => S::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn grpc_code(self) -> tonic::Code {
-        use tonic::Code as C;
-        match self {
-            ErrorCode::BadRequest
-            | ErrorCode::InvalidAgentConfig
-            | ErrorCode::PayloadTooLarge
-            | ErrorCode::UnsupportedMediaType => C::InvalidArgument,
-            ErrorCode::MethodNotAllowed => C::Unimplemented,
-            ErrorCode::Unauthorized => C::Unauthenticated,
-            ErrorCode::Forbidden => C::PermissionDenied,
-            ErrorCode::NotFound
-            | ErrorCode::AgentNotFound
-            | ErrorCode::ExecutionNotFound
-            | ErrorCode::ApprovalNotFound
-            | ErrorCode::TemplateNotFound
-            | ErrorCode::EventTypeNotFound => C::NotFound,
-            ErrorCode::Conflict => C::Aborted,
-            ErrorCode::CreditInsufficient
-            | ErrorCode::AgentLimitReached
-            | ErrorCode::QuotaExceeded
-            | ErrorCode::RateLimited => C::ResourceExhausted,
-            ErrorCode::ServiceUnavailable => C::Unavailable,
-            ErrorCode::InternalError => C::Internal,
+            | ErrorCode::EventTypeNotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::AgentLimitReached | ErrorCode::QuotaExceeded | ErrorCode::RateLimited => 429,
+            ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::InternalError => 500,
         }
     }
 
@@ -166,9 +139,6 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub details: Option<Value>,
 }
-
-const DETAILS_METADATA_KEY: &str = "x-oneagents-error-details-bin";
-const CODE_METADATA_KEY: &str = "x-oneagents-error-code";
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -211,55 +181,9 @@ impl ApiError {
         ErrorBody {
             error: self.code.as_str().to_owned(),
             message: self.message.clone(),
-            status: self.code.http_status().as_u16(),
+            status: self.code.status(),
             details: self.details.clone(),
         }
-    }
-
-    /// Encodes the error as a gRPC status; the code and details ride in metadata so the gateway
-    /// restores the exact API error.
-    pub fn to_status(&self) -> tonic::Status {
-        let mut status = tonic::Status::new(self.code.grpc_code(), self.message.clone());
-        if let Ok(value) = self.code.as_str().parse() {
-            status.metadata_mut().insert(CODE_METADATA_KEY, value);
-        }
-        if let Some(details) = &self.details {
-            let bytes = serde_json::to_vec(details).unwrap_or_default();
-            status
-                .metadata_mut()
-                .insert_bin(DETAILS_METADATA_KEY, tonic::metadata::MetadataValue::from_bytes(&bytes));
-        }
-        status
-    }
-
-    /// Restores an `ApiError` from a gRPC status. A status that did not come from a service of
-    /// the plane (transport failure, timeout) becomes `service_unavailable` or `internal_error`.
-    pub fn from_status(status: &tonic::Status) -> Self {
-        let code =
-            status.metadata().get(CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::parse);
-        match code {
-            Some(code) => {
-                let details = status
-                    .metadata()
-                    .get_bin(DETAILS_METADATA_KEY)
-                    .and_then(|v| v.to_bytes().ok())
-                    .and_then(|b| serde_json::from_slice(&b).ok());
-                ApiError { code, message: status.message().to_owned(), details }
-            }
-            None => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    ApiError::unavailable("service")
-                }
-                tonic::Code::Unauthenticated => ApiError::unauthorized(),
-                _ => ApiError::internal_from("grpc call", &status),
-            },
-        }
-    }
-}
-
-impl From<ApiError> for tonic::Status {
-    fn from(error: ApiError) -> Self {
-        error.to_status()
     }
 }
 
@@ -289,23 +213,7 @@ mod tests {
         ];
         for (name, status) in expected {
             let code = ErrorCode::parse(name).unwrap();
-            assert_eq!(code.http_status().as_u16(), status, "{name}");
+            assert_eq!(code.status(), status, "{name}");
         }
-    }
-
-    #[test]
-    fn an_api_error_survives_a_grpc_round_trip_with_its_details() {
-        let error = ApiError::new(ErrorCode::InvalidAgentConfig, "Agent definition failed validation")
-            .with_details(serde_json::json!([{"path": "steps[0].id", "message": "missing"}]));
-        let restored = ApiError::from_status(&error.to_status());
-        assert_eq!(restored, error);
-    }
-
-    #[test]
-    fn a_foreign_grpc_failure_never_leaks_its_text() {
-        let status = tonic::Status::internal("relation \"agents\" does not exist");
-        let restored = ApiError::from_status(&status);
-        assert_eq!(restored.code, ErrorCode::InternalError);
-        assert!(!restored.message.contains("relation"));
     }
 }

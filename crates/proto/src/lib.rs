@@ -1,8 +1,10 @@
 //! Generated tonic/prost code for every service of the plane, one module per `.proto` package,
 //! re-exported under short names (`oa_proto::agents`, `oa_proto::common`, ...).
 //!
-//! Nothing else lives here: domain types are never prost types, and each service converts at its
-//! edge (its own `convert.rs`).
+//! Besides, [`status`] carries the API's errors across gRPC. Domain types are never prost types:
+//! each service converts at its edge (its own `convert.rs`).
+
+pub mod status;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod oneagents {

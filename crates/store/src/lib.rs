@@ -45,7 +45,7 @@ impl From<StoreError> for ApiError {
 
 /// The conversions every service's error enum shares: a database error becomes its
 /// `Store(StoreError)` variant (so `?` works on queries), and the enum reaches gRPC through its
-/// `From<_> for ApiError`, written by the service.
+/// `From<_> for ApiError`, written by the service, and `oa_proto::status`.
 #[macro_export]
 macro_rules! service_error {
     ($error:ty) => {
@@ -57,7 +57,7 @@ macro_rules! service_error {
 
         impl From<$error> for tonic::Status {
             fn from(error: $error) -> tonic::Status {
-                oa_domain::ApiError::from(error).into()
+                oa_proto::status::to_status(&oa_domain::ApiError::from(error))
             }
         }
     };
@@ -66,12 +66,6 @@ macro_rules! service_error {
 /// A database failure as the API's error: unavailable when the database is, internal otherwise.
 pub fn api_error(error: sqlx::Error) -> ApiError {
     ApiError::from(StoreError::Database(error))
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(error: StoreError) -> Self {
-        ApiError::from(error).to_status()
-    }
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

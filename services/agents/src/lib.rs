@@ -126,7 +126,7 @@ impl AgentsService {
             .clone()
             .cancel_executions_of_agent(oa_auth::service::outgoing(request, caller, &self.service_token))
             .await
-            .map_err(|status| ApiError::from_status(&status))?;
+            .map_err(|status| oa_proto::status::api_error(&status))?;
         Ok(())
     }
 

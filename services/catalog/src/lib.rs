@@ -4,11 +4,12 @@
 //! Owns schema `catalog`, which is global (not org-owned). It asks the agents service which fields
 //! agents filter on before a product may change an event type, and touches no other schema.
 
+mod error;
 mod seed;
 mod store;
 
 use oa_domain::catalog::{EVENT_CATEGORIES, EventType, FieldType, split_event_type_id};
-use oa_domain::{ApiError, ErrorCode, Permission};
+use oa_domain::{ApiError, Caller, ErrorCode, Permission};
 use oa_proto::agents::FieldsInUseRequest;
 use oa_proto::agents::agents_client::AgentsClient;
 use oa_proto::catalog as pb;
@@ -17,6 +18,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
+pub use error::CatalogError;
 pub use seed::{seed_catalog, shipped_event_types};
 pub use store::CatalogStore;
 
@@ -25,6 +27,9 @@ pub struct CatalogService {
     agents: AgentsClient<Channel>,
     service_token: SecretString,
 }
+
+type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
+type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
 pub type GuardedCatalog = tonic::service::interceptor::InterceptedService<
     CatalogServer<CatalogService>,
@@ -113,15 +118,16 @@ pub fn validate_event_type(id: &str, body: &serde_json::Value) -> Result<EventTy
     if details.is_empty() { Ok(event_type) } else { Err(invalid(details)) }
 }
 
-#[tonic::async_trait]
-impl Catalog for CatalogService {
-    async fn list_event_types(
+/// The methods behind the gRPC handlers: each takes the resolved caller and returns the
+/// service's error, which the handler maps once.
+impl CatalogService {
+    async fn list(
         &self,
-        request: tonic::Request<pb::ListEventTypesRequest>,
-    ) -> Result<tonic::Response<pb::ListEventTypesResponse>, tonic::Status> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::ListEventTypesRequest,
+    ) -> Result<pb::ListEventTypesResponse> {
         caller.require(Permission::ReadCatalog)?;
-        let filter = request.into_inner();
+        let filter = request;
         if !filter.category.is_empty() && !EVENT_CATEGORIES.contains(&filter.category.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "category must be one of {}",
@@ -130,31 +136,24 @@ impl Catalog for CatalogService {
             .into());
         }
         let events = self.store.list(&filter.source_product, &filter.category).await?;
-        Ok(tonic::Response::new(pb::ListEventTypesResponse {
-            events: events.iter().map(oa_clients::catalog::to_proto).collect(),
-        }))
+        Ok(pb::ListEventTypesResponse { events: events.iter().map(oa_clients::catalog::to_proto).collect() })
     }
 
-    async fn get_event_type(
-        &self,
-        request: tonic::Request<pb::GetEventTypeRequest>,
-    ) -> Result<tonic::Response<pb::EventType>, tonic::Status> {
-        let caller = oa_auth::service::caller_of(&request)?;
+    async fn get(&self, caller: Caller, request: pb::GetEventTypeRequest) -> Result<pb::EventType> {
         caller.require(Permission::ReadCatalog)?;
-        let id = request.into_inner().id;
+        let id = request.id;
         match self.store.get(&id).await? {
-            Some(event_type) => Ok(tonic::Response::new(oa_clients::catalog::to_proto(&event_type))),
-            None => Err(not_found(&id).into()),
+            Some(event_type) => Ok(oa_clients::catalog::to_proto(&event_type)),
+            None => Err(not_found(&id)),
         }
     }
 
-    async fn put_event_type(
+    async fn put(
         &self,
-        request: tonic::Request<pb::PutEventTypeRequest>,
-    ) -> Result<tonic::Response<pb::PutEventTypeResponse>, tonic::Status> {
-        let caller = oa_auth::service::caller_of(&request)?;
+        caller: Caller,
+        request: pb::PutEventTypeRequest,
+    ) -> Result<pb::PutEventTypeResponse> {
         caller.require(Permission::WriteCatalog)?;
-        let request = request.into_inner();
         // The catalog is shared by every org: a product writes its own event types, nobody else's.
         let source_product = oa_domain::catalog::split_event_type_id(&request.id).map(|(product, _)| product);
         match &caller.principal {
@@ -184,7 +183,7 @@ impl Catalog for CatalogService {
                 &self.service_token,
             ))
             .await
-            .map_err(|status| ApiError::from_status(&status))?
+            .map_err(|status| oa_proto::status::api_error(&status))?
             .into_inner()
             .fields;
         let missing: Vec<&String> = in_use.iter().filter(|path| event_type.field(path).is_none()).collect();
@@ -197,13 +196,37 @@ impl Catalog for CatalogService {
             .into());
         }
         let created = self.store.upsert(&event_type, &caller.principal_label()).await?;
-        Ok(tonic::Response::new(pb::PutEventTypeResponse {
-            event_type: Some(oa_clients::catalog::to_proto(&event_type)),
-            created,
-        }))
+        Ok(pb::PutEventTypeResponse { event_type: Some(oa_clients::catalog::to_proto(&event_type)), created })
     }
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(ErrorCode::EventTypeNotFound, format!("Event type {id} is not in the catalog"))
+#[tonic::async_trait]
+impl Catalog for CatalogService {
+    async fn list_event_types(
+        &self,
+        request: tonic::Request<pb::ListEventTypesRequest>,
+    ) -> GrpcResult<pb::ListEventTypesResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.list(caller, request.into_inner()).await?))
+    }
+
+    async fn get_event_type(
+        &self,
+        request: tonic::Request<pb::GetEventTypeRequest>,
+    ) -> GrpcResult<pb::EventType> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.get(caller, request.into_inner()).await?))
+    }
+
+    async fn put_event_type(
+        &self,
+        request: tonic::Request<pb::PutEventTypeRequest>,
+    ) -> GrpcResult<pb::PutEventTypeResponse> {
+        let caller = oa_auth::service::caller_of(&request)?;
+        Ok(tonic::Response::new(self.put(caller, request.into_inner()).await?))
+    }
+}
+
+fn not_found(id: &str) -> CatalogError {
+    CatalogError::NotFound(id.to_owned())
 }

@@ -78,7 +78,7 @@ impl ExecutionsService {
             .clone()
             .deny_open_gates(oa_auth::service::outgoing(request, &plane, &self.token))
             .await
-            .map_err(|status| ApiError::from_status(&status))?;
+            .map_err(|status| oa_proto::status::api_error(&status))?;
         Ok(())
     }
 

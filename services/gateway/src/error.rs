@@ -18,9 +18,14 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// The HTTP status of an error code: the number the reference gives it.
+pub fn http_status(code: ErrorCode) -> http::StatusCode {
+    http::StatusCode::from_u16(code.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let status = self.0.code.http_status();
+        let status = http_status(self.0.code);
         (status, axum::Json(self.0.body())).into_response()
     }
 }

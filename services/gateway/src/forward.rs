@@ -59,7 +59,7 @@ pub(crate) fn page_body(
 }
 
 pub(crate) fn grpc(status: tonic::Status) -> Failure {
-    Failure(ApiError::from_status(&status))
+    Failure(oa_proto::status::api_error(&status))
 }
 
 /// Parses JSON a service produced.

@@ -67,7 +67,7 @@ impl AgentIndex {
             .clone()
             .resolve_org_settings(oa_auth::service::outgoing(request, &caller, &self.token))
             .await
-            .map_err(|s| ApiError::from_status(&s))?
+            .map_err(|s| oa_proto::status::api_error(&s))?
             .into_inner();
         serde_json::from_str(&response.settings_json).map_err(|e| ApiError::internal_from("org settings", &e))
     }
@@ -86,7 +86,7 @@ impl AgentIndex {
             .clone()
             .list_agents(oa_auth::service::outgoing(request, &caller, &self.token))
             .await
-            .map_err(|s| ApiError::from_status(&s))?
+            .map_err(|s| oa_proto::status::api_error(&s))?
             .into_inner();
         let mut set = Vec::with_capacity(response.agents.len());
         for agent in response.agents {

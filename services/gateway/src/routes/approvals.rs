@@ -124,7 +124,7 @@ fn link_failure(error: ApiError, html: bool) -> Response {
     if !html {
         return Failure(error).into_response();
     }
-    let status = error.code.http_status();
+    let status = crate::error::http_status(error.code);
     (status, Html(page("This link cannot be used", &escape(&error.message), ""))).into_response()
 }
 
@@ -175,7 +175,7 @@ async fn show_link(
             Ok(gate) => gate,
             Err(failure) => return link_failure(failure.0, html),
         },
-        Err(status) => return link_failure(ApiError::from_status(&status), html),
+        Err(status) => return link_failure(oa_proto::status::api_error(&status), html),
     };
     if !html {
         let mut gate = gate;
@@ -273,8 +273,8 @@ async fn decide_by_link(
             }
         }
         Err(status) => {
-            let error = ApiError::from_status(&status);
-            if error.code.http_status().is_server_error() {
+            let error = oa_proto::status::api_error(&status);
+            if crate::error::http_status(error.code).is_server_error() {
                 // Nothing was decided: the link stays usable.
                 release_marker(&state, &marker).await;
             }

@@ -56,7 +56,7 @@ pub async fn run(
         };
         match credits().reserve(outgoing(request, &caller, token)).await {
             Ok(response) => reservation = Some(response.into_inner().reservation_id),
-            Err(status) => return refused(&ApiError::from_status(&status)),
+            Err(status) => return refused(&oa_proto::status::api_error(&status)),
         }
     }
     let answer = engine.llm.reason(tier.as_str(), system.as_deref(), &text, prompt.schema).await;
