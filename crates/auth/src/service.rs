@@ -147,21 +147,19 @@ impl oa_proto::common::diagnostics_server::Diagnostics for Diagnostics {
         request: tonic::Request<WhoAmIRequest>,
     ) -> Result<tonic::Response<WhoAmIResponse>, tonic::Status> {
         let caller = caller_of(&request)?;
-        let (principal_type, principal_id, role, scopes) = match caller.principal {
-            Principal::User { sub, role } => ("user", sub, role.as_str().to_owned(), Vec::new()),
-            Principal::IntegrationKey { key_id, scopes } => (
-                "integration_key",
-                key_id,
-                String::new(),
-                scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            ),
-            Principal::Service { name } => ("service", name, String::new(), Vec::new()),
-            Principal::Product { key_id, product } => ("product", key_id, product, Vec::new()),
+        let principal_type = caller.principal_kind().as_str().to_owned();
+        let (principal_id, role, scopes) = match caller.principal {
+            Principal::User { sub, role } => (sub, role.as_str().to_owned(), Vec::new()),
+            Principal::IntegrationKey { key_id, scopes } => {
+                (key_id, String::new(), scopes.iter().map(|s| s.as_str().to_owned()).collect())
+            }
+            Principal::Service { name } => (name, String::new(), Vec::new()),
+            Principal::Product { key_id, product } => (key_id, product, Vec::new()),
         };
         Ok(tonic::Response::new(WhoAmIResponse {
             service: self.service.to_owned(),
             org_id: caller.org_id,
-            principal_type: principal_type.to_owned(),
+            principal_type,
             principal_id,
             role,
             scopes,

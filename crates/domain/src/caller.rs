@@ -202,6 +202,16 @@ impl Caller {
     }
 
     /// A short label for audit records and logs: `user:<sub>` or `key:<id>`.
+    pub fn principal_kind(&self) -> crate::status::PrincipalKind {
+        use crate::status::PrincipalKind;
+        match self.principal {
+            Principal::User { .. } => PrincipalKind::User,
+            Principal::IntegrationKey { .. } => PrincipalKind::IntegrationKey,
+            Principal::Service { .. } => PrincipalKind::Service,
+            Principal::Product { .. } => PrincipalKind::Product,
+        }
+    }
+
     pub fn principal_label(&self) -> String {
         match &self.principal {
             Principal::User { sub, .. } => format!("user:{sub}"),

@@ -69,6 +69,18 @@ text_enums! {
 
     /// A credit reservation: held, then committed (charged) or released.
     pub enum ReservationStatus { Reserved, Committed, Released }
+
+    /// What kind of principal a caller is (see `Principal`).
+    pub enum PrincipalKind { User, IntegrationKey, Service, Product }
+
+    /// What happened to a gate, as its audit trail records it.
+    pub enum GateAction { Opened, Approved, Denied, Expired, Escalated }
+
+    /// Who acted on a gate, by kind: a person, a key, a signed link, or the plane itself.
+    pub enum GateActor { User, IntegrationKey, SignedLink, System }
+
+    /// How a gate was decided.
+    pub enum DecidedVia { User, IntegrationKey, SignedLink, Timeout, Cancel }
 }
 
 impl ExecutionStatus {

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use strum::VariantNames;
 
 use oa_bus::{Topology, WorkItem};
+use oa_domain::status::{DecidedVia, GateAction, GateActor, GateStatus};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
 use oa_proto::approvals as pb;
 use oa_proto::approvals::approvals_server::{Approvals, ApprovalsServer};
@@ -64,12 +65,6 @@ fn reply(gate: &store::Gate) -> pb::Approval {
 }
 
 /// Why a decided or expired gate takes no further decision.
-/// The gate status a decision (`approved` or `denied`) leaves.
-fn decided_as(decision: &str) -> oa_domain::status::GateStatus {
-    use oa_domain::status::GateStatus;
-    if decision == "approved" { GateStatus::Approved } else { GateStatus::Denied }
-}
-
 fn already_closed(gate: &store::Gate) -> ApiError {
     let by = gate.decided_by.as_deref().unwrap_or("unknown");
     let at = gate.decided_at.as_ref().map(store::time).unwrap_or_default();
@@ -137,7 +132,8 @@ impl Shared {
 /// Who is deciding: the audit's actor and principal type.
 struct Decider {
     actor: String,
-    principal_type: &'static str,
+    kind: GateActor,
+    via: DecidedVia,
     /// A user's role, checked against the gate's approvers.
     role: Option<&'static str>,
 }
@@ -231,9 +227,9 @@ impl ApprovalsService {
     }
 
     async fn decide_for(&self, caller: Caller, request: pb::DecideRequest) -> Result<pb::Approval> {
-        let (status, outcome) = match request.decision.as_str() {
-            "approved" => ("approved", "approved"),
-            "denied" => ("denied", "denied"),
+        let (status, action, outcome) = match request.decision.as_str() {
+            "approved" => (GateStatus::Approved, GateAction::Approved, "approved"),
+            "denied" => (GateStatus::Denied, GateAction::Denied, "denied"),
             _ => return Err(ApiError::bad_request("decision must be \"approved\" or \"denied\"").into()),
         };
         if request.note.chars().count() > MAX_NOTE {
@@ -245,12 +241,16 @@ impl ApprovalsService {
             match &caller.principal {
                 Principal::User { sub, role } => Decider {
                     actor: format!("user:{sub}"),
-                    principal_type: "user",
+                    kind: GateActor::User,
+                    via: DecidedVia::User,
                     role: Some(role.as_str()),
                 },
-                Principal::IntegrationKey { key_id, .. } => {
-                    Decider { actor: format!("key:{key_id}"), principal_type: "integration_key", role: None }
-                }
+                Principal::IntegrationKey { key_id, .. } => Decider {
+                    actor: format!("key:{key_id}"),
+                    kind: GateActor::IntegrationKey,
+                    via: DecidedVia::IntegrationKey,
+                    role: None,
+                },
                 Principal::Service { .. } | Principal::Product { .. } => {
                     return Err(
                         ApiError::forbidden("Only an org's people and keys decide an approval").into()
@@ -263,7 +263,12 @@ impl ApprovalsService {
             if claims.org_id != caller.org_id {
                 return Err(ApiError::forbidden("this link is not valid").into());
             }
-            Decider { actor: claims.sub, principal_type: "signed_link", role: None }
+            Decider {
+                actor: claims.sub,
+                kind: GateActor::SignedLink,
+                via: DecidedVia::SignedLink,
+                role: None,
+            }
         };
         if !ids::has_prefix(&id, "appr") {
             return Err(not_found(&id));
@@ -279,24 +284,18 @@ impl ApprovalsService {
             ))
             .into());
         }
-        if gate.status != oa_domain::status::GateStatus::Pending {
+        if gate.status != GateStatus::Pending {
             return Err(already_closed(&gate).into());
         }
         if gate.expires_at <= chrono::Utc::now() {
             return Err(ApprovalsError::Expired);
         }
         let note = Some(request.note.as_str()).filter(|n| !n.is_empty());
-        let decision = store::Decision {
-            status: decided_as(status),
-            outcome,
-            by: &decider.actor,
-            via: decider.principal_type,
-            note,
-        };
+        let decision = store::Decision { status, outcome, by: &decider.actor, via: decider.via, note };
         let decided = store::decide(&mut tx, &gate.id, &decision).await?;
-        store::audit(&mut tx, &decided, status, &decider.actor, decider.principal_type, note, None).await?;
+        store::audit(&mut tx, &decided, action, &decider.actor, decider.kind, note, None).await?;
         tx.commit().await?;
-        tracing::info!(approval_id = decided.id, decision = status, by = decider.actor, "approval decided");
+        tracing::info!(approval_id = decided.id, decision = outcome, by = decider.actor, "approval decided");
         self.shared.publish(&decided).await;
         Ok(reply(&decided))
     }
@@ -344,13 +343,13 @@ impl ApprovalsService {
         };
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
         let denied = store::deny_open(&mut tx, &request.execution_ids, &by, reason).await?;
-        let principal_type = match caller.principal {
-            Principal::User { .. } => "user",
-            Principal::IntegrationKey { .. } => "integration_key",
-            Principal::Service { .. } | Principal::Product { .. } => "system",
+        let kind = match caller.principal {
+            Principal::User { .. } => GateActor::User,
+            Principal::IntegrationKey { .. } => GateActor::IntegrationKey,
+            Principal::Service { .. } | Principal::Product { .. } => GateActor::System,
         };
         for gate in &denied {
-            store::audit(&mut tx, gate, "denied", &by, principal_type, Some(reason), None).await?;
+            store::audit(&mut tx, gate, GateAction::Denied, &by, kind, Some(reason), None).await?;
         }
         tx.commit().await?;
         Ok(pb::DenyOpenGatesResponse { denied: denied.len() as u32 })

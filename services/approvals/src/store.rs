@@ -3,7 +3,7 @@
 //! which set `app.sweeper` for their own transaction.
 
 use chrono::{DateTime, Utc};
-use oa_domain::status::GateStatus;
+use oa_domain::status::{DecidedVia, GateAction, GateActor, GateStatus};
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, Row};
@@ -102,7 +102,7 @@ pub async fn open(tx: &mut PgConnection, new: &NewGate<'_>) -> Result<(Gate, boo
         // the one waiting on it.
         let gate = Gate::from_row(&row)?;
         let detail = json!({"approvers": gate.approvers, "expires_at": time(&gate.expires_at)});
-        audit(tx, &gate, "opened", "engine", "system", None, Some(&detail)).await?;
+        audit(tx, &gate, GateAction::Opened, "engine", GateActor::System, None, Some(&detail)).await?;
         return Ok((gate, true));
     }
     let row = sqlx::query("SELECT * FROM approvals.gates WHERE execution_id = $1 AND step_id = $2")
@@ -165,7 +165,7 @@ pub struct Decision<'a> {
     pub status: GateStatus,
     pub outcome: &'a str,
     pub by: &'a str,
-    pub via: &'a str,
+    pub via: DecidedVia,
     pub note: Option<&'a str>,
 }
 
@@ -180,7 +180,7 @@ pub async fn decide(tx: &mut PgConnection, id: &str, decision: &Decision<'_>) ->
     .bind(decision.status.as_str())
     .bind(decision.outcome)
     .bind(decision.by)
-    .bind(decision.via)
+    .bind(decision.via.as_str())
     .bind(decision.note)
     .fetch_one(&mut *tx)
     .await?;
@@ -239,9 +239,9 @@ pub async fn mark_published(tx: &mut PgConnection, id: &str, version: i32) -> Re
 pub async fn audit(
     tx: &mut PgConnection,
     gate: &Gate,
-    action: &str,
+    action: GateAction,
     actor: &str,
-    principal_type: &str,
+    principal_type: GateActor,
     note: Option<&str>,
     detail: Option<&Value>,
 ) -> Result<(), sqlx::Error> {
@@ -251,9 +251,9 @@ pub async fn audit(
     )
     .bind(&gate.org_id)
     .bind(&gate.id)
-    .bind(action)
+    .bind(action.as_str())
     .bind(actor)
-    .bind(principal_type)
+    .bind(principal_type.as_str())
     .bind(note)
     .bind(detail.map(sqlx::types::Json))
     .execute(&mut *tx)

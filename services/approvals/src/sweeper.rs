@@ -3,6 +3,7 @@
 //! only while still pending), applies the step's `on_timeout`, and publishes decisions whose
 //! publish lags.
 
+use oa_domain::status::{DecidedVia, GateAction, GateActor};
 use std::time::Duration;
 
 use oa_store::begin_org;
@@ -62,7 +63,16 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
                 "approvers": escalated.approvers,
                 "expires_at": store::time(&escalated.expires_at),
             });
-            store::audit(&mut tx, &escalated, "escalated", "timeout", "system", None, Some(&detail)).await?;
+            store::audit(
+                &mut tx,
+                &escalated,
+                GateAction::Escalated,
+                "timeout",
+                GateActor::System,
+                None,
+                Some(&detail),
+            )
+            .await?;
             escalated
         }
         (on_timeout, _, _) => {
@@ -73,13 +83,21 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
                 status: oa_domain::status::GateStatus::Expired,
                 outcome,
                 by: "system:timeout",
-                via: "timeout",
+                via: DecidedVia::Timeout,
                 note: Some(&note),
             };
             let expired = store::decide(&mut tx, &gate.id, &decision).await?;
             let detail = serde_json::json!({ "outcome": outcome });
-            store::audit(&mut tx, &expired, "expired", "timeout", "system", Some(&note), Some(&detail))
-                .await?;
+            store::audit(
+                &mut tx,
+                &expired,
+                GateAction::Expired,
+                "timeout",
+                GateActor::System,
+                Some(&note),
+                Some(&detail),
+            )
+            .await?;
             expired
         }
     };
