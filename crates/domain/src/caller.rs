@@ -202,6 +202,11 @@ impl Caller {
     }
 
     /// A short label for audit records and logs: `user:<sub>` or `key:<id>`.
+    /// The caller's org, as the id type stores take.
+    pub fn org(&self) -> crate::ids::OrgId {
+        crate::ids::OrgId::from(self.org_id.as_str())
+    }
+
     pub fn principal_kind(&self) -> crate::status::PrincipalKind {
         use crate::status::PrincipalKind;
         match self.principal {

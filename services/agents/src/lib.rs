@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use oa_domain::agent::{AgentDefinition, AgentStatus, AgentType, TemplateCategory};
 use oa_domain::catalog::EVENT_CATEGORIES;
+use oa_domain::ids::{AgentId, OrgId};
 use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
 use oa_proto::agents as pb;
@@ -47,8 +48,8 @@ pub async fn update_org_settings(
         body.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
     let stored = async {
         let mut tx = begin_org(pool, org_id).await?;
-        let merged = store::org_settings(&mut tx, org_id).await?.merged(update, &sections);
-        store::put_org_settings(&mut tx, org_id, &merged, updated_by).await?;
+        let merged = store::org_settings(&mut tx, &OrgId::from(org_id)).await?.merged(update, &sections);
+        store::put_org_settings(&mut tx, &OrgId::from(org_id), &merged, updated_by).await?;
         tx.commit().await?;
         Ok::<_, AgentsError>(merged)
     };
@@ -131,7 +132,7 @@ impl AgentsService {
     }
 
     async fn respond_agent(&self, caller: &Caller, view: &store::AgentView) -> Result<pb::Agent> {
-        let used = credits_by_agent(self, caller).await.get(&view.id).copied().unwrap_or(0);
+        let used = credits_by_agent(self, caller).await.get(view.id.as_str()).copied().unwrap_or(0);
         Ok(pb::Agent { agent_json: convert::agent_json(view, used).to_string() })
     }
 }
@@ -209,7 +210,7 @@ impl AgentsService {
 
     async fn org_settings(&self, caller: &Caller) -> Result<OrgSettings> {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let settings = store::org_settings(&mut tx, &caller.org_id).await?;
+        let settings = store::org_settings(&mut tx, &caller.org()).await?;
         tx.commit().await?;
         Ok(settings)
     }
@@ -233,7 +234,7 @@ impl AgentsService {
             return Err(agent_not_found(id, caller));
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let view = store::get(&mut tx, &caller.org_id, id).await?;
+        let view = store::get(&mut tx, &caller.org(), &AgentId::from(id)).await?;
         tx.commit().await?;
         view.ok_or_else(|| agent_not_found(id, caller))
     }
@@ -246,10 +247,10 @@ impl AgentsService {
         cloned_from: Option<&str>,
         template_id: Option<&str>,
     ) -> Result<store::AgentView> {
-        let id = ids::new_id("agent");
+        let id = AgentId::generate();
         let created_by = caller.principal_label();
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let held = store::count_for_create(&mut tx, &caller.org_id).await?;
+        let held = store::count_for_create(&mut tx, &caller.org()).await?;
         let cap = self.tiers.get(&caller.tier).unwrap_or(&self.tiers.starter).max_agents;
         if held >= i64::from(cap) {
             return Err(ApiError::new(
@@ -261,7 +262,7 @@ impl AgentsService {
         }
         let new = store::NewAgent {
             id: &id,
-            org_id: &caller.org_id,
+            org_id: &caller.org(),
             agent_type,
             definition,
             cloned_from,
@@ -269,7 +270,7 @@ impl AgentsService {
             created_by: &created_by,
         };
         store::insert(&mut tx, &new).await?;
-        let view = store::get(&mut tx, &caller.org_id, &id).await?;
+        let view = store::get(&mut tx, &caller.org(), &id).await?;
         tx.commit().await?;
         view.ok_or_else(|| {
             ApiError::internal_from("agents", &"a created agent could not be read back").into()
@@ -293,8 +294,9 @@ impl AgentsService {
             }
         };
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        store::set_override(&mut tx, &caller.org_id, id, status, &caller.principal_label()).await?;
-        let view = store::get(&mut tx, &caller.org_id, id).await?;
+        store::set_override(&mut tx, &caller.org(), &AgentId::from(id), status, &caller.principal_label())
+            .await?;
+        let view = store::get(&mut tx, &caller.org(), &AgentId::from(id)).await?;
         tx.commit().await?;
         view.ok_or_else(|| agent_not_found(id, caller))
     }
@@ -330,9 +332,9 @@ impl AgentsService {
 
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let Some((stored_status, stored_version)) =
-            store::lock_own(&mut tx, &caller.org_id, &current.id).await?
+            store::lock_own(&mut tx, &caller.org(), &current.id).await?
         else {
-            return Err(agent_not_found(&current.id, caller));
+            return Err(agent_not_found(current.id.as_str(), caller));
         };
         if stored_version != current.version {
             return Err(ApiError::new(
@@ -342,8 +344,8 @@ impl AgentsService {
             .into());
         }
         if new_status == AgentStatus::Active && stored_status != AgentStatus::Active {
-            store::lock_org_activations(&mut tx, &caller.org_id).await?;
-            let active = store::count_active(&mut tx, &caller.org_id, &current.id).await?;
+            store::lock_org_activations(&mut tx, &caller.org()).await?;
+            let active = store::count_active(&mut tx, &caller.org(), &current.id).await?;
             let cap = self.active_agent_cap(caller);
             if active >= i64::from(cap) {
                 return Err(ApiError::new(
@@ -357,11 +359,11 @@ impl AgentsService {
             }
         }
         let by = caller.principal_label();
-        store::update(&mut tx, &caller.org_id, &current.id, new_status, &definition, stored_version + 1, &by)
+        store::update(&mut tx, &caller.org(), &current.id, new_status, &definition, stored_version + 1, &by)
             .await?;
-        let view = store::get(&mut tx, &caller.org_id, &current.id).await?;
+        let view = store::get(&mut tx, &caller.org(), &current.id).await?;
         tx.commit().await?;
-        view.ok_or_else(|| agent_not_found(&current.id, caller))
+        view.ok_or_else(|| agent_not_found(current.id.as_str(), caller))
     }
 }
 
@@ -384,7 +386,7 @@ impl AgentsService {
             agent_type: &filter.r#type,
             category: &filter.category,
         };
-        let views = store::list(&mut tx, &caller.org_id, &list_filter).await?;
+        let views = store::list(&mut tx, &caller.org(), &list_filter).await?;
         tx.commit().await?;
         // The worker's index asks for active agents only; it needs no stats.
         let used = if matches!(caller.principal, oa_domain::Principal::Service { .. }) {
@@ -397,7 +399,8 @@ impl AgentsService {
             agents: views
                 .iter()
                 .map(|v| pb::Agent {
-                    agent_json: convert::agent_json(v, used.get(&v.id).copied().unwrap_or(0)).to_string(),
+                    agent_json: convert::agent_json(v, used.get(v.id.as_str()).copied().unwrap_or(0))
+                        .to_string(),
                 })
                 .collect(),
         })
@@ -434,7 +437,7 @@ impl AgentsService {
         };
         let current = self.view(&caller, &request.id).await?;
         let view = if current.agent_type == AgentType::System {
-            self.update_system_agent(&caller, &current.id, &patch).await?
+            self.update_system_agent(&caller, current.id.as_str(), &patch).await?
         } else {
             self.update_own_agent(&caller, current, patch).await?
         };
@@ -456,18 +459,18 @@ impl AgentsService {
             .into());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        if store::lock_own(&mut tx, &caller.org_id, &current.id).await?.is_none() {
-            return Err(agent_not_found(&current.id, &caller));
+        if store::lock_own(&mut tx, &caller.org(), &current.id).await?.is_none() {
+            return Err(agent_not_found(current.id.as_str(), &caller));
         }
-        store::soft_delete(&mut tx, &caller.org_id, &current.id).await?;
+        store::soft_delete(&mut tx, &caller.org(), &current.id).await?;
         // Its unfinished executions are cancelled (their gates denied) before the delete commits:
         // when that cannot be done, the agent stays and the caller may retry.
-        self.cancel_executions_of(&caller, &current.id).await?;
+        self.cancel_executions_of(&caller, current.id.as_str()).await?;
         tx.commit().await?;
         self.announce_change(&caller.org_id).await;
         // An event matched in the moment before workers dropped the agent is cancelled too.
-        if let Err(error) = self.cancel_executions_of(&caller, &current.id).await {
-            tracing::warn!(agent_id = current.id, %error, "cannot cancel late executions of a deleted agent");
+        if let Err(error) = self.cancel_executions_of(&caller, current.id.as_str()).await {
+            tracing::warn!(agent_id = current.id.as_str(), %error, "cannot cancel late executions of a deleted agent");
         }
         Ok(pb::DeleteAgentResponse {})
     }
@@ -477,7 +480,8 @@ impl AgentsService {
         let source = self.view(&caller, &request.id).await?;
         let mut definition = source.definition.clone();
         definition.name = clone_name(&request.name, format!("{} (copy)", source.definition.name))?;
-        let view = self.insert_new(&caller, AgentType::Cloned, &definition, Some(&source.id), None).await?;
+        let view =
+            self.insert_new(&caller, AgentType::Cloned, &definition, Some(source.id.as_str()), None).await?;
         self.respond_agent(&caller, &view).await
     }
 
@@ -610,8 +614,8 @@ impl AgentsService {
             schedules: rows
                 .into_iter()
                 .map(|r| pb::Schedule {
-                    agent_id: r.agent_id,
-                    org_id: r.org_id,
+                    agent_id: r.agent_id.into_string(),
+                    org_id: r.org_id.into_string(),
                     version: r.version,
                     cron: r.cron,
                     timezone: r.timezone,
@@ -632,7 +636,14 @@ impl AgentsService {
         let run = request;
         let duration_ms = i64::try_from(run.duration_ms).unwrap_or(i64::MAX);
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        store::record_run(&mut tx, &caller.org_id, &run.agent_id, run.succeeded, duration_ms).await?;
+        store::record_run(
+            &mut tx,
+            &caller.org(),
+            &AgentId::from(run.agent_id.as_str()),
+            run.succeeded,
+            duration_ms,
+        )
+        .await?;
         tx.commit().await?;
         Ok(pb::RecordRunResponse {})
     }

@@ -2,6 +2,7 @@
 //! brings system agents up to the shipped definitions; it never changes an org's data.
 
 use oa_domain::agent::AgentDefinition;
+use oa_domain::ids::AgentId;
 use oa_store::{StoreError, begin_org};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -55,7 +56,8 @@ pub async fn seed_agents(pool: &PgPool) -> Result<bool, StoreError> {
     }
     let mut changed = false;
     for agent in shipped_system_agents() {
-        changed |= store::install_system_agent(&mut tx, &agent.id, &agent.definition).await?;
+        changed |= store::install_system_agent(&mut tx, &AgentId::from(agent.id.as_str()), &agent.definition)
+            .await?;
     }
     tx.commit().await?;
     Ok(changed)

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use oa_domain::agent::{AgentDefinition, AgentStatus, AgentType, Trigger};
+use oa_domain::ids::{AgentId, OrgId};
 use oa_domain::settings::OrgSettings;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -12,8 +13,10 @@ use sqlx::types::Json;
 /// own run counters.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentView {
-    pub id: String,
-    pub org_id: String,
+    #[sqlx(try_from = "String")]
+    pub id: AgentId,
+    #[sqlx(try_from = "String")]
+    pub org_id: OrgId,
     #[sqlx(rename = "type", try_from = "String")]
     pub agent_type: AgentType,
     #[sqlx(rename = "effective_status", try_from = "String")]
@@ -60,7 +63,7 @@ pub struct ListFilter<'a> {
 
 pub async fn list(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     filter: &ListFilter<'_>,
 ) -> Result<Vec<AgentView>, sqlx::Error> {
     sqlx::query_as(concat!(
@@ -70,7 +73,7 @@ pub async fn list(
            AND ($4 = '' OR a.category = $4)
          ORDER BY (a.org_id = 'system') DESC, a.created_at, a.id"
     ))
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(filter.status)
     .bind(filter.agent_type)
     .bind(filter.category)
@@ -78,10 +81,14 @@ pub async fn list(
     .await
 }
 
-pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<AgentView>, sqlx::Error> {
+pub async fn get(
+    tx: &mut PgConnection,
+    org_id: &OrgId,
+    id: &AgentId,
+) -> Result<Option<AgentView>, sqlx::Error> {
     sqlx::query_as(concat!(view_select!(), "AND a.id = $2"))
-        .bind(org_id)
-        .bind(id)
+        .bind(org_id.as_str())
+        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await
 }
@@ -89,23 +96,23 @@ pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option
 /// Locks an org's own agent for update; `None` for system agents, other orgs' and deleted ones.
 pub async fn lock_own(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &AgentId,
 ) -> Result<Option<(AgentStatus, i32)>, sqlx::Error> {
     let row: Option<(String, i32)> = sqlx::query_as(
         "SELECT status, version FROM agents.agents
          WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL FOR UPDATE",
     )
-    .bind(id)
-    .bind(org_id)
+    .bind(id.as_str())
+    .bind(org_id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     row.map(|(status, version)| Ok((oa_store::text_column(status)?, version))).transpose()
 }
 
 pub struct NewAgent<'a> {
-    pub id: &'a str,
-    pub org_id: &'a str,
+    pub id: &'a AgentId,
+    pub org_id: &'a OrgId,
     pub agent_type: AgentType,
     pub definition: &'a AgentDefinition,
     pub cloned_from: Option<&'a str>,
@@ -120,8 +127,8 @@ pub async fn insert(tx: &mut PgConnection, agent: &NewAgent<'_>) -> Result<(), s
               cloned_from, template_id, created_by)
          VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, 1, $8, $9, $10)",
     )
-    .bind(agent.id)
-    .bind(agent.org_id)
+    .bind(agent.id.as_str())
+    .bind(agent.org_id.as_str())
     .bind(&agent.definition.name)
     .bind(&agent.definition.description)
     .bind(&agent.definition.category)
@@ -140,8 +147,8 @@ pub async fn insert(tx: &mut PgConnection, agent: &NewAgent<'_>) -> Result<(), s
 /// Writes a new version of an org's agent.
 pub async fn update(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &AgentId,
     status: AgentStatus,
     definition: &AgentDefinition,
     version: i32,
@@ -152,8 +159,8 @@ pub async fn update(
                 version = $8, status_reason = NULL, updated_at = now()
          WHERE id = $1 AND org_id = $2",
     )
-    .bind(id)
-    .bind(org_id)
+    .bind(id.as_str())
+    .bind(org_id.as_str())
     .bind(&definition.name)
     .bind(&definition.description)
     .bind(&definition.category)
@@ -171,20 +178,23 @@ pub async fn update(
 /// schedule trigger.
 async fn replace_schedule(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &AgentId,
     version: i32,
     status: AgentStatus,
     definition: &AgentDefinition,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM agents.schedules WHERE agent_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM agents.schedules WHERE agent_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     if let (Trigger::Schedule { cron, timezone }, AgentStatus::Active) = (&definition.trigger, status) {
         sqlx::query(
             "INSERT INTO agents.schedules (agent_id, org_id, version, cron, timezone, definition)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(id)
-        .bind(org_id)
+        .bind(id.as_str())
+        .bind(org_id.as_str())
         .bind(version)
         .bind(cron)
         .bind(timezone)
@@ -197,8 +207,10 @@ async fn replace_schedule(
 
 #[derive(sqlx::FromRow)]
 pub struct ScheduleRow {
-    pub agent_id: String,
-    pub org_id: String,
+    #[sqlx(try_from = "String")]
+    pub agent_id: AgentId,
+    #[sqlx(try_from = "String")]
+    pub org_id: OrgId,
     pub version: i32,
     pub cron: String,
     pub timezone: String,
@@ -214,8 +226,8 @@ pub async fn schedules(tx: &mut PgConnection) -> Result<Vec<ScheduleRow>, sqlx::
 
 async fn record_version(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &AgentId,
     version: i32,
     status: AgentStatus,
     definition: &AgentDefinition,
@@ -225,9 +237,9 @@ async fn record_version(
         "INSERT INTO agents.agent_versions (agent_id, version, org_id, status, snapshot, created_by)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(version)
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(status.as_str())
     .bind(Json(definition))
     .bind(created_by)
@@ -238,11 +250,11 @@ async fn record_version(
 
 async fn replace_field_usage(
     tx: &mut PgConnection,
-    id: &str,
+    id: &AgentId,
     definition: &AgentDefinition,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM agents.filter_field_usage WHERE agent_id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
     if let Trigger::BusEvent { source_product, event_type, filters } = &definition.trigger {
@@ -252,7 +264,7 @@ async fn replace_field_usage(
             "INSERT INTO agents.filter_field_usage (agent_id, event_type_id, field_path)
              SELECT $1, $2, f FROM unnest($3::text[]) AS f ON CONFLICT DO NOTHING",
         )
-        .bind(id)
+        .bind(id.as_str())
         .bind(event_type_id)
         .bind(&fields)
         .execute(&mut *tx)
@@ -261,46 +273,50 @@ async fn replace_field_usage(
     Ok(())
 }
 
-pub async fn soft_delete(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<(), sqlx::Error> {
+pub async fn soft_delete(tx: &mut PgConnection, org_id: &OrgId, id: &AgentId) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE agents.agents SET deleted_at = now(), status = 'paused', updated_at = now()
          WHERE id = $1 AND org_id = $2",
     )
-    .bind(id)
-    .bind(org_id)
+    .bind(id.as_str())
+    .bind(org_id.as_str())
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM agents.filter_field_usage WHERE agent_id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
 /// Serialises activations within one org (and only that org) until the transaction ends.
-pub async fn lock_org_activations(tx: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
+pub async fn lock_org_activations(tx: &mut PgConnection, org_id: &OrgId) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('agents.activations:' || $1, 0))")
-        .bind(org_id)
+        .bind(org_id.as_str())
         .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
-pub async fn count_active(tx: &mut PgConnection, org_id: &str, except_id: &str) -> Result<i64, sqlx::Error> {
+pub async fn count_active(
+    tx: &mut PgConnection,
+    org_id: &OrgId,
+    except_id: &AgentId,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM agents.agents
          WHERE org_id = $1 AND status = 'active' AND deleted_at IS NULL AND id <> $2",
     )
-    .bind(org_id)
-    .bind(except_id)
+    .bind(org_id.as_str())
+    .bind(except_id.as_str())
     .fetch_one(&mut *tx)
     .await
 }
 
 pub async fn set_override(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &AgentId,
     status: AgentStatus,
     by: &str,
 ) -> Result<(), sqlx::Error> {
@@ -309,8 +325,8 @@ pub async fn set_override(
          ON CONFLICT (org_id, agent_id) DO UPDATE SET status = EXCLUDED.status,
              updated_by = EXCLUDED.updated_by, updated_at = now()",
     )
-    .bind(org_id)
-    .bind(id)
+    .bind(org_id.as_str())
+    .bind(id.as_str())
     .bind(status.as_str())
     .bind(by)
     .execute(&mut *tx)
@@ -329,12 +345,16 @@ pub struct VersionRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn versions(tx: &mut PgConnection, id: &str, limit: i64) -> Result<Vec<VersionRow>, sqlx::Error> {
+pub async fn versions(
+    tx: &mut PgConnection,
+    id: &AgentId,
+    limit: i64,
+) -> Result<Vec<VersionRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT version, status, snapshot, created_by, created_at FROM agents.agent_versions
          WHERE agent_id = $1 ORDER BY version DESC LIMIT $2",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(limit)
     .fetch_all(&mut *tx)
     .await
@@ -405,13 +425,13 @@ pub async fn upsert_template(tx: &mut PgConnection, template: &TemplateRow) -> R
 /// something changed.
 pub async fn install_system_agent(
     tx: &mut PgConnection,
-    id: &str,
+    id: &AgentId,
     definition: &AgentDefinition,
 ) -> Result<bool, sqlx::Error> {
     let current: Option<(Json<AgentDefinition>, i32)> = sqlx::query_as(
         "SELECT definition, version FROM agents.agents WHERE id = $1 AND org_id = 'system' FOR UPDATE",
     )
-    .bind(id)
+    .bind(id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let version = match current {
@@ -422,7 +442,7 @@ pub async fn install_system_agent(
                         version = $6, updated_at = now()
                  WHERE id = $1 AND org_id = 'system'",
             )
-            .bind(id)
+            .bind(id.as_str())
             .bind(&definition.name)
             .bind(&definition.description)
             .bind(&definition.category)
@@ -438,7 +458,7 @@ pub async fn install_system_agent(
                      (id, org_id, name, description, category, type, status, definition, version, created_by)
                  VALUES ($1, 'system', $2, $3, $4, 'system', 'active', $5, 1, 'system')",
             )
-            .bind(id)
+            .bind(id.as_str())
             .bind(&definition.name)
             .bind(&definition.description)
             .bind(&definition.category)
@@ -448,7 +468,8 @@ pub async fn install_system_agent(
             1
         }
     };
-    record_version(tx, "system", id, version, AgentStatus::Active, definition, "system").await?;
+    record_version(tx, &OrgId::from("system"), id, version, AgentStatus::Active, definition, "system")
+        .await?;
     replace_field_usage(tx, id, definition).await?;
     Ok(true)
 }
@@ -456,8 +477,8 @@ pub async fn install_system_agent(
 /// Counts one finished run in the org's stats of an agent.
 pub async fn record_run(
     tx: &mut PgConnection,
-    org_id: &str,
-    agent_id: &str,
+    org_id: &OrgId,
+    agent_id: &AgentId,
     succeeded: bool,
     duration_ms: i64,
 ) -> Result<(), sqlx::Error> {
@@ -470,8 +491,8 @@ pub async fn record_run(
              total_duration_ms = agents.agent_stats.total_duration_ms + EXCLUDED.total_duration_ms,
              last_run_at = now()",
     )
-    .bind(org_id)
-    .bind(agent_id)
+    .bind(org_id.as_str())
+    .bind(agent_id.as_str())
     .bind(i64::from(succeeded))
     .bind(duration_ms)
     .execute(&mut *tx)
@@ -480,10 +501,10 @@ pub async fn record_run(
 }
 
 /// The org's settings (empty when never set).
-pub async fn org_settings(tx: &mut PgConnection, org_id: &str) -> Result<OrgSettings, sqlx::Error> {
+pub async fn org_settings(tx: &mut PgConnection, org_id: &OrgId) -> Result<OrgSettings, sqlx::Error> {
     let stored: Option<Json<OrgSettings>> =
         sqlx::query_scalar("SELECT settings FROM agents.org_settings WHERE org_id = $1")
-            .bind(org_id)
+            .bind(org_id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
     Ok(stored.map(|s| s.0).unwrap_or_default())
@@ -491,7 +512,7 @@ pub async fn org_settings(tx: &mut PgConnection, org_id: &str) -> Result<OrgSett
 
 pub async fn put_org_settings(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     settings: &OrgSettings,
     updated_by: &str,
 ) -> Result<(), sqlx::Error> {
@@ -499,7 +520,7 @@ pub async fn put_org_settings(
         "INSERT INTO agents.org_settings (org_id, settings, updated_by) VALUES ($1, $2, $3)
          ON CONFLICT (org_id) DO UPDATE SET settings = $2, updated_by = $3, updated_at = now()",
     )
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(Json(settings))
     .bind(updated_by)
     .execute(&mut *tx)
@@ -509,13 +530,13 @@ pub async fn put_org_settings(
 
 /// How many agent definitions the org holds, with the org's creates made to take turns until the
 /// transaction ends, so a count cannot be raced past the tier's cap.
-pub async fn count_for_create(tx: &mut PgConnection, org_id: &str) -> Result<i64, sqlx::Error> {
+pub async fn count_for_create(tx: &mut PgConnection, org_id: &OrgId) -> Result<i64, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('agents.create:' || $1))")
-        .bind(org_id)
+        .bind(org_id.as_str())
         .execute(&mut *tx)
         .await?;
     sqlx::query_scalar("SELECT count(*) FROM agents.agents WHERE org_id = $1 AND deleted_at IS NULL")
-        .bind(org_id)
+        .bind(org_id.as_str())
         .fetch_one(&mut *tx)
         .await
 }

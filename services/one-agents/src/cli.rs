@@ -351,7 +351,9 @@ async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let mut tx = oa_store::begin_org(&pool, &org).await?;
-                    let settings = oa_agents::store::org_settings(&mut tx, &org).await?;
+                    let settings =
+                        oa_agents::store::org_settings(&mut tx, &oa_domain::ids::OrgId::from(org.as_str()))
+                            .await?;
                     tx.commit().await?;
                     settings
                 }
