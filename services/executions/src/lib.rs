@@ -12,6 +12,7 @@ pub mod store;
 pub use error::ExecutionsError;
 
 use oa_bus::{Topology, WorkItem};
+use oa_domain::ids::{AgentId, ExecutionId};
 use oa_domain::status::ExecutionStatus;
 use oa_domain::{ApiError, Caller, Permission, ids};
 use oa_proto::approvals::DenyOpenGatesRequest;
@@ -94,8 +95,14 @@ impl ExecutionsService {
             "message": format!("cancelled by {}", caller.principal_label()),
         });
         for id in ids {
-            store::close_open_steps(tx, id, oa_domain::status::StepStatus::Skipped).await?;
-            store::set_status(tx, id, ExecutionStatus::Cancelled, Some(&reason)).await?;
+            store::close_open_steps(
+                tx,
+                &ExecutionId::from(id.as_str()),
+                oa_domain::status::StepStatus::Skipped,
+            )
+            .await?;
+            store::set_status(tx, &ExecutionId::from(id.as_str()), ExecutionStatus::Cancelled, Some(&reason))
+                .await?;
         }
         self.deny_gates(caller, ids).await
     }
@@ -106,7 +113,8 @@ impl ExecutionsService {
             return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let execution = store::get(&mut tx, &caller.org_id, id).await?.ok_or_else(not_found)?;
+        let execution =
+            store::get(&mut tx, &caller.org(), &ExecutionId::from(id)).await?.ok_or_else(not_found)?;
         let steps = store::steps(&mut tx, &execution).await?;
         tx.commit().await?;
         Ok(pb::Execution { execution_json: convert::detail_json(&execution, &steps).to_string() })
@@ -128,7 +136,8 @@ impl ExecutionsService {
             return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let execution = store::lock(&mut tx, &caller.org_id, id).await?.ok_or_else(not_found)?;
+        let execution =
+            store::lock(&mut tx, &caller.org(), &ExecutionId::from(id)).await?.ok_or_else(not_found)?;
         if !allowed.contains(&execution.status) {
             return Err(ExecutionsError::WrongStatus { what, status: execution.status });
         }
@@ -174,9 +183,9 @@ impl ExecutionsService {
             limit: i64::from(limit) + 1,
         };
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let (mut rows, total) = store::list(&mut tx, &caller.org_id, &filter).await?;
+        let (mut rows, total) = store::list(&mut tx, &caller.org(), &filter).await?;
         tx.commit().await?;
-        let next_cursor = oa_domain::page::cut(&mut rows, limit, |r| &r.id);
+        let next_cursor = oa_domain::page::cut(&mut rows, limit, |r| r.id.as_str());
         Ok(pb::ListExecutionsResponse {
             executions: rows
                 .iter()
@@ -215,10 +224,10 @@ impl ExecutionsService {
                 "Only a failed or cancelled execution can be retried",
             )
             .await?;
-        let retry_id = ids::new_id("exec");
+        let retry_id = ExecutionId::generate();
         let new = store::NewExecution {
             id: &retry_id,
-            org_id: &caller.org_id,
+            org_id: &caller.org(),
             agent_id: &original.agent_id,
             agent_version: original.agent_version,
             definition: &original.definition,
@@ -228,9 +237,9 @@ impl ExecutionsService {
         };
         store::insert(&mut tx, &new).await?;
         tx.commit().await?;
-        let item = WorkItem { org_id: caller.org_id.clone(), execution_ids: vec![retry_id.clone()] };
-        oa_bus::publish_work(&self.jetstream, &self.topology, &retry_id, &item).await?;
-        self.detail(&caller, &retry_id).await
+        let item = WorkItem { org_id: caller.org_id.clone(), execution_ids: vec![retry_id.to_string()] };
+        oa_bus::publish_work(&self.jetstream, &self.topology, retry_id.as_str(), &item).await?;
+        self.detail(&caller, retry_id.as_str()).await
     }
 
     async fn cancel_of_agent(
@@ -241,7 +250,8 @@ impl ExecutionsService {
         caller.require(Permission::WriteAgents)?;
         let agent_id = request.agent_id;
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let ids = store::lock_unfinished_of_agent(&mut tx, &caller.org_id, &agent_id).await?;
+        let ids = store::lock_unfinished_of_agent(&mut tx, &caller.org(), &AgentId::from(agent_id.as_str()))
+            .await?;
         self.cancel_locked(&mut tx, &caller, &ids).await?;
         tx.commit().await?;
         if !ids.is_empty() {
@@ -261,7 +271,7 @@ impl ExecutionsService {
             limit => limit.min(200),
         };
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let letters = store::dead_letters(&mut tx, &caller.org_id, i64::from(limit)).await?;
+        let letters = store::dead_letters(&mut tx, &caller.org(), i64::from(limit)).await?;
         tx.commit().await?;
         Ok(pb::ListDeadLettersResponse {
             dead_letters: letters
@@ -279,7 +289,7 @@ impl ExecutionsService {
             return Err(missing());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        let letter = store::lock_dead_letter(&mut tx, &caller.org_id, &id).await?.ok_or_else(missing)?;
+        let letter = store::lock_dead_letter(&mut tx, &caller.org(), &id).await?.ok_or_else(missing)?;
         // A fresh message id: the original was consumed, so JetStream must not drop the replay.
         let message_id = format!("replay_{}_{}", letter.id, ids::new_id("r"));
         oa_bus::publish_raw(
@@ -290,7 +300,7 @@ impl ExecutionsService {
         )
         .await?;
         store::mark_replayed(&mut tx, &letter.id).await?;
-        let letter = store::lock_dead_letter(&mut tx, &caller.org_id, &id).await?.ok_or_else(missing)?;
+        let letter = store::lock_dead_letter(&mut tx, &caller.org(), &id).await?.ok_or_else(missing)?;
         tx.commit().await?;
         Ok(pb::DeadLetter { dead_letter_json: convert::dead_letter_json(&letter).to_string() })
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use oa_domain::agent::{AgentDefinition, StepType};
+use oa_domain::ids::{AgentId, EventId, ExecutionId, OrgId};
 use oa_domain::status::{ExecutionStatus, StepStatus};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -13,13 +14,17 @@ use sqlx::types::Json;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExecutionRow {
-    pub id: String,
-    pub org_id: String,
-    pub agent_id: String,
+    #[sqlx(try_from = "String")]
+    pub id: ExecutionId,
+    #[sqlx(try_from = "String")]
+    pub org_id: OrgId,
+    #[sqlx(try_from = "String")]
+    pub agent_id: AgentId,
     pub agent_version: i32,
     #[sqlx(json)]
     pub definition: AgentDefinition,
-    pub event_id: String,
+    #[sqlx(try_from = "String")]
+    pub event_id: EventId,
     #[sqlx(json)]
     pub trigger_event: Value,
     #[sqlx(try_from = "String")]
@@ -53,14 +58,14 @@ pub struct StepRow {
 }
 
 pub struct NewExecution<'a> {
-    pub id: &'a str,
-    pub org_id: &'a str,
-    pub agent_id: &'a str,
+    pub id: &'a ExecutionId,
+    pub org_id: &'a OrgId,
+    pub agent_id: &'a AgentId,
     pub agent_version: i32,
     pub definition: &'a AgentDefinition,
-    pub event_id: &'a str,
+    pub event_id: &'a EventId,
     pub trigger_event: &'a Value,
-    pub retry_of: Option<&'a str>,
+    pub retry_of: Option<&'a ExecutionId>,
 }
 
 /// Inserts an execution. Returns false when this (event, agent) already has one: redeliveries
@@ -73,14 +78,14 @@ pub async fn insert(tx: &mut PgConnection, new: &NewExecution<'_>) -> Result<boo
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)
          ON CONFLICT (org_id, event_id, agent_id) WHERE retry_of IS NULL DO NOTHING",
     )
-    .bind(new.id)
-    .bind(new.org_id)
-    .bind(new.agent_id)
+    .bind(new.id.as_str())
+    .bind(new.org_id.as_str())
+    .bind(new.agent_id.as_str())
     .bind(new.agent_version)
     .bind(Json(new.definition))
-    .bind(new.event_id)
+    .bind(new.event_id.as_str())
     .bind(Json(new.trigger_event))
-    .bind(new.retry_of)
+    .bind(new.retry_of.map(ExecutionId::as_str))
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -103,8 +108,8 @@ pub struct EventExecution<'a> {
 /// event, whatever the number of agents. Step rows come later, as steps run (see [`steps`]).
 pub async fn insert_for_event(
     tx: &mut PgConnection,
-    org_id: &str,
-    event_id: &str,
+    org_id: &OrgId,
+    event_id: &EventId,
     trigger_event: &Value,
     news: &[EventExecution<'_>],
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -124,8 +129,8 @@ pub async fn insert_for_event(
          RETURNING id",
     )
     .bind(&ids)
-    .bind(org_id)
-    .bind(event_id)
+    .bind(org_id.as_str())
+    .bind(event_id.as_str())
     .bind(Json(trigger_event))
     .bind(&agents)
     .bind(&versions)
@@ -138,25 +143,29 @@ pub async fn insert_for_event(
 /// redelivered event publishes again.
 pub async fn unfinished_for_event(
     tx: &mut PgConnection,
-    org_id: &str,
-    event_id: &str,
+    org_id: &OrgId,
+    event_id: &EventId,
     agent_ids: &[&str],
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM executions.executions
          WHERE org_id = $3 AND event_id = $1 AND agent_id = ANY($2) AND retry_of IS NULL AND status IN ('pending', 'running')",
     )
-    .bind(event_id)
+    .bind(event_id.as_str())
     .bind(agent_ids)
-    .bind(org_id)
+    .bind(org_id.as_str())
     .fetch_all(tx)
     .await
 }
 
-pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub async fn get(
+    tx: &mut PgConnection,
+    org_id: &OrgId,
+    id: &ExecutionId,
+) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
-        .bind(id)
-        .bind(org_id)
+        .bind(id.as_str())
+        .bind(org_id.as_str())
         .fetch_optional(&mut *tx)
         .await
 }
@@ -164,12 +173,12 @@ pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option
 /// Locks an execution for a state change.
 pub async fn lock(
     tx: &mut PgConnection,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &ExecutionId,
 ) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2 FOR UPDATE")
-        .bind(id)
-        .bind(org_id)
+        .bind(id.as_str())
+        .bind(org_id.as_str())
         .fetch_optional(&mut *tx)
         .await
 }
@@ -180,7 +189,7 @@ pub async fn lock(
 pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Vec<StepRow>, sqlx::Error> {
     let mut written: Vec<StepRow> =
         sqlx::query_as("SELECT * FROM executions.steps WHERE execution_id = $1 ORDER BY position")
-            .bind(&execution.id)
+            .bind(execution.id.as_str())
             .fetch_all(&mut *tx)
             .await?;
     let unstarted = if execution.status.is_live() { StepStatus::Pending } else { StepStatus::Skipped };
@@ -210,8 +219,8 @@ pub async fn steps(tx: &mut PgConnection, execution: &ExecutionRow) -> Result<Ve
 /// The slot of a step row: its execution and org, its position, and what the definition says the
 /// step is.
 pub struct StepSlot<'a> {
-    pub execution_id: &'a str,
-    pub org_id: &'a str,
+    pub execution_id: &'a ExecutionId,
+    pub org_id: &'a OrgId,
     pub position: i32,
     pub step_id: &'a str,
     pub step_type: StepType,
@@ -220,7 +229,7 @@ pub struct StepSlot<'a> {
 /// Moves an execution to `status`; terminal statuses set `completed_at`.
 pub async fn set_status(
     tx: &mut PgConnection,
-    id: &str,
+    id: &ExecutionId,
     status: ExecutionStatus,
     error: Option<&Value>,
 ) -> Result<(), sqlx::Error> {
@@ -231,7 +240,7 @@ pub async fn set_status(
                 credits_used = (SELECT COALESCE(sum(credits_used), 0) FROM executions.steps WHERE execution_id = $1)
          WHERE id = $1",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(status.as_str())
     .bind(error.map(Json))
     .execute(&mut *tx)
@@ -253,9 +262,9 @@ pub async fn start_step(tx: &mut PgConnection, at: &StepSlot<'_>) -> Result<Opti
             WHERE steps.status IN ('pending', 'running')
          RETURNING attempt",
     )
-    .bind(at.execution_id)
+    .bind(at.execution_id.as_str())
     .bind(at.position)
-    .bind(at.org_id)
+    .bind(at.org_id.as_str())
     .bind(at.step_id)
     .bind(at.step_type.as_str())
     .fetch_optional(&mut *tx)
@@ -263,9 +272,13 @@ pub async fn start_step(tx: &mut PgConnection, at: &StepSlot<'_>) -> Result<Opti
 }
 
 /// One step's row, as it is now.
-pub async fn step(tx: &mut PgConnection, id: &str, position: i32) -> Result<Option<StepRow>, sqlx::Error> {
+pub async fn step(
+    tx: &mut PgConnection,
+    id: &ExecutionId,
+    position: i32,
+) -> Result<Option<StepRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions.steps WHERE execution_id = $1 AND position = $2")
-        .bind(id)
+        .bind(id.as_str())
         .bind(position)
         .fetch_optional(&mut *tx)
         .await
@@ -300,9 +313,9 @@ pub async fn finish_step(
             SET status = $6, output = $7, error = $8, credits_used = $9, duration_ms = $10,
                 completed_at = now(), started_at = COALESCE(steps.started_at, now())",
     )
-    .bind(at.execution_id)
+    .bind(at.execution_id.as_str())
     .bind(at.position)
-    .bind(at.org_id)
+    .bind(at.org_id.as_str())
     .bind(at.step_id)
     .bind(at.step_type.as_str())
     .bind(outcome.status.as_str())
@@ -318,14 +331,14 @@ pub async fn finish_step(
 /// Records what a step that is still open is waiting on (an approval gate's state).
 pub async fn set_waiting_output(
     tx: &mut PgConnection,
-    id: &str,
+    id: &ExecutionId,
     position: i32,
     output: &Value,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE executions.steps SET output = $3 WHERE execution_id = $1 AND position = $2 AND status = 'running'",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(position)
     .bind(Json(output))
     .execute(&mut *tx)
@@ -337,14 +350,14 @@ pub async fn set_waiting_output(
 /// steps that never started have no row and show as skipped once the execution ended).
 pub async fn close_open_steps(
     tx: &mut PgConnection,
-    id: &str,
+    id: &ExecutionId,
     status: StepStatus,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE executions.steps SET status = $2, completed_at = now()
          WHERE execution_id = $1 AND status IN ('pending', 'running')",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(status.as_str())
     .execute(&mut *tx)
     .await?;
@@ -352,12 +365,16 @@ pub async fn close_open_steps(
 }
 
 /// Fails the step an execution was running when it was given up, with `error`.
-pub async fn fail_running_steps(tx: &mut PgConnection, id: &str, error: &Value) -> Result<(), sqlx::Error> {
+pub async fn fail_running_steps(
+    tx: &mut PgConnection,
+    id: &ExecutionId,
+    error: &Value,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE executions.steps SET status = 'failed', error = $2, completed_at = now()
          WHERE execution_id = $1 AND status = 'running'",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(Json(error))
     .execute(&mut *tx)
     .await?;
@@ -367,16 +384,16 @@ pub async fn fail_running_steps(tx: &mut PgConnection, id: &str, error: &Value) 
 /// The agent's executions that have not ended, locked for a cancel.
 pub async fn lock_unfinished_of_agent(
     tx: &mut PgConnection,
-    org_id: &str,
-    agent_id: &str,
+    org_id: &OrgId,
+    agent_id: &AgentId,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM executions.executions
          WHERE org_id = $1 AND agent_id = $2 AND status IN ('pending', 'running', 'waiting_approval')
          ORDER BY id FOR UPDATE",
     )
-    .bind(org_id)
-    .bind(agent_id)
+    .bind(org_id.as_str())
+    .bind(agent_id.as_str())
     .fetch_all(&mut *tx)
     .await
 }
@@ -394,7 +411,7 @@ pub struct ListFilter<'a> {
 
 pub async fn list(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     filter: &ListFilter<'_>,
 ) -> Result<(Vec<ExecutionRow>, i64), sqlx::Error> {
     let rows: Vec<ExecutionRow> = sqlx::query_as(
@@ -404,7 +421,7 @@ pub async fn list(
            AND ($6 = '' OR id < $6)
          ORDER BY id DESC LIMIT $7",
     )
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(filter.agent_id)
     .bind(filter.status.map(ExecutionStatus::as_str))
     .bind(filter.from)
@@ -418,7 +435,7 @@ pub async fn list(
          WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3::text IS NULL OR status = $3)
            AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)",
     )
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(filter.agent_id)
     .bind(filter.status.map(ExecutionStatus::as_str))
     .bind(filter.from)
@@ -432,13 +449,13 @@ pub async fn list(
 /// the transaction that starts the step, so a side effect that already happened is not repeated.
 pub async fn side_effects_of_step(
     tx: &mut PgConnection,
-    execution_id: &str,
+    execution_id: &ExecutionId,
     step_id: &str,
 ) -> Result<HashMap<String, Value>, sqlx::Error> {
     let rows: Vec<(String, Json<Value>)> = sqlx::query_as(
         "SELECT idempotency_key, result FROM executions.side_effects WHERE execution_id = $1 AND step_id = $2",
     )
-    .bind(execution_id)
+    .bind(execution_id.as_str())
     .bind(step_id)
     .fetch_all(&mut *tx)
     .await?;
@@ -448,8 +465,8 @@ pub async fn side_effects_of_step(
 /// Records side effects that succeeded, in the transaction that finishes their step.
 pub async fn record_side_effects(
     tx: &mut PgConnection,
-    org_id: &str,
-    execution_id: &str,
+    org_id: &OrgId,
+    execution_id: &ExecutionId,
     step_id: &str,
     results: &[(String, Value)],
 ) -> Result<(), sqlx::Error> {
@@ -465,8 +482,8 @@ pub async fn record_side_effects(
     )
     .bind(keys)
     .bind(values)
-    .bind(org_id)
-    .bind(execution_id)
+    .bind(org_id.as_str())
+    .bind(execution_id.as_str())
     .bind(step_id)
     .execute(&mut *tx)
     .await?;
@@ -506,11 +523,11 @@ pub async fn insert_dead_letters(tx: &mut PgConnection, letters: &[DeadLetter]) 
 
 pub async fn dead_letters(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions.dead_letters WHERE org_id = $1 ORDER BY id DESC LIMIT $2")
-        .bind(org_id)
+        .bind(org_id.as_str())
         .bind(limit)
         .fetch_all(&mut *tx)
         .await
@@ -518,12 +535,12 @@ pub async fn dead_letters(
 
 pub async fn lock_dead_letter(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     id: &str,
 ) -> Result<Option<DeadLetter>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions.dead_letters WHERE id = $1 AND org_id = $2 FOR UPDATE")
         .bind(id)
-        .bind(org_id)
+        .bind(org_id.as_str())
         .fetch_optional(&mut *tx)
         .await
 }

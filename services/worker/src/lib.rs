@@ -16,6 +16,7 @@ pub mod providers;
 pub mod scheduler;
 pub mod sweeper;
 
+use oa_domain::ids::{EventId, OrgId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,15 +185,16 @@ impl Ingest {
                 definition_json: &candidate.definition_json,
             })
             .collect();
+        let (org, event) = (OrgId::from(org_id), EventId::from(envelope.id.as_str()));
         let mut tx = begin_org(&self.pool, org_id).await?;
-        let inserted = store::insert_for_event(&mut tx, org_id, &envelope.id, &trigger_event, &news).await?;
+        let inserted = store::insert_for_event(&mut tx, &org, &event, &trigger_event, &news).await?;
         // On a first delivery every execution is new. On a redelivery some or all exist already:
         // every one still unfinished gets its work published again (JetStream drops duplicates).
         let unfinished: Vec<String> = if inserted.len() == news.len() {
             inserted
         } else {
             let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
-            store::unfinished_for_event(&mut tx, org_id, &envelope.id, &agent_ids).await?
+            store::unfinished_for_event(&mut tx, &org, &event, &agent_ids).await?
         };
         tx.commit().await?;
         // One work item for the event's executions, confirmed by JetStream before the event is acked.

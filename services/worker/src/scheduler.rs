@@ -3,6 +3,7 @@
 //! `evt_sched_<agent>_<unix seconds>`, so the unique (event, agent) key lets exactly one replica
 //! create it.
 
+use oa_domain::ids::{AgentId, EventId, ExecutionId, OrgId};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -101,15 +102,20 @@ impl Scheduler {
         envelope.id = format!("evt_sched_{suffix}_{}", tick.timestamp());
         envelope.occurred_at = tick;
         let trigger_event = serde_json::to_value(&envelope)?;
-        let execution_id = oa_domain::ids::new_id("exec");
+        let execution_id = ExecutionId::generate();
+        let (org, agent, event) = (
+            OrgId::from(schedule.org_id.as_str()),
+            AgentId::from(schedule.agent_id.as_str()),
+            EventId::from(envelope.id.as_str()),
+        );
         let mut tx = begin_org(&self.pool, &schedule.org_id).await?;
         let new = store::NewExecution {
             id: &execution_id,
-            org_id: &schedule.org_id,
-            agent_id: &schedule.agent_id,
+            org_id: &org,
+            agent_id: &agent,
             agent_version: schedule.version,
             definition: &definition,
-            event_id: &envelope.id,
+            event_id: &event,
             trigger_event: &trigger_event,
             retry_of: None,
         };
@@ -117,8 +123,8 @@ impl Scheduler {
         tx.commit().await?;
         if inserted {
             let item =
-                WorkItem { org_id: schedule.org_id.clone(), execution_ids: vec![execution_id.clone()] };
-            oa_bus::publish_work(&self.jetstream, &self.topology, &execution_id, &item).await?;
+                WorkItem { org_id: schedule.org_id.clone(), execution_ids: vec![execution_id.to_string()] };
+            oa_bus::publish_work(&self.jetstream, &self.topology, execution_id.as_str(), &item).await?;
         }
         Ok(())
     }

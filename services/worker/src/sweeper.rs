@@ -4,6 +4,7 @@
 //! execution is still running is left to the worker that resumes it, which reuses the same
 //! reservation key and so charges once.
 
+use oa_domain::ids::{ExecutionId, OrgId};
 use std::time::Duration;
 
 use oa_domain::Caller;
@@ -45,8 +46,9 @@ impl Sweeper {
 
     async fn decide(&self, reservation: &StaleReservation) -> anyhow::Result<Settle> {
         let mut tx = begin_org(&self.pool, &reservation.org_id).await?;
-        let Some(execution) = store::get(&mut tx, &reservation.org_id, &reservation.execution_id).await?
-        else {
+        let (org, execution_id) =
+            (OrgId::from(reservation.org_id.as_str()), ExecutionId::from(reservation.execution_id.as_str()));
+        let Some(execution) = store::get(&mut tx, &org, &execution_id).await? else {
             return Ok(Settle::Release);
         };
         let steps = store::steps(&mut tx, &execution).await?;

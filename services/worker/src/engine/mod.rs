@@ -18,6 +18,7 @@ use std::time::Instant;
 use oa_bus::WorkItem;
 use oa_domain::Caller;
 use oa_domain::agent::{Step, StepKind};
+use oa_domain::ids::{ExecutionId, OrgId};
 use oa_domain::status::StepStatus;
 use oa_executions::store::StepSlot;
 use oa_proto::agents::RecordRunRequest;
@@ -97,7 +98,8 @@ impl Engine {
         Fut: std::future::Future<Output = ()>,
     {
         let started = Instant::now();
-        let Some((execution, rows)) = self.open(org_id, execution_id).await? else {
+        let org = OrgId::from(org_id);
+        let Some((execution, rows)) = self.open(&org, &ExecutionId::from(execution_id)).await? else {
             return Ok(());
         };
         let settings = self
@@ -123,7 +125,7 @@ impl Engine {
             }
             let slot = StepSlot {
                 execution_id: &execution.id,
-                org_id,
+                org_id: &org,
                 position: position as i32,
                 step_id: &step.id,
                 step_type: step.kind.step_type(),
@@ -142,8 +144,8 @@ impl Engine {
 
             let run = StepRun {
                 org_id,
-                execution_id: &execution.id,
-                agent_id: &execution.agent_id,
+                execution_id: execution.id.as_str(),
+                agent_id: execution.agent_id.as_str(),
                 step_id: &step.id,
                 key: format!("{}:{}:{attempt}", execution.id, step.id),
                 human_approved: human_approved_before(&execution.definition.steps, position, &context),

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use oa_bus::WorkItem;
 use oa_domain::agent::Step;
+use oa_domain::ids::{ExecutionId, OrgId};
 use oa_domain::status::{ExecutionStatus, StepStatus};
 use oa_executions::store::{self, ExecutionRow, StepOutcome, StepRow, StepSlot};
 use oa_store::begin_org;
@@ -47,12 +48,12 @@ impl Engine {
     /// when there is nothing to run: the execution is unknown or has ended.
     pub(super) async fn open(
         &self,
-        org_id: &str,
-        execution_id: &str,
+        org_id: &OrgId,
+        execution_id: &ExecutionId,
     ) -> anyhow::Result<Option<(ExecutionRow, Vec<StepRow>)>> {
-        let mut tx = begin_org(&self.pool, org_id).await?;
+        let mut tx = begin_org(&self.pool, org_id.as_str()).await?;
         let Some(execution) = store::lock(&mut tx, org_id, execution_id).await? else {
-            tracing::warn!(execution_id, "work for an unknown execution; dropped");
+            tracing::warn!(%execution_id, "work for an unknown execution; dropped");
             return Ok(None);
         };
         if !execution.status.is_live() {
@@ -76,7 +77,7 @@ impl Engine {
         context: &Value,
     ) -> anyhow::Result<Start> {
         let (org_id, step) = (at.slot.org_id, at.step);
-        let mut tx = begin_org(&self.pool, org_id).await?;
+        let mut tx = begin_org(&self.pool, org_id.as_str()).await?;
         // A cancel between steps stops the run; the cancel already skipped what is left.
         let current = store::lock(&mut tx, org_id, &at.execution.id).await?;
         if current.is_none_or(|c| !c.status.is_active()) {
@@ -136,13 +137,13 @@ impl Engine {
         duration_ms: i64,
     ) -> anyhow::Result<Next> {
         let execution_id = &at.execution.id;
-        let mut tx = begin_org(&self.pool, at.slot.org_id).await?;
+        let mut tx = begin_org(&self.pool, at.slot.org_id.as_str()).await?;
         let current = store::lock(&mut tx, at.slot.org_id, execution_id).await?;
         let Some(current) = current.filter(|c| c.status.is_active()) else {
             return Ok(Next::Stop);
         };
         let effects = run.effects.take_new();
-        store::record_side_effects(&mut tx, run.org_id, execution_id, run.step_id, &effects).await?;
+        store::record_side_effects(&mut tx, at.slot.org_id, execution_id, run.step_id, &effects).await?;
         let next = match result {
             Ok(StepResult::Done { output, credits }) => {
                 let outcome = StepOutcome {
@@ -200,16 +201,16 @@ impl Engine {
         store::close_open_steps(&mut tx, &at.execution.id, StepStatus::Skipped).await?;
         store::set_status(&mut tx, &at.execution.id, ExecutionStatus::Failed, Some(&error)).await?;
         tx.commit().await?;
-        self.record_run(at.slot.org_id, &at.execution.agent_id, false, at.started).await;
+        self.record_run(at.slot.org_id.as_str(), at.execution.agent_id.as_str(), false, at.started).await;
         Ok(())
     }
 
     /// Completes the execution after its last step.
     pub(super) async fn complete(&self, execution: &ExecutionRow, started: Instant) -> anyhow::Result<()> {
-        let mut tx = begin_org(&self.pool, &execution.org_id).await?;
+        let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
         store::set_status(&mut tx, &execution.id, ExecutionStatus::Completed, None).await?;
         tx.commit().await?;
-        self.record_run(&execution.org_id, &execution.agent_id, true, started).await;
+        self.record_run(execution.org_id.as_str(), execution.agent_id.as_str(), true, started).await;
         Ok(())
     }
 
@@ -219,9 +220,11 @@ impl Engine {
         let code = if reason.starts_with("max_deliveries") { "max_deliveries" } else { "unprocessable" };
         let error = StepError::new(code, reason).to_json();
         let started = Instant::now();
-        for id in &item.execution_ids {
+        let org_id = OrgId::from(item.org_id.as_str());
+        for id in item.execution_ids.iter().map(|id| ExecutionId::from(id.as_str())) {
+            let id = &id;
             let mut tx = begin_org(&self.pool, &item.org_id).await?;
-            let Some(execution) = store::lock(&mut tx, &item.org_id, id).await? else { continue };
+            let Some(execution) = store::lock(&mut tx, &org_id, id).await? else { continue };
             if !execution.status.is_live() {
                 continue;
             }
@@ -234,7 +237,7 @@ impl Engine {
                 Some(stuck) => {
                     let slot = StepSlot {
                         execution_id: id,
-                        org_id: &item.org_id,
+                        org_id: &org_id,
                         position: stuck.position,
                         step_id: &stuck.step_id,
                         step_type: stuck.step_type,
@@ -249,7 +252,7 @@ impl Engine {
             store::set_status(&mut tx, id, ExecutionStatus::Failed, Some(&error)).await?;
             tx.commit().await?;
             tracing::warn!(execution_id = %id, %error, "execution given up");
-            self.record_run(&item.org_id, &execution.agent_id, false, started).await;
+            self.record_run(&item.org_id, execution.agent_id.as_str(), false, started).await;
         }
         Ok(())
     }
