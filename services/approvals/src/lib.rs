@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use strum::VariantNames;
 
 use oa_bus::{Topology, WorkItem};
+use oa_domain::ids::{AgentId, ExecutionId, GateId};
 use oa_domain::status::{DecidedVia, GateAction, GateActor, GateStatus};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
 use oa_proto::approvals as pb;
@@ -84,21 +85,22 @@ impl Shared {
     /// Wakes the gate's execution on the work stream, then records that it did. A failure leaves
     /// the gate lagging; the sweeper publishes it again.
     pub async fn publish(&self, gate: &store::Gate) {
-        let item = WorkItem { org_id: gate.org_id.clone(), execution_ids: vec![gate.execution_id.clone()] };
+        let item =
+            WorkItem { org_id: gate.org_id.to_string(), execution_ids: vec![gate.execution_id.to_string()] };
         let dedup = format!("{}_v{}", gate.id, gate.version);
         if let Err(error) = oa_bus::publish_work(&self.jetstream, &self.topology, &dedup, &item).await {
-            tracing::warn!(%error, approval_id = gate.id, "cannot wake the execution yet; the sweeper retries");
+            tracing::warn!(%error, approval_id = gate.id.as_str(), "cannot wake the execution yet; the sweeper retries");
             return;
         }
         let marked = async {
-            let mut tx = begin_org(&self.pool, &gate.org_id).await?;
+            let mut tx = begin_org(&self.pool, gate.org_id.as_str()).await?;
             store::mark_published(&mut tx, &gate.id, gate.version).await?;
             tx.commit().await?;
             Ok::<_, oa_store::StoreError>(())
         };
         if let Err(error) = marked.await {
             // Harmless: the republish is dropped by the stream's dedup window or finds nothing to do.
-            tracing::warn!(%error, approval_id = gate.id, "published, but cannot record it");
+            tracing::warn!(%error, approval_id = gate.id.as_str(), "published, but cannot record it");
         }
     }
 }
@@ -149,14 +151,14 @@ impl ApprovalsService {
         if !matches!(request.on_timeout.as_str(), "deny" | "approve" | "escalate") {
             return Err(ApiError::bad_request("on_timeout is deny, approve or escalate").into());
         }
-        let id = ids::new_id("appr");
+        let id = GateId::generate();
         let expires_in_secs =
             i64::try_from(request.expires_in_seconds).unwrap_or(i64::MAX / 4).min(86_400 * 365);
         let new = store::NewGate {
             id: &id,
-            org_id: &caller.org_id,
-            execution_id: &request.execution_id,
-            agent_id: &request.agent_id,
+            org_id: &caller.org(),
+            execution_id: &ExecutionId::from(request.execution_id.as_str()),
+            agent_id: &AgentId::from(request.agent_id.as_str()),
             step_id: &request.step_id,
             message: &request.message,
             approvers: &request.approvers,
@@ -168,7 +170,11 @@ impl ApprovalsService {
         let (gate, created) = store::open(&mut tx, &new).await?;
         tx.commit().await?;
         if created {
-            tracing::info!(approval_id = gate.id, execution_id = gate.execution_id, "approval gate opened");
+            tracing::info!(
+                approval_id = gate.id.as_str(),
+                execution_id = gate.execution_id.as_str(),
+                "approval gate opened"
+            );
         }
         Ok(reply(&gate))
     }
@@ -199,9 +205,9 @@ impl ApprovalsService {
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
         let (mut gates, total) =
-            store::list(&mut tx, &caller.org_id, status, &page.cursor, i64::from(limit) + 1).await?;
+            store::list(&mut tx, &caller.org(), status, &page.cursor, i64::from(limit) + 1).await?;
         tx.commit().await?;
-        let next_cursor = oa_domain::page::cut(&mut gates, limit, |g| &g.id);
+        let next_cursor = oa_domain::page::cut(&mut gates, limit, |g| g.id.as_str());
         Ok(pb::ListApprovalsResponse {
             approvals: gates
                 .iter()
@@ -218,8 +224,10 @@ impl ApprovalsService {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
-        let gate = store::get(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
-        let history = store::history(&mut tx, &id).await?;
+        let gate = store::get(&mut tx, &caller.org(), &GateId::from(id.as_str()))
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        let history = store::history(&mut tx, &GateId::from(id.as_str())).await?;
         tx.commit().await?;
         let mut record = gate.to_json();
         record["history"] = serde_json::Value::Array(history);
@@ -274,7 +282,9 @@ impl ApprovalsService {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
-        let gate = store::lock(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
+        let gate = store::lock(&mut tx, &caller.org(), &GateId::from(id.as_str()))
+            .await?
+            .ok_or_else(|| not_found(&id))?;
         if let Some(role) = decider.role
             && !gate.approvers.iter().any(|r| r == role)
         {
@@ -295,7 +305,12 @@ impl ApprovalsService {
         let decided = store::decide(&mut tx, &gate.id, &decision).await?;
         store::audit(&mut tx, &decided, action, &decider.actor, decider.kind, note, None).await?;
         tx.commit().await?;
-        tracing::info!(approval_id = decided.id, decision = outcome, by = decider.actor, "approval decided");
+        tracing::info!(
+            approval_id = decided.id.as_str(),
+            decision = outcome,
+            by = decider.actor,
+            "approval decided"
+        );
         self.shared.publish(&decided).await;
         Ok(reply(&decided))
     }
@@ -307,7 +322,9 @@ impl ApprovalsService {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
-        let gate = store::get(&mut tx, &caller.org_id, &id).await?.ok_or_else(|| not_found(&id))?;
+        let gate = store::get(&mut tx, &caller.org(), &GateId::from(id.as_str()))
+            .await?
+            .ok_or_else(|| not_found(&id))?;
         tx.commit().await?;
         let ttl = i64::try_from(self.shared.config.link_ttl_seconds).unwrap_or(i64::MAX / 4);
         let expires_at = gate.expires_at.timestamp().min(chrono::Utc::now().timestamp().saturating_add(ttl));

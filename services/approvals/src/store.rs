@@ -3,6 +3,7 @@
 //! which set `app.sweeper` for their own transaction.
 
 use chrono::{DateTime, Utc};
+use oa_domain::ids::{AgentId, ExecutionId, GateId, OrgId};
 use oa_domain::status::{DecidedVia, GateAction, GateActor, GateStatus};
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
@@ -10,10 +11,14 @@ use sqlx::{FromRow, PgConnection, Row};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Gate {
-    pub id: String,
-    pub org_id: String,
-    pub execution_id: String,
-    pub agent_id: String,
+    #[sqlx(try_from = "String")]
+    pub id: GateId,
+    #[sqlx(try_from = "String")]
+    pub org_id: OrgId,
+    #[sqlx(try_from = "String")]
+    pub execution_id: ExecutionId,
+    #[sqlx(try_from = "String")]
+    pub agent_id: AgentId,
     pub step_id: String,
     pub message: String,
     pub approvers: Vec<String>,
@@ -64,10 +69,10 @@ impl Gate {
 }
 
 pub struct NewGate<'a> {
-    pub id: &'a str,
-    pub org_id: &'a str,
-    pub execution_id: &'a str,
-    pub agent_id: &'a str,
+    pub id: &'a GateId,
+    pub org_id: &'a OrgId,
+    pub execution_id: &'a ExecutionId,
+    pub agent_id: &'a AgentId,
     pub step_id: &'a str,
     pub message: &'a str,
     pub approvers: &'a [String],
@@ -85,10 +90,10 @@ pub async fn open(tx: &mut PgConnection, new: &NewGate<'_>) -> Result<(Gate, boo
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, now() + $10::bigint * interval '1 second', 1)
          ON CONFLICT (execution_id, step_id) DO NOTHING RETURNING *",
     )
-    .bind(new.id)
-    .bind(new.org_id)
-    .bind(new.execution_id)
-    .bind(new.agent_id)
+    .bind(new.id.as_str())
+    .bind(new.org_id.as_str())
+    .bind(new.execution_id.as_str())
+    .bind(new.agent_id.as_str())
     .bind(new.step_id)
     .bind(new.message)
     .bind(new.approvers)
@@ -106,27 +111,27 @@ pub async fn open(tx: &mut PgConnection, new: &NewGate<'_>) -> Result<(Gate, boo
         return Ok((gate, true));
     }
     let row = sqlx::query("SELECT * FROM approvals.gates WHERE execution_id = $1 AND step_id = $2")
-        .bind(new.execution_id)
+        .bind(new.execution_id.as_str())
         .bind(new.step_id)
         .fetch_one(&mut *tx)
         .await?;
     Ok((Gate::from_row(&row)?, false))
 }
 
-pub async fn get(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<Gate>, sqlx::Error> {
+pub async fn get(tx: &mut PgConnection, org_id: &OrgId, id: &GateId) -> Result<Option<Gate>, sqlx::Error> {
     let row = sqlx::query("SELECT * FROM approvals.gates WHERE org_id = $1 AND id = $2")
-        .bind(org_id)
-        .bind(id)
+        .bind(org_id.as_str())
+        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
     row.as_ref().map(Gate::from_row).transpose()
 }
 
 /// The gate, locked until the transaction ends: decisions on one gate are taken one at a time.
-pub async fn lock(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<Gate>, sqlx::Error> {
+pub async fn lock(tx: &mut PgConnection, org_id: &OrgId, id: &GateId) -> Result<Option<Gate>, sqlx::Error> {
     let row = sqlx::query("SELECT * FROM approvals.gates WHERE org_id = $1 AND id = $2 FOR UPDATE")
-        .bind(org_id)
-        .bind(id)
+        .bind(org_id.as_str())
+        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
     row.as_ref().map(Gate::from_row).transpose()
@@ -135,7 +140,7 @@ pub async fn lock(tx: &mut PgConnection, org_id: &str, id: &str) -> Result<Optio
 /// A page of the org's gates, newest first, after `cursor` (the last id of the previous page).
 pub async fn list(
     tx: &mut PgConnection,
-    org_id: &str,
+    org_id: &OrgId,
     status: &str,
     cursor: &str,
     limit: i64,
@@ -144,7 +149,7 @@ pub async fn list(
         "SELECT * FROM approvals.gates WHERE org_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id < $3)
          ORDER BY id DESC LIMIT $4",
     )
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(status)
     .bind(cursor)
     .bind(limit)
@@ -153,7 +158,7 @@ pub async fn list(
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM approvals.gates WHERE org_id = $1 AND ($2 = '' OR status = $2)",
     )
-    .bind(org_id)
+    .bind(org_id.as_str())
     .bind(status)
     .fetch_one(&mut *tx)
     .await?;
@@ -170,13 +175,17 @@ pub struct Decision<'a> {
 }
 
 /// Closes a pending gate with its one decision (the caller holds the lock and checked `pending`).
-pub async fn decide(tx: &mut PgConnection, id: &str, decision: &Decision<'_>) -> Result<Gate, sqlx::Error> {
+pub async fn decide(
+    tx: &mut PgConnection,
+    id: &GateId,
+    decision: &Decision<'_>,
+) -> Result<Gate, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE approvals.gates SET status = $2, outcome = $3, decided_by = $4, decided_via = $5,
                 decided_at = now(), note = $6, version = version + 1, updated_at = now()
          WHERE id = $1 AND status = 'pending' RETURNING *",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(decision.status.as_str())
     .bind(decision.outcome)
     .bind(decision.by)
@@ -188,14 +197,14 @@ pub async fn decide(tx: &mut PgConnection, id: &str, decision: &Decision<'_>) ->
 }
 
 /// Hands an expired gate to `role` with a fresh expiry.
-pub async fn escalate(tx: &mut PgConnection, id: &str, role: &str) -> Result<Gate, sqlx::Error> {
+pub async fn escalate(tx: &mut PgConnection, id: &GateId, role: &str) -> Result<Gate, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE approvals.gates SET approvers = ARRAY[$2], escalated_at = now(),
                 expires_at = now() + expires_in_secs * interval '1 second',
                 version = version + 1, updated_at = now()
          WHERE id = $1 AND status = 'pending' RETURNING *",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(role)
     .fetch_one(&mut *tx)
     .await?;
@@ -224,11 +233,11 @@ pub async fn deny_open(
     rows.iter().map(Gate::from_row).collect()
 }
 
-pub async fn mark_published(tx: &mut PgConnection, id: &str, version: i32) -> Result<(), sqlx::Error> {
+pub async fn mark_published(tx: &mut PgConnection, id: &GateId, version: i32) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE approvals.gates SET published_version = GREATEST(published_version, $2) WHERE id = $1",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(version)
     .execute(&mut *tx)
     .await?;
@@ -249,8 +258,8 @@ pub async fn audit(
         "INSERT INTO approvals.audit (org_id, approval_id, action, actor, principal_type, note, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(&gate.org_id)
-    .bind(&gate.id)
+    .bind(gate.org_id.as_str())
+    .bind(gate.id.as_str())
     .bind(action.as_str())
     .bind(actor)
     .bind(principal_type.as_str())
@@ -262,12 +271,12 @@ pub async fn audit(
 }
 
 /// The audit trail of a gate, oldest first.
-pub async fn history(tx: &mut PgConnection, id: &str) -> Result<Vec<Value>, sqlx::Error> {
+pub async fn history(tx: &mut PgConnection, id: &GateId) -> Result<Vec<Value>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT action, actor, principal_type, note, detail, created_at FROM approvals.audit
          WHERE approval_id = $1 ORDER BY id",
     )
-    .bind(id)
+    .bind(id.as_str())
     .fetch_all(&mut *tx)
     .await?;
     rows.iter()
@@ -323,12 +332,12 @@ pub async fn due(
 
 /// The gate if it is still pending and past its expiry, locked; `None` when another replica holds
 /// it or already handled it.
-pub async fn lock_expired(tx: &mut PgConnection, id: &str) -> Result<Option<Gate>, sqlx::Error> {
+pub async fn lock_expired(tx: &mut PgConnection, id: &GateId) -> Result<Option<Gate>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT * FROM approvals.gates WHERE id = $1 AND status = 'pending' AND expires_at <= now()
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(id)
+    .bind(id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     row.as_ref().map(Gate::from_row).transpose()

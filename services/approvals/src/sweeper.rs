@@ -3,6 +3,7 @@
 //! only while still pending), applies the step's `on_timeout`, and publishes decisions whose
 //! publish lags.
 
+use oa_domain::ids::{GateId, OrgId};
 use oa_domain::status::{DecidedVia, GateAction, GateActor};
 use std::time::Duration;
 
@@ -41,7 +42,8 @@ pub async fn sweep(shared: &Shared) -> Result<usize, oa_store::StoreError> {
     }
     for due in lagging {
         let mut tx = begin_org(&shared.pool, &due.org_id).await?;
-        let gate = store::get(&mut tx, &due.org_id, &due.id).await?;
+        let gate =
+            store::get(&mut tx, &OrgId::from(due.org_id.as_str()), &GateId::from(due.id.as_str())).await?;
         tx.commit().await?;
         if let Some(gate) = gate.filter(|g| g.published_version < g.version) {
             shared.publish(&gate).await;
@@ -53,7 +55,7 @@ pub async fn sweep(shared: &Shared) -> Result<usize, oa_store::StoreError> {
 /// Applies `on_timeout` to one expired gate, unless another replica got there first.
 async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>, oa_store::StoreError> {
     let mut tx = begin_org(&shared.pool, &due.org_id).await?;
-    let Some(gate) = store::lock_expired(&mut tx, &due.id).await? else {
+    let Some(gate) = store::lock_expired(&mut tx, &GateId::from(due.id.as_str())).await? else {
         return Ok(None);
     };
     let changed = match (gate.on_timeout.as_str(), gate.escalate_to.as_deref(), gate.escalated_at) {
@@ -102,6 +104,10 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
         }
     };
     tx.commit().await?;
-    tracing::info!(approval_id = changed.id, status = changed.status.as_str(), "approval gate timed out");
+    tracing::info!(
+        approval_id = changed.id.as_str(),
+        status = changed.status.as_str(),
+        "approval gate timed out"
+    );
     Ok(Some(changed))
 }
