@@ -52,9 +52,6 @@ text_enums! {
     /// An approval gate: `pending` until a human decides it or it expires.
     pub enum GateStatus { Pending, Approved, Denied, Expired }
 
-    /// What was decided at a gate (an expired gate's outcome follows its `on_timeout`).
-    pub enum GateOutcome { Approved, Denied }
-
     pub enum AgentStatus { Draft, Active, Paused, Error }
 
     pub enum AgentType { System, Template, Custom, Cloned }
@@ -92,10 +89,6 @@ impl ExecutionStatus {
     /// Whether a runner may go on with it (a decision can land while a step is running).
     pub fn is_active(self) -> bool {
         matches!(self, Self::Running | Self::WaitingApproval)
-    }
-
-    pub fn is_final(self) -> bool {
-        !self.is_live()
     }
 }
 
@@ -136,7 +129,7 @@ mod tests {
         );
         assert!(!ExecutionStatus::Pending.is_active());
         assert!(ExecutionStatus::WaitingApproval.is_active());
-        assert!(ExecutionStatus::Cancelled.is_final());
+        assert!(!ExecutionStatus::Cancelled.is_live());
         assert!(StepStatus::Skipped.is_finished() && !StepStatus::Running.is_finished());
     }
 }

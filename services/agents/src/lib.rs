@@ -230,7 +230,7 @@ impl AgentsService {
     }
 
     async fn view(&self, caller: &Caller, id: &str) -> Result<store::AgentView> {
-        if !ids::has_prefix(id, "agent") {
+        if !AgentId::is_well_formed(id) {
             return Err(agent_not_found(id, caller));
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;

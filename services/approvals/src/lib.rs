@@ -20,7 +20,7 @@ use strum::VariantNames;
 use oa_bus::{Topology, WorkItem};
 use oa_domain::ids::{AgentId, ExecutionId, GateId};
 use oa_domain::status::{DecidedVia, GateAction, GateActor, GateStatus};
-use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal, ids};
+use oa_domain::{ApiError, Caller, ErrorCode, Permission, Principal};
 use oa_proto::approvals as pb;
 use oa_proto::approvals::approvals_server::{Approvals, ApprovalsServer};
 use oa_store::begin_org;
@@ -200,7 +200,7 @@ impl ApprovalsService {
         };
         let page = request.page.unwrap_or_default();
         let limit = oa_domain::page::limit(page.limit)?;
-        if !page.cursor.is_empty() && !ids::has_prefix(&page.cursor, "appr") {
+        if !page.cursor.is_empty() && !GateId::is_well_formed(&page.cursor) {
             return Err(ApiError::bad_request("cursor is the next_cursor of a previous page").into());
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
@@ -220,7 +220,7 @@ impl ApprovalsService {
     async fn get(&self, caller: Caller, request: pb::GetApprovalRequest) -> Result<pb::Approval> {
         caller.require(Permission::ReadApprovals)?;
         let id = request.id;
-        if !ids::has_prefix(&id, "appr") {
+        if !GateId::is_well_formed(&id) {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
@@ -278,7 +278,7 @@ impl ApprovalsService {
                 role: None,
             }
         };
-        if !ids::has_prefix(&id, "appr") {
+        if !GateId::is_well_formed(&id) {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;
@@ -318,7 +318,7 @@ impl ApprovalsService {
     async fn mint(&self, caller: Caller, request: pb::MintLinksRequest) -> Result<pb::MintLinksResponse> {
         engine_only(&caller)?;
         let id = request.approval_id;
-        if !ids::has_prefix(&id, "appr") {
+        if !GateId::is_well_formed(&id) {
             return Err(not_found(&id));
         }
         let mut tx = begin_org(&self.shared.pool, &caller.org_id).await?;

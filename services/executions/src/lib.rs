@@ -109,7 +109,7 @@ impl ExecutionsService {
 
     async fn detail(&self, caller: &Caller, id: &str) -> Result<pb::Execution> {
         let not_found = || ExecutionsError::NotFound(id.to_owned());
-        if !ids::has_prefix(id, "exec") {
+        if !ExecutionId::is_well_formed(id) {
             return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
@@ -132,7 +132,7 @@ impl ExecutionsService {
         what: &'static str,
     ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, store::ExecutionRow)> {
         let not_found = || ExecutionsError::NotFound(id.to_owned());
-        if !ids::has_prefix(id, "exec") {
+        if !ExecutionId::is_well_formed(id) {
             return Err(not_found());
         }
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;

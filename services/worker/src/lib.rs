@@ -16,7 +16,7 @@ pub mod providers;
 pub mod scheduler;
 pub mod sweeper;
 
-use oa_domain::ids::{EventId, OrgId};
+use oa_domain::ids::{EventId, ExecutionId, OrgId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,7 +173,8 @@ impl Ingest {
             return Ok(Handled::Executions(0));
         }
         let trigger_event = serde_json::to_value(&envelope)?;
-        let execution_ids: Vec<String> = matched.iter().map(|_| ids::new_id("exec")).collect();
+        let execution_ids: Vec<String> =
+            matched.iter().map(|_| ExecutionId::generate().into_string()).collect();
         let news: Vec<store::EventExecution> = matched
             .iter()
             .zip(&execution_ids)

@@ -147,7 +147,7 @@ async fn publish_event(
     let mut envelope =
         oa_bus::Envelope::new(&caller.org_id, &body.source_product, &body.event_type, body.payload);
     if let Some(event_id) = body.id {
-        if !oa_domain::ids::has_prefix(&event_id, "evt") {
+        if !oa_domain::ids::EventId::is_well_formed(&event_id) {
             return Err(ApiError::bad_request("id, when given, looks like evt_<letters and digits>").into());
         }
         envelope.id = event_id;

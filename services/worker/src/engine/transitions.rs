@@ -221,8 +221,8 @@ impl Engine {
         let error = StepError::new(code, reason).to_json();
         let started = Instant::now();
         let org_id = OrgId::from(item.org_id.as_str());
-        for id in item.execution_ids.iter().map(|id| ExecutionId::from(id.as_str())) {
-            let id = &id;
+        for id in &item.execution_ids {
+            let id = &ExecutionId::from(id.as_str());
             let mut tx = begin_org(&self.pool, &item.org_id).await?;
             let Some(execution) = store::lock(&mut tx, &org_id, id).await? else { continue };
             if !execution.status.is_live() {
