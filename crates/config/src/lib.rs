@@ -35,6 +35,16 @@ pub enum Environment {
     Production,
 }
 
+impl Environment {
+    /// `development` or `production`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -550,10 +560,20 @@ pub struct TiersConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TelemetryConfig {
-    /// `json` for machines, `pretty` for people.
+    /// `json` for machines, `pretty` for people, `auto` (the default): JSON unless stdout is a
+    /// terminal. Pretty logs carry colour only on a terminal.
     pub log_format: String,
     pub log_filter: String,
+    /// The `service.name` of exported spans: `<service_name>-<role>` for a process of one role,
+    /// `<service_name>` for one that runs several.
     pub service_name: String,
+    /// The admin port: Prometheus text on `/metrics`. `None` serves no metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Org ids that get per-org series (`oneagents_org_*`): an operator's largest tenants. No other
+    /// org's id ever appears in a label.
+    pub org_allowlist: Vec<String>,
+    /// `deployment.environment` on exported spans; the environment's name when empty.
+    pub deployment_environment: String,
 }
 
 impl Default for Config {
@@ -714,9 +734,12 @@ impl Default for TiersConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
-            log_format: "pretty".into(),
+            log_format: "auto".into(),
             log_filter: "info,sqlx=warn,async_nats=warn".into(),
             service_name: "one-agents".into(),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            org_allowlist: Vec::new(),
+            deployment_environment: String::new(),
         }
     }
 }
@@ -817,8 +840,8 @@ impl Config {
                 return invalid(&format!("tiers.{name}.monthly_credits must not be negative"));
             }
         }
-        if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
-            return invalid("telemetry.log_format must be json or pretty");
+        if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty" | "auto") {
+            return invalid("telemetry.log_format must be json, pretty or auto");
         }
         for (tier, model) in &self.llm.tiers {
             if !self.llm.providers.contains_key(&model.provider) {

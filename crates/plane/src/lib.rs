@@ -2,6 +2,8 @@
 //! runs, seeds what the services ship with, and runs them until shutdown. The `one-agents` binary
 //! and the test kit both start the plane through [`Plane`], so tests run the same wiring.
 
+mod admin;
+
 use std::net::SocketAddr;
 
 use std::time::Duration;
@@ -35,11 +37,18 @@ pub fn parse_roles(services: &str) -> anyhow::Result<Vec<&'static str>> {
     Ok(roles)
 }
 
+/// The `role` label of what a process does as a whole (its pool, memory and CPU): its one role,
+/// `all`, or the roles it runs joined by `+`.
+pub fn process_role(roles: &[&'static str]) -> String {
+    if ROLES.iter().all(|role| roles.contains(role)) { "all".to_owned() } else { roles.join("+") }
+}
+
 pub struct Plane {
     config: Config,
     roles: Vec<&'static str>,
     gateway: Option<oa_gateway::Gateway>,
     grpc: Option<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 impl Plane {
@@ -67,7 +76,22 @@ impl Plane {
         } else {
             None
         };
-        Ok(Plane { config, roles: roles.to_vec(), gateway, grpc })
+        let admin = match config.telemetry.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics port on {addr}"))?,
+            ),
+            None => None,
+        };
+        oa_telemetry::metrics::install();
+        oa_telemetry::metrics::allow_orgs(&config.telemetry.org_allowlist);
+        Ok(Plane { config, roles: roles.to_vec(), gateway, grpc, admin })
+    }
+
+    /// The admin port serving `/metrics`, when `telemetry.metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
@@ -102,12 +126,22 @@ impl Plane {
                 tracing::warn!(%error, "cannot create the streams yet; the worker retries at start");
             }
         }
+        if let Some(listener) = self.admin {
+            let router = admin::router(process_role(&self.roles), pool.clone());
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("the metrics server")
+            });
+        }
         if let Some(listener) = self.grpc {
             // The standard gRPC health protocol, open to probes (no service credential): the
             // server ("") is SERVING once the database has answered and the seeds are in.
             let (reporter, health_service) = tonic_health::server::health_reporter();
 
-            let mut server = tonic::transport::Server::builder();
+            let mut server = tonic::transport::Server::builder().layer(oa_telemetry::grpc::GrpcServerLayer);
             if let Some(files) = &self.config.grpc.tls {
                 server = server
                     .tls_config(oa_auth::service::server_tls(files)?)
@@ -142,6 +176,11 @@ impl Plane {
                     &self.config,
                 )?);
                 served.push("oneagents.executions.v1.Executions");
+                let (pool, stop) = (pool.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    oa_executions::gauges::run(pool, stop).await;
+                    Ok(())
+                });
             }
             if self.roles.contains(&"approvals") {
                 let shared = oa_approvals::Shared::new(pool.clone(), nats.clone(), &self.config);

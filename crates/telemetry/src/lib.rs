@@ -6,6 +6,10 @@
 //! ([`inject_http`], [`extract_http`], [`inject_grpc`], [`extract_grpc`]). This crate owns no
 //! business logic.
 
+pub mod grpc;
+mod logs;
+pub mod metrics;
+
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -28,14 +32,55 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The `service.name` of a process: `<service_name>-<role>` for one role, `<service_name>` for
+/// several (`all`, or roles joined by `+`).
+pub fn service_name(config: &oa_config::TelemetryConfig, role: &str) -> String {
+    if role == "all" || role.contains('+') {
+        config.service_name.clone()
+    } else {
+        format!("{}-{role}", config.service_name)
+    }
+}
+
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(config: &oa_config::TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+///
+/// Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the protocol of
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`); headers come from
+/// `OTEL_EXPORTER_OTLP_HEADERS` and the sampler from `OTEL_TRACES_SAMPLER` and
+/// `OTEL_TRACES_SAMPLER_ARG` (parent-based, always on, by default).
+pub fn init(
+    config: &oa_config::TelemetryConfig,
+    role: &str,
+    environment: &str,
+) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource =
-        opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+    let environment =
+        if config.deployment_environment.is_empty() { environment } else { &config.deployment_environment };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name(config, role))
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("deployment.environment", environment.to_owned()),
+            opentelemetry::KeyValue::new("oneagents.role", role.to_owned()),
+        ])
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+    let configured = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if configured("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .or_else(|| configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .is_some()
+    {
+        let protocol = configured("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| configured("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| "grpc".to_owned());
+        let exporter = match protocol.as_str() {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?,
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder().with_http().build()?,
+            other => anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL {other:?}: this build speaks grpc and http/protobuf"
+            ),
+        };
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -44,15 +89,21 @@ pub fn init(config: &oa_config::TelemetryConfig) -> anyhow::Result<TelemetryGuar
 
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(config.log_filter.clone()));
-    let logs = if config.log_format == "json" {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let json = match config.log_format.as_str() {
+        "json" => true,
+        "pretty" => false,
+        _ => !terminal,
+    };
+    let logs = if json {
+        logs::json_layer().boxed()
     } else {
-        tracing_subscriber::fmt::layer().compact().boxed()
+        tracing_subscriber::fmt::layer().compact().with_ansi(terminal).boxed()
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(logs)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(logs)
         .try_init()?;
     Ok(TelemetryGuard { provider })
 }
@@ -112,6 +163,22 @@ impl Extractor for MetadataExtractor<'_> {
 pub fn inject_http(headers: &mut http::HeaderMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+}
+
+/// A client span for an outgoing HTTP call to `host`, and the headers (`traceparent`) that make
+/// the callee's work part of the same trace. Send the request inside the span.
+pub fn outgoing_http(method: &'static str, host: &str) -> (tracing::Span, http::HeaderMap) {
+    let span = tracing::info_span!(
+        "http_client",
+        otel.name = method,
+        otel.kind = "client",
+        http.request.method = method,
+        server.address = %host,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut headers = http::HeaderMap::new();
+    span.in_scope(|| inject_http(&mut headers));
+    (span, headers)
 }
 
 /// Reads a caller's trace context from incoming HTTP headers.

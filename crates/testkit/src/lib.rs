@@ -6,6 +6,7 @@
 //! Server addresses come from `ONE_AGENTS_TEST_*` variables (see `deploy/local/env.sh`), with the
 //! local stack's ports as defaults.
 
+pub mod prometheus;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -102,9 +103,12 @@ impl TestDb {
     }
 
     pub async fn create_org(&self, tier: &str) -> anyhow::Result<String> {
-        let org = oa_tenancy::OrgStore::new(self.admin.clone())
-            .create(Some(&unique("org_")), "Test MSP", tier)
-            .await?;
+        self.create_org_with_id(&unique("org_"), tier).await
+    }
+
+    /// Creates an org with a chosen id (one a config names before the org exists).
+    pub async fn create_org_with_id(&self, id: &str, tier: &str) -> anyhow::Result<String> {
+        let org = oa_tenancy::OrgStore::new(self.admin.clone()).create(Some(id), "Test MSP", tier).await?;
         let allocation = Config::default().tiers.get(tier).map(|t| t.monthly_credits).unwrap_or(0);
         self.set_plan(&org.id, tier, None, allocation).await?;
         Ok(org.id)
@@ -154,6 +158,8 @@ pub struct TestPlane {
     pub sandbox: oa_sandbox::Recorder,
     pub config: Config,
     pub addr: SocketAddr,
+    /// The admin port (`/metrics`).
+    pub metrics_addr: SocketAddr,
     pub http: reqwest::Client,
     roles: Vec<&'static str>,
     shutdown: CancellationToken,
@@ -206,6 +212,7 @@ pub fn test_config(db: &TestDb, jwks_file: Option<PathBuf>) -> Config {
     config.nats.url = nats_url();
     config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.telemetry.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.auth.jwks_file = jwks_file;
     config.auth.jwks_min_refresh_seconds = 0;
     // Every plane has its own subjects, streams and consumers on the shared NATS server.
@@ -233,7 +240,23 @@ pub fn use_sandbox(config: &mut Config, sandbox: &oa_sandbox::Sandbox) {
     }
 }
 
+/// A plane the harness started.
+struct Launched {
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    config: Config,
+}
+
 impl TestPlane {
+    /// The plane's Prometheus text, from its admin port.
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        let response = self.http.get(format!("http://{}/metrics", self.metrics_addr)).send().await?;
+        anyhow::ensure!(response.status().is_success(), "/metrics answered {}", response.status());
+        Ok(response.text().await?)
+    }
+
     pub async fn start() -> anyhow::Result<TestPlane> {
         TestPlane::start_with(|_| {}).await
     }
@@ -261,12 +284,14 @@ impl TestPlane {
         use_sandbox(&mut config, &sandbox);
         adjust(&mut config);
         config.validate()?;
-        let (shutdown, running, addr, config) = TestPlane::launch(config, roles).await?;
+        let Launched { shutdown, running, addr, metrics_addr, config } =
+            TestPlane::launch(config, roles).await?;
         Ok(TestPlane {
             db,
             sandbox: sandbox.recorder,
             config,
             addr,
+            metrics_addr,
             http: reqwest::Client::new(),
             roles: roles.to_vec(),
             shutdown,
@@ -276,12 +301,10 @@ impl TestPlane {
         })
     }
 
-    async fn launch(
-        config: Config,
-        roles: &[&'static str],
-    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>, SocketAddr, Config)> {
+    async fn launch(config: Config, roles: &[&'static str]) -> anyhow::Result<Launched> {
         let plane = oa_plane::Plane::bind(config, roles).await?;
         let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
+        let metrics_addr = plane.metrics_addr().context("the test plane serves metrics")?;
         // With port 0, the plane pointed the services' endpoints at the port it bound.
         let config = plane.config().clone();
         let shutdown = CancellationToken::new();
@@ -291,7 +314,7 @@ impl TestPlane {
                 eprintln!("test plane stopped: {error:#}");
             }
         });
-        Ok((shutdown, running, addr, config))
+        Ok(Launched { shutdown, running, addr, metrics_addr, config })
     }
 
     /// Stops every service of the plane and starts them again on the same database, bus, Redis
@@ -304,8 +327,11 @@ impl TestPlane {
         let mut config = self.config.clone();
         config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (shutdown, running, addr, config) = TestPlane::launch(config, &self.roles).await?;
-        (self.shutdown, self.running, self.addr, self.config) = (shutdown, Some(running), addr, config);
+        config.telemetry.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let launched = TestPlane::launch(config, &self.roles).await?;
+        self.shutdown = launched.shutdown;
+        self.running = Some(launched.running);
+        (self.addr, self.metrics_addr, self.config) = (launched.addr, launched.metrics_addr, launched.config);
         Ok(())
     }
 
@@ -458,6 +484,7 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         // A child process picks its own ports (its services' endpoints then point at itself).
         ("ONE_AGENTS_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
         ("ONE_AGENTS_GATEWAY__LISTEN".into(), "127.0.0.1:0".into()),
+        ("ONE_AGENTS_TELEMETRY__METRICS_ADDR".into(), "127.0.0.1:0".into()),
         (
             "ONE_AGENTS_CREDITS__RESERVATION_TTL_SECONDS".into(),
             config.credits.reservation_ttl_seconds.to_string(),

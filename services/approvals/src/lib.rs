@@ -14,6 +14,7 @@ pub mod sweeper;
 
 pub use error::ApprovalsError;
 
+use oa_telemetry::metrics;
 use std::collections::HashMap;
 use strum::VariantNames;
 
@@ -170,6 +171,7 @@ impl ApprovalsService {
         let (gate, created) = store::open(&mut tx, &new).await?;
         tx.commit().await?;
         if created {
+            metrics::counter!(metrics::APPROVALS_OPENED, "role" => "approvals").increment(1);
             tracing::info!(
                 approval_id = gate.id.as_str(),
                 execution_id = gate.execution_id.as_str(),
@@ -305,6 +307,7 @@ impl ApprovalsService {
         let decided = store::decide(&mut tx, &gate.id, &decision).await?;
         store::audit(&mut tx, &decided, action, &decider.actor, decider.kind, note, None).await?;
         tx.commit().await?;
+        observe_decision(outcome, decider.via.as_str(), decided.created_at);
         tracing::info!(
             approval_id = decided.id.as_str(),
             decision = outcome,
@@ -416,4 +419,17 @@ impl Approvals for ApprovalsService {
         let caller = oa_auth::service::caller_of(&request)?;
         Ok(tonic::Response::new(self.deny_open(caller, request.into_inner()).await?))
     }
+}
+
+/// Counts a decision (`via` names its channel) and times it from the gate's opening.
+pub(crate) fn observe_decision(
+    outcome: &'static str,
+    via: &'static str,
+    opened: chrono::DateTime<chrono::Utc>,
+) {
+    metrics::counter!(metrics::APPROVALS_DECIDED, "role" => "approvals", "outcome" => outcome, "channel" => via)
+        .increment(1);
+    let seconds = (chrono::Utc::now() - opened).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!(metrics::APPROVAL_DECISION_TIME, "role" => "approvals", "outcome" => outcome)
+        .record(seconds);
 }

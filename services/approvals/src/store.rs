@@ -302,6 +302,13 @@ pub struct Due {
 }
 
 /// Pending gates past their expiry, and changed gates whose publish lags, across every org.
+/// Gates waiting for a decision, across orgs (in the sweeper's transaction, after [`due`]).
+pub async fn count_pending(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM approvals.gates WHERE status = 'pending'")
+        .fetch_one(&mut *tx)
+        .await
+}
+
 pub async fn due(
     tx: &mut PgConnection,
     republish_after_secs: i64,

@@ -5,6 +5,7 @@
 
 use oa_domain::ids::{GateId, OrgId};
 use oa_domain::status::{DecidedVia, GateAction, GateActor};
+use oa_telemetry::metrics;
 use std::time::Duration;
 
 use oa_store::begin_org;
@@ -32,6 +33,8 @@ pub async fn sweep(shared: &Shared) -> Result<usize, oa_store::StoreError> {
     let republish_after = i64::try_from(shared.config.republish_after_seconds).unwrap_or(60);
     let mut tx = shared.pool.begin().await?;
     let (expired, lagging) = store::due(&mut tx, republish_after, BATCH).await?;
+    let pending = store::count_pending(&mut tx).await?;
+    metrics::gauge!(metrics::APPROVALS_PENDING, "role" => "approvals").set(pending as f64);
     tx.commit().await?;
     let mut handled = 0;
     for due in expired {
@@ -89,6 +92,8 @@ async fn expire(shared: &Shared, due: &store::Due) -> Result<Option<store::Gate>
                 note: Some(&note),
             };
             let expired = store::decide(&mut tx, &gate.id, &decision).await?;
+            metrics::counter!(metrics::APPROVALS_EXPIRED, "role" => "approvals").increment(1);
+            crate::observe_decision(outcome, DecidedVia::Timeout.as_str(), gate.created_at);
             let detail = serde_json::json!({ "outcome": outcome });
             store::audit(
                 &mut tx,

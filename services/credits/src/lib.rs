@@ -13,6 +13,7 @@ use oa_domain::{ApiError, Caller, Permission, Principal};
 use oa_proto::credits as pb;
 use oa_proto::credits::credits_server::{Credits, CreditsServer};
 use oa_store::begin_org;
+use oa_telemetry::metrics;
 use sqlx::PgPool;
 
 /// The largest single reservation accepted: far above any tier price, far below overflow.
@@ -63,6 +64,8 @@ impl CreditsService {
         match outcome {
             Ok(store::Reserved::New(reservation)) => {
                 tx.commit().await?;
+                metrics::counter!(metrics::CREDITS_RESERVED, "role" => "credits")
+                    .increment(request.amount as u64);
                 Ok(store::Reserved::New(reservation))
             }
             // Nothing to keep: insufficient and raced attempts roll back.
@@ -90,6 +93,7 @@ impl CreditsService {
             let reservation = match self.reserve_once(&caller, &request).await? {
                 store::Reserved::New(r) | store::Reserved::Existing(r) => r,
                 store::Reserved::Insufficient { remaining } => {
+                    metrics::counter!(metrics::CREDITS_REFUSED, "role" => "credits").increment(1);
                     return Err(CreditsError::Insufficient { remaining });
                 }
                 store::Reserved::Raced => continue,
@@ -115,6 +119,7 @@ impl CreditsService {
             .await?
             .map_err(CreditsError::Settle)?;
         tx.commit().await?;
+        metrics::counter!(metrics::CREDITS_COMMITTED, "role" => "credits").increment(request.amount as u64);
         Ok(pb::CommitResponse {})
     }
 
@@ -124,6 +129,7 @@ impl CreditsService {
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         store::settle(&mut tx, &caller.org_id, &reservation_id, None).await?.map_err(CreditsError::Settle)?;
         tx.commit().await?;
+        metrics::counter!(metrics::CREDITS_RELEASED, "role" => "credits").increment(1);
         Ok(pb::ReleaseResponse {})
     }
 

@@ -7,6 +7,7 @@
 
 pub mod convert;
 mod error;
+pub mod gauges;
 pub mod store;
 
 pub use error::ExecutionsError;
@@ -20,6 +21,7 @@ use oa_proto::approvals::approvals_client::ApprovalsClient;
 use oa_proto::executions as pb;
 use oa_proto::executions::executions_server::{Executions, ExecutionsServer};
 use oa_store::begin_org;
+use oa_telemetry::metrics;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use strum::VariantNames;
@@ -103,6 +105,8 @@ impl ExecutionsService {
             .await?;
             store::set_status(tx, &ExecutionId::from(id.as_str()), ExecutionStatus::Cancelled, Some(&reason))
                 .await?;
+            metrics::counter!(metrics::EXECUTIONS_FINISHED, "role" => "executions", "status" => "cancelled")
+                .increment(1);
         }
         self.deny_gates(caller, ids).await
     }

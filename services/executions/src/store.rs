@@ -9,8 +9,8 @@ use oa_domain::agent::{AgentDefinition, StepType};
 use oa_domain::ids::{AgentId, EventId, ExecutionId, OrgId};
 use oa_domain::status::{ExecutionStatus, StepStatus};
 use serde_json::Value;
-use sqlx::PgConnection;
 use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExecutionRow {
@@ -551,4 +551,19 @@ pub async fn mark_replayed(tx: &mut PgConnection, id: &str) -> Result<(), sqlx::
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// Live executions across orgs, by status (`pending`, `running`, `waiting_approval`), for the
+/// gauges. Reads every org under the sweeper policy, so it opens its own transaction.
+pub async fn count_live(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.sweeper', 'on', true)").execute(&mut *tx).await?;
+    let counts = sqlx::query_as(
+        "SELECT status, count(*) FROM executions.executions
+         WHERE status IN ('pending', 'running', 'waiting_approval') GROUP BY status",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(counts)
 }

@@ -2,6 +2,7 @@
 //! `Authorization: Bearer` or the session cookie. Every refusal, whatever its reason, answers the
 //! same 401 body; the reason goes to the log.
 
+use oa_telemetry::metrics;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -43,6 +44,16 @@ impl KnownOrgs {
     }
 }
 
+/// A 401, counted under `reason` in `oneagents_auth_refusals_total`.
+fn refused(reason: &'static str) -> ApiError {
+    count_refusal(reason);
+    ApiError::unauthorized()
+}
+
+fn count_refusal(reason: &'static str) {
+    metrics::counter!(metrics::AUTH_REFUSALS, "role" => "gateway", "reason" => reason).increment(1);
+}
+
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -51,14 +62,14 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if let Some(presented) = headers.get(INTEGRATION_KEY_HEADER) {
-        let presented = presented.to_str().map_err(|_| ApiError::unauthorized())?;
+        let presented = presented.to_str().map_err(|_| refused("malformed_key"))?;
         let resolved = state.keys.resolve(presented).await.map_err(|e| match e {
             oa_tenancy::TenancyError::Store(store) => ApiError::from(store),
             other => ApiError::internal_from("key resolution", &other),
         })?;
         let Some(key) = resolved else {
             tracing::info!("refused an unknown, malformed or revoked integration key");
-            return Err(ApiError::unauthorized());
+            return Err(refused("unknown_key"));
         };
         let principal = match key.product {
             Some(product) => Principal::Product { key_id: key.key_id, product },
@@ -72,17 +83,17 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         Some(token) => token.to_owned(),
         None => match jar.get(&state.config.auth.session_cookie) {
             Some(cookie) => cookie.value().to_owned(),
-            None => return Err(ApiError::unauthorized()),
+            None => return Err(refused("no_credentials")),
         },
     };
     let Some(verifier) = &state.verifier else {
         tracing::info!("refused a Hub token: no JWKS is configured");
-        return Err(ApiError::unauthorized());
+        return Err(refused("no_jwks"));
     };
     let mut caller = verifier.verify(&token).await.map_err(|e| match e {
         AuthError::Refused(reason) => {
             tracing::info!(%reason, "refused a Hub token");
-            ApiError::unauthorized()
+            refused("invalid_token")
         }
         AuthError::KeysUnavailable(reason) => {
             tracing::error!(%reason, "cannot load the Hub JWKS");
@@ -98,7 +109,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
             })?;
             let Some(org) = org else {
                 tracing::info!(org_id = %caller.org_id, "refused a Hub token for an org this plane does not serve");
-                return Err(ApiError::unauthorized());
+                return Err(refused("unknown_org"));
             };
             state.known_orgs.insert(&org.id, &org.tier);
             org.tier
@@ -146,7 +157,8 @@ fn client_address(request: &Request) -> Option<std::net::IpAddr> {
     request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
 }
 
-fn too_many(retry_after_seconds: u64, message: String) -> Response {
+fn too_many(limit: &'static str, retry_after_seconds: u64, message: String) -> Response {
+    metrics::counter!(metrics::RATE_LIMITED, "role" => "gateway", "limit" => limit).increment(1);
     let mut response = Failure(ApiError::new(oa_domain::ErrorCode::RateLimited, message)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
     response
@@ -160,7 +172,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         && let Ok(mut redis) = state.redis().await
         && let Ok(Some(retry_after)) = state.limiter.auth_failures_exceeded(&mut redis, client).await
     {
-        return too_many(retry_after, format!("Too many failed sign-ins; retry in {retry_after} seconds"));
+        return too_many(
+            "failed_sign_ins",
+            retry_after,
+            format!("Too many failed sign-ins; retry in {retry_after} seconds"),
+        );
     }
     let caller = match resolve(&state, request.headers()).await {
         Ok(caller) => caller,
@@ -180,12 +196,14 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         && by_cookie(request.headers())
         && let Err(error) = refuse_cross_site(&state, &request)
     {
+        count_refusal("cross_site");
         return Failure(error).into_response();
     }
     tracing::Span::current().record("org_id", caller.org_id.as_str());
 
     // Viewers are read-only everywhere; routes check finer permissions themselves.
     if caller.is_viewer() && !safe {
+        count_refusal("viewer_write");
         return Failure(ApiError::forbidden("Viewers have read-only access")).into_response();
     }
 
@@ -196,7 +214,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 Ok(Decision::Allowed { remaining: left }) => remaining = Some(left),
                 Ok(Decision::Limited { retry_after_seconds }) => {
                     let message = format!("Too many requests; retry in {retry_after_seconds} seconds");
-                    return too_many(retry_after_seconds, message);
+                    return too_many("requests", retry_after_seconds, message);
                 }
                 Err(error) => tracing::warn!(%error, "rate limiter unavailable; request allowed"),
             },

@@ -10,6 +10,7 @@ pub mod error;
 mod forward;
 mod health;
 mod me;
+mod observe;
 pub mod ratelimit;
 mod routes;
 mod state;
@@ -225,6 +226,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .nest("/api", api)
         .merge(routes::approvals::link_router())
+        .route_layer(middleware::from_fn(observe::remember_route))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -238,5 +240,6 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(observe::record))
         .with_state(state)
 }

@@ -247,7 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if config.environment == oa_config::Environment::Production {
                 bail!("the sandbox is for development and tests; production never runs it");
             }
-            let _telemetry = oa_telemetry::init(&config.telemetry)?;
+            let _telemetry = oa_telemetry::init(&config.telemetry, "sandbox", config.environment.name())?;
             let shutdown = CancellationToken::new();
             let sandbox =
                 oa_sandbox::start(config.sandbox.http_listen, config.sandbox.smtp_listen, shutdown.clone())
@@ -271,7 +271,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(config: Config, services: &str) -> anyhow::Result<()> {
     let roles = oa_plane::parse_roles(services)?;
-    let _telemetry = oa_telemetry::init(&config.telemetry)?;
+    let _telemetry =
+        oa_telemetry::init(&config.telemetry, &oa_plane::process_role(&roles), config.environment.name())?;
     let plane = oa_plane::Plane::bind(config, &roles).await?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use oa_config::EgressRule;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -267,6 +268,7 @@ impl Egress {
         {
             return Err(refused("address"));
         }
+        let host_name = host.to_string();
         let mut request = self
             .client(port)
             .post(parsed)
@@ -276,7 +278,12 @@ impl Egress {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let response = request.body(body).send().await.map_err(|error| {
+        let (span, trace) = oa_telemetry::outgoing_http("POST", &host_name);
+        let response = request.headers(trace).body(body).send().instrument(span.clone()).await;
+        if let Ok(response) = &response {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
+        let response = response.map_err(|error| {
             tracing::warn!(url, error = %format!("{error:#}"), "outbound call failed");
             if caused_by_refusal(&error) { EgressError::Refused } else { EgressError::Unreachable }
         })?;

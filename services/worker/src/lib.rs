@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod sweeper;
 
 use oa_domain::ids::{EventId, ExecutionId, OrgId};
+use oa_telemetry::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,9 +83,10 @@ impl Ingest {
         sequence: u64,
         event_id: Option<&str>,
         payload: &[u8],
-        reason: String,
+        (kind, reason): (&'static str, String),
     ) -> anyhow::Result<Handled> {
         tracing::warn!(org_id, subject, %reason, "event dead-lettered");
+        metrics::counter!(metrics::EVENTS_DEAD_LETTERED, "role" => "worker", "reason" => kind).increment(1);
         // Postgres text holds no NUL: the letter keeps everything else of what arrived.
         let storable = |text: &str| text.replace('\0', "\u{FFFD}");
         let reason = storable(&reason);
@@ -112,12 +114,16 @@ impl Ingest {
     }
 
     async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Handled> {
+        metrics::counter!(metrics::EVENTS_RECEIVED, "role" => "worker").increment(1);
         let subject = message.subject.as_str();
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
         let Some(org_id) = self.topology.org_of_subject(subject).filter(|o| ids::is_valid_org_id(o)) else {
             tracing::warn!(subject, "an event on a subject with no org; dropped");
             return Ok(Handled::DeadLettered);
         };
+        if let Some(org) = metrics::org_label(org_id) {
+            metrics::counter!(metrics::ORG_EVENTS_RECEIVED, "role" => "worker", "org_id" => org).increment(1);
+        }
         let envelope: Envelope = match serde_json::from_slice(&message.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -128,7 +134,7 @@ impl Ingest {
                         sequence,
                         None,
                         &message.payload,
-                        format!("not a valid event envelope: {error}"),
+                        ("malformed_envelope", format!("not a valid event envelope: {error}")),
                     )
                     .await;
             }
@@ -138,18 +144,39 @@ impl Ingest {
         if envelope.org_id != org_id || expected != subject || !envelope.payload.is_object() {
             let reason = "the envelope's org, product or event type does not match its subject, or its payload is not an object";
             return self
-                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason.into())
+                .dead_letter(
+                    org_id,
+                    subject,
+                    sequence,
+                    Some(&envelope.id),
+                    &message.payload,
+                    ("subject_mismatch", reason.into()),
+                )
                 .await;
         }
         if let Some(reason) = unstorable(&envelope) {
             return self
-                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason)
+                .dead_letter(
+                    org_id,
+                    subject,
+                    sequence,
+                    Some(&envelope.id),
+                    &message.payload,
+                    ("unstorable", reason),
+                )
                 .await;
         }
         if !self.event_type_known(org_id, &envelope.event_type_id()).await? {
             let reason = format!("event type {} is not in the event catalog", envelope.event_type_id());
             return self
-                .dead_letter(org_id, subject, sequence, Some(&envelope.id), &message.payload, reason)
+                .dead_letter(
+                    org_id,
+                    subject,
+                    sequence,
+                    Some(&envelope.id),
+                    &message.payload,
+                    ("unknown_event_type", reason),
+                )
                 .await;
         }
         let candidates =
@@ -164,7 +191,7 @@ impl Ingest {
                         sequence,
                         Some(&envelope.id),
                         &message.payload,
-                        unmatchable.0,
+                        ("unmatchable", unmatchable.0),
                     )
                     .await;
             }
@@ -191,7 +218,17 @@ impl Ingest {
         let inserted = store::insert_for_event(&mut tx, &org, &event, &trigger_event, &news).await?;
         // On a first delivery every execution is new. On a redelivery some or all exist already:
         // every one still unfinished gets its work published again (JetStream drops duplicates).
-        let unfinished: Vec<String> = if inserted.len() == news.len() {
+        let fresh = inserted.len() == news.len();
+        if !inserted.is_empty() {
+            metrics::counter!(metrics::EVENTS_MATCHED, "role" => "worker").increment(1);
+            metrics::counter!(metrics::EXECUTIONS_CREATED, "role" => "worker")
+                .increment(inserted.len() as u64);
+            metrics::histogram!(metrics::INGEST_BATCH, "role" => "worker").record(inserted.len() as f64);
+        }
+        if !fresh {
+            metrics::counter!(metrics::EVENTS_DUPLICATE, "role" => "worker").increment(1);
+        }
+        let unfinished: Vec<String> = if fresh {
             inserted
         } else {
             let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
@@ -243,7 +280,15 @@ impl Ingest {
         let event_id = serde_json::from_slice::<serde_json::Value>(&message.payload)
             .ok()
             .and_then(|v| v["id"].as_str().map(str::to_owned));
-        self.dead_letter(org_id, subject, sequence, event_id.as_deref(), &message.payload, reason).await?;
+        self.dead_letter(
+            org_id,
+            subject,
+            sequence,
+            event_id.as_deref(),
+            &message.payload,
+            ("given_up", reason),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -382,6 +427,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         )
         .await
         .context("the work consumer")?;
+    let (events_watch, work_watch) = (events.clone(), work.clone());
 
     // At the end of the grace, what is still in hand goes back to the bus.
     let hand_back = CancellationToken::new();
@@ -504,8 +550,11 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     );
     worker.ready.send_replace(true);
     tracing::info!("worker consuming the bus and work streams");
+    let lag =
+        tokio::spawn(observe_consumers([("bus", events_watch), ("work", work_watch)], shutdown.clone()));
     tokio::join!(event_loop, work_loop);
     invalidations.abort();
+    lag.abort();
     // The scheduler and sweeper stop at `shutdown` between rounds; a round in progress gets a
     // moment to finish before it is cut off (both are safe to cut: a round is one transaction).
     let stopped = async {
@@ -518,4 +567,34 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     tracing::info!("worker drained");
     Ok(())
+}
+
+/// How often the consumers' lag is read from JetStream.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads each consumer's pending, unacknowledged and redelivered counts from JetStream until
+/// shutdown: consumer lag is the first thing an operator asks about.
+async fn observe_consumers(
+    consumers: [(&'static str, jetstream::consumer::PullConsumer); 2],
+    shutdown: CancellationToken,
+) {
+    loop {
+        for (name, consumer) in &consumers {
+            match consumer.get_info().await {
+                Ok(info) => {
+                    let gauge = |family: &'static str, value: f64| {
+                        metrics::gauge!(family, "role" => "worker", "consumer" => *name).set(value)
+                    };
+                    gauge(metrics::CONSUMER_PENDING, info.num_pending as f64);
+                    gauge(metrics::CONSUMER_ACK_PENDING, info.num_ack_pending as f64);
+                    gauge(metrics::CONSUMER_REDELIVERED, info.num_redelivered as f64);
+                }
+                Err(error) => tracing::debug!(%error, consumer = name, "cannot read the consumer's info"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+    }
 }

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use oa_config::{ActionsConfig, ChannelsConfig, LlmConfig, ProviderConfig, SmtpTls};
+use oa_telemetry::metrics;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::egress::{Egress, EgressError};
 
@@ -93,7 +95,10 @@ impl Llm {
 
     fn breaker_open(&self, provider: &str) -> bool {
         let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        breakers.get(provider).and_then(|b| b.open_until).is_some_and(|until| Instant::now() < until)
+        let open =
+            breakers.get(provider).and_then(|b| b.open_until).is_some_and(|until| Instant::now() < until);
+        breaker_gauge(provider, open);
+        open
     }
 
     fn record(&self, provider: &str, config: &ProviderConfig, ok: bool) {
@@ -101,11 +106,13 @@ impl Llm {
         let breaker = breakers.entry(provider.to_owned()).or_default();
         if ok {
             *breaker = Breaker::default();
+            breaker_gauge(provider, false);
         } else {
             breaker.consecutive_failures += 1;
             if breaker.consecutive_failures >= config.breaker_failures.max(1) {
                 breaker.open_until = Some(Instant::now() + Duration::from_millis(config.breaker_open_ms));
                 tracing::warn!(provider, "LLM provider circuit opened");
+                breaker_gauge(provider, true);
             }
         }
     }
@@ -125,7 +132,9 @@ impl Llm {
         let provider = self.config.providers.get(&model.provider).ok_or_else(|| {
             StepError::new("model_unavailable", format!("provider {} is not configured", model.provider))
         })?;
+        let labels = CallLabels { provider: &model.provider, tier };
         if self.breaker_open(&model.provider) {
+            labels.outcome("breaker_open");
             return Err(StepError::new(
                 "model_unavailable",
                 format!("provider {} is failing; its circuit is open", model.provider),
@@ -136,12 +145,17 @@ impl Llm {
         })?;
         let mut messages = vec![json!({"role": "user", "content": prompt})];
         for attempt in 0..2 {
-            let answer = match self.call(provider, model, system, &messages, schema).await {
+            let started = Instant::now();
+            let called = self.call(provider, model, &labels, system, &messages, schema).await;
+            labels.duration(started.elapsed().as_secs_f64());
+            let answer = match called {
                 Ok(answer) => {
+                    labels.outcome("ok");
                     self.record(&model.provider, provider, true);
                     answer
                 }
                 Err(error) => {
+                    labels.outcome("error");
                     self.record(&model.provider, provider, false);
                     return Err(StepError::new(
                         "model_error",
@@ -176,11 +190,15 @@ impl Llm {
         &self,
         provider: &ProviderConfig,
         tier: &oa_config::TierModel,
+        labels: &CallLabels<'_>,
         system: Option<&str>,
         messages: &[Value],
         schema: &Value,
     ) -> Result<Value, CallError> {
         let base = provider.base_url.trim_end_matches('/');
+        let host =
+            reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let host = host.as_str();
         let timeout = Duration::from_millis(provider.timeout_ms);
         let attempt = || async {
             match provider.kind.as_str() {
@@ -193,6 +211,8 @@ impl Llm {
                     if let Some(key) = &provider.api_key {
                         request = request.header("x-api-key", key.expose_secret());
                     }
+                    let (span, trace) = oa_telemetry::outgoing_http("POST", host);
+                    let request = request.headers(trace);
                     let body = json!({
                         "model": tier.model,
                         "max_tokens": tier.max_tokens,
@@ -201,7 +221,8 @@ impl Llm {
                         "tools": [{"name": "step_output", "description": "The structured answer", "input_schema": schema}],
                         "tool_choice": {"type": "tool", "name": "step_output"},
                     });
-                    let answer = send_json(request, &body).await?;
+                    let answer = send_json(request, &body).instrument(span).await?;
+                    labels.tokens(&answer["usage"], "input_tokens", "output_tokens");
                     answer["content"]
                         .as_array()
                         .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
@@ -216,6 +237,8 @@ impl Llm {
                     if let Some(key) = &provider.api_key {
                         request = request.bearer_auth(key.expose_secret());
                     }
+                    let (span, trace) = oa_telemetry::outgoing_http("POST", host);
+                    let request = request.headers(trace);
                     let mut all = Vec::new();
                     if let Some(system) = system {
                         all.push(json!({"role": "system", "content": system}));
@@ -228,7 +251,8 @@ impl Llm {
                         "messages": all,
                         "response_format": {"type": "json_schema", "json_schema": {"name": "step_output", "schema": schema}},
                     });
-                    let answer = send_json(request, &body).await?;
+                    let answer = send_json(request, &body).instrument(span).await?;
+                    labels.tokens(&answer["usage"], "prompt_tokens", "completion_tokens");
                     let content = answer["choices"][0]["message"]["content"].as_str().ok_or(CallError {
                         message: "the answer has no message content".into(),
                         retryable: false,
@@ -240,8 +264,53 @@ impl Llm {
                 }
             }
         };
-        attempt.retry(backoff(provider.max_retries)).when(|e: &CallError| e.retryable).await
+        attempt
+            .retry(backoff(provider.max_retries))
+            .when(|e: &CallError| e.retryable)
+            .notify(|_, _| labels.retried())
+            .await
     }
+}
+
+/// The labels of one model call's series: its provider and tier.
+struct CallLabels<'a> {
+    provider: &'a str,
+    tier: &'a str,
+}
+
+impl CallLabels<'_> {
+    fn outcome(&self, outcome: &'static str) {
+        metrics::counter!(metrics::LLM_CALLS, "role" => "worker", "provider" => self.provider.to_owned(),
+            "tier" => self.tier.to_owned(), "outcome" => outcome)
+        .increment(1);
+    }
+
+    fn duration(&self, seconds: f64) {
+        metrics::histogram!(metrics::LLM_DURATION, "role" => "worker", "provider" => self.provider.to_owned(),
+            "tier" => self.tier.to_owned())
+        .record(seconds);
+    }
+
+    fn retried(&self) {
+        metrics::counter!(metrics::LLM_RETRIES, "role" => "worker", "provider" => self.provider.to_owned())
+            .increment(1);
+    }
+
+    /// Counts the prompt and completion tokens of an answer's `usage` object.
+    fn tokens(&self, usage: &Value, prompt: &str, completion: &str) {
+        for (field, kind) in [(prompt, "prompt"), (completion, "completion")] {
+            if let Some(count) = usage[field].as_u64() {
+                metrics::counter!(metrics::LLM_TOKENS, "role" => "worker", "provider" => self.provider.to_owned(),
+                    "tier" => self.tier.to_owned(), "kind" => kind)
+                .increment(count);
+            }
+        }
+    }
+}
+
+fn breaker_gauge(provider: &str, open: bool) {
+    metrics::gauge!(metrics::LLM_BREAKER_OPEN, "role" => "worker", "provider" => provider.to_owned())
+        .set(if open { 1.0 } else { 0.0 });
 }
 
 /// Notification channels and product actions, all through the one egress client.

@@ -8,6 +8,7 @@
 
 mod effects;
 mod kinds;
+mod observe;
 mod output;
 mod templates;
 mod transitions;
@@ -171,6 +172,13 @@ impl Engine {
                 let opened = row.and_then(|r| r.started_at).unwrap_or_else(chrono::Utc::now);
                 duration_ms = duration_ms.max((chrono::Utc::now() - opened).num_milliseconds());
             }
+            let outcome = match &result {
+                Ok(StepResult::Done { .. }) => "completed",
+                Ok(StepResult::Skipped { .. }) => "skipped",
+                Ok(StepResult::Waiting { .. }) => "waiting",
+                Err(_) => "failed",
+            };
+            observe::step(step.kind.type_name(), outcome, step_started.elapsed().as_secs_f64());
             match self.finish(&at, &run, result, duration_ms).await? {
                 Next::Go(Some(output)) => settle(step, output, &mut skip_until, &mut context),
                 Next::Go(None) => {}

@@ -201,6 +201,11 @@ impl Engine {
         store::close_open_steps(&mut tx, &at.execution.id, StepStatus::Skipped).await?;
         store::set_status(&mut tx, &at.execution.id, ExecutionStatus::Failed, Some(&error)).await?;
         tx.commit().await?;
+        super::observe::execution_finished(
+            at.slot.org_id.as_str(),
+            ExecutionStatus::Failed,
+            at.execution.created_at,
+        );
         self.record_run(at.slot.org_id.as_str(), at.execution.agent_id.as_str(), false, at.started).await;
         Ok(())
     }
@@ -210,6 +215,11 @@ impl Engine {
         let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
         store::set_status(&mut tx, &execution.id, ExecutionStatus::Completed, None).await?;
         tx.commit().await?;
+        super::observe::execution_finished(
+            execution.org_id.as_str(),
+            ExecutionStatus::Completed,
+            execution.created_at,
+        );
         self.record_run(execution.org_id.as_str(), execution.agent_id.as_str(), true, started).await;
         Ok(())
     }
@@ -251,6 +261,7 @@ impl Engine {
             store::close_open_steps(&mut tx, id, StepStatus::Skipped).await?;
             store::set_status(&mut tx, id, ExecutionStatus::Failed, Some(&error)).await?;
             tx.commit().await?;
+            super::observe::execution_finished(&item.org_id, ExecutionStatus::Failed, execution.created_at);
             tracing::warn!(execution_id = %id, %error, "execution given up");
             self.record_run(&item.org_id, execution.agent_id.as_str(), false, started).await;
         }
