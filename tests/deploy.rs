@@ -532,3 +532,67 @@ fn docker_compose_is_valid_and_does_not_drift_from_the_chart() {
         Ok(())
     });
 }
+
+#[test]
+fn every_pod_serves_metrics_that_prometheus_may_scrape_and_the_operator_objects_carry_the_kit() {
+    let objects = render(
+        &[],
+        &json!({"networkPolicy": {"enabled": true},
+                "metrics": {"serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+                            "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}}),
+    );
+    let deployments = of_kind(&objects, "Deployment");
+    assert_eq!(deployments.len(), ROLES.len());
+    let service = named(&objects, "Service", "one-agents-metrics").expect("the metrics Service");
+    for deployment in &deployments {
+        let pod = &deployment["spec"]["template"];
+        let container = &pod_spec(deployment)["containers"][0];
+        let port = container["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").unwrap();
+        let port = port["containerPort"].as_i64().unwrap();
+        assert_eq!(env_of(container)["ONE_AGENTS_TELEMETRY__METRICS_ADDR"], format!("0.0.0.0:{port}"));
+        let annotations = &pod["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], port.to_string());
+        // The metrics Service selects every pod of the release.
+        for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(&pod["metadata"]["labels"][key], value, "{key}");
+        }
+    }
+    let monitor = &of_kind(&objects, "ServiceMonitor")[0];
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&service["metadata"]["labels"][key], value, "{key}");
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    // The PrometheusRule is the kit's alert file, as it is.
+    let rules: Value = serde_json::to_value(serde_yaml_from(
+        &std::fs::read_to_string(root().join("deploy/observability/alerts.yaml")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(of_kind(&objects, "PrometheusRule")[0]["spec"]["groups"], rules["groups"]);
+    // Every policy lets the scrapers reach the metrics port, and only them.
+    for policy in of_kind(&objects, "NetworkPolicy") {
+        let rule = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ports"][0]["port"] == "metrics")
+            .unwrap_or_else(|| panic!("{} lets Prometheus in", policy["metadata"]["name"]));
+        assert_eq!(rule["from"][0]["namespaceSelector"]["matchLabels"]["name"], "monitoring");
+    }
+}
+
+/// YAML text as JSON values (the chart tool's renderer parses YAML the same way).
+fn serde_yaml_from(text: &str) -> Value {
+    let output = std::process::Command::new(python())
+        .args(["-c", "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}

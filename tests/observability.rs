@@ -163,7 +163,57 @@ async fn prometheus_sees_events_executions_steps_and_approvals_move_and_no_label
         }
     }
     assert!(!text.contains(&small), "the small org's id appears in the exposition");
+    // No alert and no graph watches a family that does not exist.
+    for family in families_named_by_the_kit() {
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} is named by the kit but not exported");
+    }
     for role in ["gateway", "worker", "agents", "catalog", "executions", "approvals", "credits", "all"] {
         assert!(roles.contains(role), "no series for role {role}: {roles:?}");
     }
+}
+
+/// The metric families the alert rules and the dashboard name.
+fn families_named_by_the_kit() -> BTreeSet<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/observability");
+    let mut names = BTreeSet::new();
+    for file in ["alerts.yaml", "dashboard.json"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("oneagents_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_owned();
+            names.insert(family);
+        }
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/observability");
+    for args in [vec!["check", "rules", "alerts.yaml"], vec!["test", "rules", "alerts.test.yaml"]] {
+        let output = std::process::Command::new("promtool").args(&args).current_dir(root).output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/dashboard.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let graphs: Vec<&Value> = panels.iter().filter(|p| p["type"] == "timeseries").collect();
+    assert!(graphs.len() >= 20, "{} graphs", graphs.len());
+    for graph in graphs {
+        let expr = graph["targets"][0]["expr"].as_str().unwrap();
+        assert!(expr.contains("oneagents_"), "{}: {expr}", graph["title"]);
+    }
+    assert!(families_named_by_the_kit().len() >= 30);
 }

@@ -86,6 +86,10 @@ impl Plane {
         };
         oa_telemetry::metrics::install();
         oa_telemetry::metrics::allow_orgs(&config.telemetry.org_allowlist);
+        let providers: Vec<String> = config.llm.providers.keys().cloned().collect();
+        for role in roles {
+            oa_telemetry::metrics::prime(role, &providers);
+        }
         Ok(Plane { config, roles: roles.to_vec(), gateway, grpc, admin })
     }
 
@@ -381,6 +385,9 @@ impl Health {
             return;
         }
         state.services.insert(service, serving);
+        if let Some(role) = role_of_health(service) {
+            oa_telemetry::metrics::role_ready(role, serving);
+        }
         let all = state.services.values().all(|ok| *ok);
         self.reporter.set_service_status(service, status(serving)).await;
         self.reporter.set_service_status("", status(all)).await;
@@ -392,9 +399,18 @@ impl Health {
         state.draining = true;
         for service in state.services.keys() {
             self.reporter.set_service_status(*service, status(false)).await;
+            if let Some(role) = role_of_health(service) {
+                oa_telemetry::metrics::role_ready(role, false);
+            }
         }
         self.reporter.set_service_status("", status(false)).await;
     }
+}
+
+/// The role behind a gRPC health entry (`oneagents.agents.v1.Agents` → `agents`).
+fn role_of_health(service: &str) -> Option<&'static str> {
+    let name = service.rsplit('.').next()?.to_ascii_lowercase();
+    ROLES.iter().find(|role| **role == name).copied()
 }
 
 fn status(serving: bool) -> tonic_health::ServingStatus {

@@ -128,6 +128,8 @@ families! {
         "Resident memory of the process.";
     PROCESS_CPU = Counter "oneagents_process_cpu_seconds_total" []
         "User and system CPU time the process has used.";
+    ROLE_READY = Gauge "oneagents_role_ready" []
+        "1 while the role serves (its gRPC health is SERVING, or the worker consumes the bus), else 0.";
     BUILD_INFO = Gauge "oneagents_build_info" ["version"]
         "Always 1; the version of the running build.";
     // Per-org series, for allow-listed orgs only.
@@ -172,6 +174,74 @@ pub fn install() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+/// Why an event is dead-lettered: the `reason` label of [`EVENTS_DEAD_LETTERED`].
+pub const DEAD_LETTER_REASONS: &[&str] = &[
+    "malformed_envelope",
+    "subject_mismatch",
+    "unstorable",
+    "unknown_event_type",
+    "unmatchable",
+    "given_up",
+];
+
+/// Why the gateway refuses a caller: the `reason` label of [`AUTH_REFUSALS`].
+pub const AUTH_REFUSAL_REASONS: &[&str] = &[
+    "no_credentials",
+    "malformed_key",
+    "unknown_key",
+    "no_jwks",
+    "invalid_token",
+    "unknown_org",
+    "cross_site",
+    "viewer_write",
+];
+
+/// Creates the series a role owns at zero, so rates and alerts see them from the first scrape
+/// rather than from the first event. `providers` are the configured LLM providers.
+pub fn prime(role: &'static str, providers: &[String]) {
+    let zero = |name: &'static str| metrics::counter!(name, "role" => role).increment(0);
+    match role {
+        "gateway" => {
+            metrics::gauge!(HTTP_IN_FLIGHT, "role" => role).increment(0.0);
+            for reason in AUTH_REFUSAL_REASONS {
+                metrics::counter!(AUTH_REFUSALS, "role" => role, "reason" => *reason).increment(0);
+            }
+            for limit in ["requests", "failed_sign_ins"] {
+                metrics::counter!(RATE_LIMITED, "role" => role, "limit" => limit).increment(0);
+            }
+        }
+        "worker" => {
+            for provider in providers {
+                metrics::counter!(LLM_RETRIES, "role" => role, "provider" => provider.clone()).increment(0);
+                metrics::gauge!(LLM_BREAKER_OPEN, "role" => role, "provider" => provider.clone())
+                    .increment(0.0);
+            }
+            for name in [EVENTS_RECEIVED, EVENTS_MATCHED, EVENTS_DUPLICATE, EXECUTIONS_CREATED] {
+                zero(name);
+            }
+            for reason in DEAD_LETTER_REASONS {
+                metrics::counter!(EVENTS_DEAD_LETTERED, "role" => role, "reason" => *reason).increment(0);
+            }
+        }
+        "credits" => {
+            for name in [CREDITS_RESERVED, CREDITS_COMMITTED, CREDITS_RELEASED, CREDITS_REFUSED] {
+                zero(name);
+            }
+        }
+        "approvals" => {
+            for name in [APPROVALS_OPENED, APPROVALS_EXPIRED] {
+                zero(name);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `role` serves now ([`ROLE_READY`]).
+pub fn role_ready(role: &'static str, ready: bool) {
+    metrics::gauge!(ROLE_READY, "role" => role).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// Adds org ids whose per-org series are exported (`telemetry.org_allowlist`).

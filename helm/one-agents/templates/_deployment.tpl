@@ -5,7 +5,8 @@ One Deployment of the plane. Arguments (a dict):
   component  the app.kubernetes.io/component label (the role)
   services   what `one-agents serve --services` runs
   spec       the values block: replicas, resources, scheduling, annotations, autoscaling
-  grpcPort   the gRPC port (health for the worker); httpPort the gateway's, when it runs one
+  grpcPort   the gRPC port (health for the worker); httpPort the gateway's, when it runs one;
+             metricsPort the admin port serving /metrics
   readiness  {kind, port, path} of the readiness probe; liveness the same
 */}}
 {{- define "oneagents.deployment" -}}
@@ -39,6 +40,11 @@ spec:
       annotations:
         checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
         checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+        {{- if $values.metrics.podAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ .metricsPort | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
         {{- with $spec.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -64,7 +70,7 @@ spec:
           imagePullPolicy: {{ $values.image.pullPolicy }}
           args: ["migrate", "--check", "--wait", {{ $values.migrations.waitSeconds | int | quote }}]
           env:
-            {{- include "oneagents.env" (dict "root" $root "grpcPort" .grpcPort "httpPort" .httpPort) | nindent 12 }}
+            {{- include "oneagents.env" (dict "root" $root "grpcPort" .grpcPort "httpPort" .httpPort "metricsPort" .metricsPort) | nindent 12 }}
           envFrom:
             - secretRef:
                 name: {{ include "oneagents.secretName" $root }}
@@ -80,7 +86,7 @@ spec:
           imagePullPolicy: {{ $values.image.pullPolicy }}
           args: ["serve", "--services", {{ .services | quote }}]
           env:
-            {{- include "oneagents.env" (dict "root" $root "grpcPort" .grpcPort "httpPort" .httpPort) | nindent 12 }}
+            {{- include "oneagents.env" (dict "root" $root "grpcPort" .grpcPort "httpPort" .httpPort "metricsPort" .metricsPort) | nindent 12 }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -96,6 +102,9 @@ spec:
             {{- end }}
             - name: grpc
               containerPort: {{ .grpcPort }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ .metricsPort }}
               protocol: TCP
           {{- end }}
           readinessProbe:

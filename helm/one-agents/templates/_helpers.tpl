@@ -83,6 +83,10 @@ database.url database.admin_url redis.url nats.password nats.token grpc.service_
 - name: ONE_AGENTS_GATEWAY__LISTEN
   value: {{ printf "%s:%v" $root.Values.network.listenHost .httpPort | quote }}
 {{- end }}
+{{- if .metricsPort }}
+- name: ONE_AGENTS_TELEMETRY__METRICS_ADDR
+  value: {{ printf "%s:%v" $root.Values.network.listenHost .metricsPort | quote }}
+{{- end }}
 {{- range $role := splitList " " (include "oneagents.grpcRoles" $root) }}
 - name: ONE_AGENTS_GRPC__ENDPOINTS__{{ upper $role }}
   value: {{ include "oneagents.endpoint" (list $root $role) | quote }}
