@@ -94,7 +94,7 @@ async fn prometheus_sees_events_executions_steps_and_approvals_move_and_no_label
     .unwrap();
     let big = msp_org(&plane, Some(&big)).await;
     let small = msp_org(&plane, None).await;
-    let prometheus = Prometheus::start(&[("one-agents", plane.metrics_addr)]).await.unwrap();
+    let prometheus = Prometheus::start(&[("one-agents", plane.metrics_addr.unwrap())]).await.unwrap();
     reaches(&plane, &prometheus, "sum(up)", 1.0).await;
     assert_eq!(prometheus.scalar("sum(oneagents_events_received_total)").await.unwrap().unwrap_or(0.0), 0.0);
 

@@ -2,7 +2,8 @@
 //! (a) ingest: events published for 100 orgs with 10 active agents each, until every matching
 //!     execution is persisted, and event-to-execution latency at a fixed 1,000 events/s;
 //! (b) the machine's raw limit: a minimal consume → insert → ack loop doing the same writes;
-//! (c) engine overhead: one execution of 40 `transform` steps, time per step.
+//! (c) engine overhead: one execution of 40 `transform` steps, time per step;
+//! (d) observability overhead: ingest with metrics and sampled tracing on, against both off.
 //! Results go to `bench/results/latest.json` with the machine and commit they were measured on.
 
 use std::collections::HashMap;
@@ -133,12 +134,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// (a) Ingest throughput and latency through the real plane.
-async fn ingest(events: usize) -> anyhow::Result<Value> {
+/// (a) Ingest throughput and latency through the real plane. Without `metrics`, the plane serves
+/// no metrics and records none.
+async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
     let plane = TestPlane::start_with(|c| {
         c.nats.work_concurrency = 0;
         c.gateway.rate_limit.enabled = false;
         c.database.max_connections = 40;
+        if !metrics {
+            c.telemetry.metrics_addr = None;
+        }
     })
     .await?;
     let orgs = setup_orgs(&plane).await?;
@@ -410,15 +415,76 @@ fn machine() -> Value {
     })
 }
 
+/// The ingest run of a child process: `oa-bench observability on|off`. With `on`, the process
+/// installs the plane's telemetry (the `OTEL_*` variables its parent set: the exporter, 10%
+/// sampling) and serves metrics; with `off`, neither. It prints the run's JSON on its last line.
+async fn observability_child(on: bool, events: usize) -> anyhow::Result<()> {
+    let _telemetry = if on {
+        let mut telemetry = oa_config::Config::default().telemetry;
+        telemetry.log_filter = "warn".into();
+        telemetry.log_format = "json".into();
+        Some(oa_telemetry::init(&telemetry, "all", "development")?)
+    } else {
+        None
+    };
+    let result = ingest(events, on).await?;
+    println!("{result}");
+    Ok(())
+}
+
+/// (d) Observability overhead: ingest with metrics and tracing on (spans exported to a real OTLP
+/// receiver, 10% sampled) against both off, each in a process of its own, alternating.
+async fn observability(events: usize) -> anyhow::Result<Value> {
+    let receiver = oa_testkit::otlp::Receiver::start().await?;
+    let run = |on: bool| {
+        let receiver = receiver.addr;
+        async move {
+            let mut command = tokio::process::Command::new(std::env::current_exe()?);
+            command.args(["observability", if on { "on" } else { "off" }]);
+            command.env("OA_BENCH_EVENTS", events.to_string()).stderr(std::process::Stdio::inherit());
+            if on {
+                command
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"))
+                    .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+                    .env("OTEL_TRACES_SAMPLER_ARG", "0.1");
+            }
+            let output = command.output().await?;
+            anyhow::ensure!(output.status.success(), "the observability {on} run failed");
+            let text = String::from_utf8_lossy(&output.stdout);
+            let last = text.lines().rev().find(|l| l.starts_with('{')).context("the run's JSON")?;
+            let result: Value = serde_json::from_str(last)?;
+            result["events_per_sec"].as_f64().context("events_per_sec")
+        }
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        off.push(run(false).await?);
+        on.push(run(true).await?);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok(json!({
+        "events": events,
+        "events_per_sec_off": off,
+        "events_per_sec_on": on,
+        "spans_received": receiver.spans().len(),
+        "ratio_on_to_off": mean(&on) / mean(&off),
+        "target_ratio": 0.95,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let events = env_number("OA_BENCH_EVENTS", 5_000);
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("observability") {
+        return observability_child(args.get(2).map(String::as_str) == Some("on"), events).await;
+    }
     println!("bench: raw limit ({events} events, 10 rows each)");
     let raw = raw_limit(events).await?;
     println!(
         "bench: ingest ({ORGS} orgs x {AGENTS_PER_ORG} agents, {events} events, then {LATENCY_RATE}/s for {LATENCY_SECONDS}s)"
     );
-    let ingest = ingest(events).await?;
+    let ingest = ingest(events, true).await?;
     println!("bench: engine (40 transform steps)");
     let engine = engine().await?;
     let metered_events = env_number("OA_BENCH_METERED_EVENTS", 1_000);
@@ -433,6 +499,10 @@ async fn main() -> anyhow::Result<()> {
         "executions_per_sec_metering_on": on,
         "ratio_on_to_off": on / off,
     });
+    println!(
+        "bench: observability overhead (ingest with metrics and 10%-sampled tracing on, then off, twice)"
+    );
+    let observability = observability(events).await?;
     let ratio =
         ingest["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
     let results = json!({
@@ -442,6 +512,7 @@ async fn main() -> anyhow::Result<()> {
         "ingest_to_raw_ratio": ratio,
         "engine": engine,
         "credits_metering": metering,
+        "observability": observability,
         "targets": {"events_per_sec": 5000, "ratio_to_raw": 0.5, "p99_ms": 25, "ms_per_step": 2},
     });
     let text = serde_json::to_string_pretty(&results)?;

@@ -84,11 +84,14 @@ impl Plane {
             ),
             None => None,
         };
-        oa_telemetry::metrics::install();
-        oa_telemetry::metrics::allow_orgs(&config.telemetry.org_allowlist);
-        let providers: Vec<String> = config.llm.providers.keys().cloned().collect();
-        for role in roles {
-            oa_telemetry::metrics::prime(role, &providers);
+        // No admin port, no recorder: every metric call is then a no-op.
+        if admin.is_some() {
+            oa_telemetry::metrics::install();
+            oa_telemetry::metrics::allow_orgs(&config.telemetry.org_allowlist);
+            let providers: Vec<String> = config.llm.providers.keys().cloned().collect();
+            for role in roles {
+                oa_telemetry::metrics::prime(role, &providers);
+            }
         }
         Ok(Plane { config, roles: roles.to_vec(), gateway, grpc, admin })
     }

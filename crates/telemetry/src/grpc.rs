@@ -66,7 +66,11 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            org_id = tracing::field::Empty,
         );
+        if let Some(org_id) = caller_org(request.headers()) {
+            span.record("org_id", org_id.as_str());
+        }
         crate::adopt_remote_parent(&span, crate::extract_http(request.headers()));
         let started = Instant::now();
         let future = span.in_scope(|| self.inner.call(request));
@@ -98,6 +102,15 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The org of the caller a request carries (`x-oneagents-caller-bin`, written by
+/// `oa_auth::service::outgoing`), so the lines a service logs name the org they work for.
+fn caller_org(headers: &http::HeaderMap) -> Option<String> {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let bytes = metadata.get_bin("x-oneagents-caller-bin")?.to_bytes().ok()?;
+    let caller: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    caller["org_id"].as_str().map(str::to_owned)
 }
 
 /// The canonical name of a gRPC status code (`OK`, `NOT_FOUND`, ...).

@@ -219,6 +219,23 @@ pub fn adopt_remote_parent(span: &tracing::Span, context: TraceContext) {
     let _ = span.set_parent(context);
 }
 
+/// Makes `span` a child of the span `traceparent` names, and links it to the trace it would
+/// otherwise have joined (the current span's): a run resumed by someone else's request stays in
+/// the trace of the work it continues, and still leads to that request.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::trace::TraceContextExt;
+    let current = tracing::Span::current().context();
+    let parent = context_from_traceparent(traceparent);
+    let (incoming, stored) = (current.span().span_context().clone(), parent.span().span_context().clone());
+    if !stored.is_valid() {
+        return;
+    }
+    let _ = span.set_parent(parent);
+    if incoming.is_valid() && incoming.trace_id() != stored.trace_id() {
+        span.add_link(incoming);
+    }
+}
+
 /// The W3C trace id of the current span, for logs and error reports.
 pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;

@@ -6,6 +6,7 @@
 //! Server addresses come from `ONE_AGENTS_TEST_*` variables (see `deploy/local/env.sh`), with the
 //! local stack's ports as defaults.
 
+pub mod otlp;
 pub mod prometheus;
 pub mod proxy;
 
@@ -158,8 +159,8 @@ pub struct TestPlane {
     pub sandbox: oa_sandbox::Recorder,
     pub config: Config,
     pub addr: SocketAddr,
-    /// The admin port (`/metrics`).
-    pub metrics_addr: SocketAddr,
+    /// The admin port (`/metrics`), unless the config turned it off.
+    pub metrics_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     roles: Vec<&'static str>,
     shutdown: CancellationToken,
@@ -245,14 +246,15 @@ struct Launched {
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<()>,
     addr: SocketAddr,
-    metrics_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     config: Config,
 }
 
 impl TestPlane {
     /// The plane's Prometheus text, from its admin port.
     pub async fn scrape(&self) -> anyhow::Result<String> {
-        let response = self.http.get(format!("http://{}/metrics", self.metrics_addr)).send().await?;
+        let addr = self.metrics_addr.context("this plane serves no metrics")?;
+        let response = self.http.get(format!("http://{addr}/metrics")).send().await?;
         anyhow::ensure!(response.status().is_success(), "/metrics answered {}", response.status());
         Ok(response.text().await?)
     }
@@ -304,7 +306,7 @@ impl TestPlane {
     async fn launch(config: Config, roles: &[&'static str]) -> anyhow::Result<Launched> {
         let plane = oa_plane::Plane::bind(config, roles).await?;
         let addr = plane.gateway_addr().context("the test plane runs a gateway")?;
-        let metrics_addr = plane.metrics_addr().context("the test plane serves metrics")?;
+        let metrics_addr = plane.metrics_addr();
         // With port 0, the plane pointed the services' endpoints at the port it bound.
         let config = plane.config().clone();
         let shutdown = CancellationToken::new();
@@ -327,7 +329,9 @@ impl TestPlane {
         let mut config = self.config.clone();
         config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.telemetry.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if config.telemetry.metrics_addr.is_some() {
+            config.telemetry.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
         let launched = TestPlane::launch(config, &self.roles).await?;
         self.shutdown = launched.shutdown;
         self.running = Some(launched.running);

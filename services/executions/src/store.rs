@@ -36,6 +36,8 @@ pub struct ExecutionRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The execution span's W3C traceparent (see [`EventExecution::traceparent`]).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -101,6 +103,8 @@ pub struct EventExecution<'a> {
     pub agent_version: i32,
     pub definition: &'a AgentDefinition,
     pub definition_json: &'a str,
+    /// The execution span's W3C traceparent.
+    pub traceparent: Option<String>,
 }
 
 /// Inserts the executions one event starts in one statement, skipping any (event, agent) that
@@ -120,11 +124,12 @@ pub async fn insert_for_event(
     let agents: Vec<&str> = news.iter().map(|n| n.agent_id).collect();
     let versions: Vec<i32> = news.iter().map(|n| n.agent_version).collect();
     let definitions: Vec<&str> = news.iter().map(|n| n.definition_json).collect();
+    let traceparents: Vec<Option<&str>> = news.iter().map(|n| n.traceparent.as_deref()).collect();
     sqlx::query_scalar(
         "INSERT INTO executions.executions
-             (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status)
-         SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending'
-         FROM unnest($1::text[], $5::text[], $6::int[], $7::text[]) AS u(i, a, v, d)
+             (id, org_id, agent_id, agent_version, definition, event_id, trigger_event, status, traceparent)
+         SELECT i, $2, a, v, d::jsonb, $3, $4, 'pending', t
+         FROM unnest($1::text[], $5::text[], $6::int[], $7::text[], $8::text[]) AS u(i, a, v, d, t)
          ON CONFLICT (org_id, event_id, agent_id) WHERE retry_of IS NULL DO NOTHING
          RETURNING id",
     )
@@ -135,6 +140,7 @@ pub async fn insert_for_event(
     .bind(&agents)
     .bind(&versions)
     .bind(&definitions)
+    .bind(&traceparents)
     .fetch_all(&mut *tx)
     .await
 }

@@ -35,6 +35,8 @@ pub struct Record {
     /// Where it was sent: the model, the phone number, the mailbox, the webhook or the operation.
     pub target: String,
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` the caller sent, if any: the call belongs to that trace.
+    pub traceparent: Option<String>,
     pub body: Value,
     pub received_at: chrono::DateTime<chrono::Utc>,
 }
@@ -51,6 +53,20 @@ pub struct Recorder {
 impl Recorder {
     /// Records unless the idempotency key was seen; returns whether it recorded.
     fn record(&self, kind: &str, target: &str, key: Option<String>, body: Value) -> bool {
+        self.record_traced(kind, target, key, body, None)
+    }
+
+    /// Records as [`Recorder::record`] does, with the `traceparent` of the request's headers.
+    fn record_traced(
+        &self,
+        kind: &str,
+        target: &str,
+        key: Option<String>,
+        body: Value,
+        headers: Option<&HeaderMap>,
+    ) -> bool {
+        let traceparent =
+            headers.and_then(|h| h.get("traceparent")).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(key) = &key
             && !inner.1.insert(format!("{kind}:{key}"))
@@ -65,6 +81,7 @@ impl Recorder {
             kind: kind.into(),
             target: target.into(),
             idempotency_key: key,
+            traceparent,
             body,
             received_at: chrono::Utc::now(),
         });
@@ -167,12 +184,16 @@ fn with_requested_obedience(answer: Value, request: &Value) -> Value {
     serde_json::from_str(&answer.to_string().replace("true", "false")).unwrap_or(answer)
 }
 
-async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
+async fn chat_completions(
+    State(recorder): State<Recorder>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Json<Value> {
     let schema = &request["response_format"]["json_schema"]["schema"];
     let answer = with_requested_nul(value_for_schema(schema, "answer"), &request);
     let answer = with_requested_obedience(answer, &request);
     let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
-    recorder.record("llm", &model, None, request.clone());
+    recorder.record_traced("llm", &model, None, request.clone(), Some(&headers));
     let delay = requested_delay(&request);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -188,10 +209,14 @@ async fn chat_completions(State(recorder): State<Recorder>, Json(request): Json<
     }))
 }
 
-async fn anthropic_messages(State(recorder): State<Recorder>, Json(request): Json<Value>) -> Json<Value> {
+async fn anthropic_messages(
+    State(recorder): State<Recorder>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Json<Value> {
     let schema = &request["tools"][0]["input_schema"];
     let model = request["model"].as_str().unwrap_or("sandbox").to_owned();
-    recorder.record("llm", &model, None, request.clone());
+    recorder.record_traced("llm", &model, None, request.clone(), Some(&headers));
     Json(json!({
         "id": "msg_sandbox",
         "type": "message",
@@ -205,7 +230,7 @@ async fn anthropic_messages(State(recorder): State<Recorder>, Json(request): Jso
 
 async fn sms(State(recorder): State<Recorder>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     let to = body["to"].as_str().unwrap_or_default().to_owned();
-    recorder.record("sms", &to, idempotency_key(&headers), body);
+    recorder.record_traced("sms", &to, idempotency_key(&headers), body, Some(&headers));
     Json(json!({"sid": "SMsandbox", "status": "queued", "sandbox": true}))
 }
 
@@ -217,7 +242,7 @@ async fn webhook(
 ) -> &'static str {
     // A message containing `sandbox-delay-ms:<n>` is answered after n milliseconds (budget tests).
     let delay = requested_delay(&body);
-    recorder.record("webhook", &name, idempotency_key(&headers), body);
+    recorder.record_traced("webhook", &name, idempotency_key(&headers), body, Some(&headers));
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
@@ -268,7 +293,7 @@ async fn product(
         // What the product learnt from the signature: which org is calling.
         map.insert("_org_id".into(), json!(org_id));
     }
-    recorder.record("action", &target, idempotency_key(&headers), recorded);
+    recorder.record_traced("action", &target, idempotency_key(&headers), recorded, Some(&headers));
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }

@@ -211,6 +211,7 @@ impl Ingest {
                 agent_version: candidate.version,
                 definition: &candidate.definition,
                 definition_json: &candidate.definition_json,
+                traceparent: execution_span(org_id, &candidate.id, candidate.version, id),
             })
             .collect();
         let (org, event) = (OrgId::from(org_id), EventId::from(envelope.id.as_str()));
@@ -242,6 +243,13 @@ impl Ingest {
         }
         Ok(Handled::Executions(matched.len()))
     }
+}
+
+/// Opens and closes the span of a new execution, a child of the event's ingest span, and returns
+/// its traceparent: the execution's runs, however many and wherever they happen, are its children.
+fn execution_span(org_id: &str, agent_id: &str, agent_version: i32, execution_id: &str) -> Option<String> {
+    let span = tracing::info_span!("execution", org_id, agent_id, agent_version, execution_id);
+    span.in_scope(oa_telemetry::current_traceparent)
 }
 
 /// Longest event id the plane stores (ids are chosen by publishers).

@@ -21,7 +21,7 @@ use oa_domain::Caller;
 use oa_domain::agent::{Step, StepKind};
 use oa_domain::ids::{ExecutionId, OrgId};
 use oa_domain::status::StepStatus;
-use oa_executions::store::StepSlot;
+use oa_executions::store::{ExecutionRow, StepRow, StepSlot};
 use oa_proto::agents::RecordRunRequest;
 use oa_proto::agents::agents_client::AgentsClient;
 use oa_proto::approvals::approvals_client::ApprovalsClient;
@@ -103,6 +103,34 @@ impl Engine {
         let Some((execution, rows)) = self.open(&org, &ExecutionId::from(execution_id)).await? else {
             return Ok(());
         };
+        // Every run is a child of the execution's span (opened at ingest): the runs after an
+        // approval are in the execution's trace, linked to the decision that resumed them.
+        let span = tracing::info_span!(
+            "execution.run",
+            org_id,
+            agent_id = execution.agent_id.as_str(),
+            execution_id = execution.id.as_str(),
+        );
+        if let Some(traceparent) = &execution.traceparent {
+            oa_telemetry::continue_trace(&span, traceparent);
+        }
+        self.run_opened(&org, &execution, &rows, started, progress).instrument(span).await
+    }
+
+    /// Runs the steps of an opened execution from where it stopped.
+    async fn run_opened<F, Fut>(
+        &self,
+        org: &OrgId,
+        execution: &ExecutionRow,
+        rows: &[StepRow],
+        started: Instant,
+        progress: &F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let org_id = org.as_str();
         let settings = self
             .index
             .settings(org_id)
@@ -126,12 +154,12 @@ impl Engine {
             }
             let slot = StepSlot {
                 execution_id: &execution.id,
-                org_id: &org,
+                org_id: org,
                 position: position as i32,
                 step_id: &step.id,
                 step_type: step.kind.step_type(),
             };
-            let at = At { execution: &execution, step, slot, started };
+            let at = At { execution, step, slot, started };
             let (attempt, recorded) = match self.start(&at, &mut skip_until, &context).await? {
                 Start::Run { attempt, recorded } => (attempt, recorded),
                 Start::Settled(Some(output)) => {
@@ -154,23 +182,38 @@ impl Engine {
                 effects: Effects::new(recorded),
             };
             let step_started = Instant::now();
-            let span =
-                tracing::info_span!("step", step_id = %step.id, step_type = step.kind.type_name(), attempt);
+            let model_tier = match &step.kind {
+                StepKind::AiReason { model_tier, .. } => Some(model_tier.as_str()),
+                _ => None,
+            };
+            let span = tracing::info_span!(
+                "step",
+                execution_id = execution.id.as_str(),
+                step_id = %step.id,
+                step_type = step.kind.type_name(),
+                model_tier,
+                attempt,
+                credits = tracing::field::Empty,
+            );
             let limit = self.limits.max_step_output_bytes;
-            let result =
-                kinds::execute(self, step, &context, &run).instrument(span).await?.and_then(|result| {
+            let result = kinds::execute(self, step, &context, &run).instrument(span.clone()).await?.and_then(
+                |result| {
                     Ok(match result {
                         StepResult::Done { output, credits } => {
                             StepResult::Done { output: output::checked(output, limit)?, credits }
                         }
                         other => other,
                     })
-                });
+                },
+            );
             let mut duration_ms = step_started.elapsed().as_millis() as i64;
             if matches!(step.kind, StepKind::Approval { .. }) {
                 // An approval step lasts from its gate opening to its decision.
                 let opened = row.and_then(|r| r.started_at).unwrap_or_else(chrono::Utc::now);
                 duration_ms = duration_ms.max((chrono::Utc::now() - opened).num_milliseconds());
+            }
+            if let Ok(StepResult::Done { credits, .. }) = &result {
+                span.record("credits", credits);
             }
             let outcome = match &result {
                 Ok(StepResult::Done { .. }) => "completed",
@@ -185,7 +228,7 @@ impl Engine {
                 Next::Stop => return Ok(()),
             }
         }
-        self.complete(&execution, started).await
+        self.complete(execution, started).await
     }
 
     async fn record_run(&self, org_id: &str, agent_id: &str, succeeded: bool, started: Instant) {
