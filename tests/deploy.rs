@@ -279,7 +279,12 @@ fn production_values_use_tls_between_roles_network_policies_and_an_existing_secr
     let from = &grpc["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"];
     assert!(from.to_string().contains("gateway") && from.to_string().contains("worker"), "{from}");
     let worker = named(&objects, "NetworkPolicy", "one-agents-worker").unwrap();
-    assert_eq!(worker["spec"]["ingress"], json!([]), "workers take no traffic");
+    assert_eq!(
+        worker["spec"]["ingress"],
+        json!([{"ports": [{"port": "metrics"}],
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}]),
+        "workers take no traffic but Prometheus' from the monitoring namespace"
+    );
     assert!(named(&objects, "Ingress", "one-agents").is_some());
 }
 

@@ -3,16 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const EVENT_CATEGORIES: [&str; 8] = [
-    "service_desk",
-    "security",
-    "operations",
-    "finance",
-    "compliance",
-    "communications",
-    "onboarding",
-    "client_success",
-];
+/// The categories an event type may have, as text (`EventCategory`'s string forms).
+pub use crate::status::EventCategory;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

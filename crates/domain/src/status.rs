@@ -78,6 +78,14 @@ text_enums! {
 
     /// How a gate was decided.
     pub enum DecidedVia { User, IntegrationKey, SignedLink, Timeout, Cancel }
+
+    /// An org's subscription tier: its monthly credits, rate limits and defaults follow from it.
+    pub enum OrgTier { Starter, Pro, Enterprise }
+
+    /// The catalog's categories of event types.
+    pub enum EventCategory {
+        ServiceDesk, Security, Operations, Finance, Compliance, Communications, Onboarding, ClientSuccess,
+    }
 }
 
 impl ExecutionStatus {
@@ -114,6 +122,20 @@ mod tests {
         assert_eq!(ModelTier::VARIANTS, ["quick", "standard", "premium", "expert"]);
         assert_eq!(Channel::VARIANTS.join(", "), "sms, email, slack, teams, webhook");
         assert_eq!(TemplateCategory::Hr.as_str(), "hr");
+        assert_eq!(OrgTier::VARIANTS, ["starter", "pro", "enterprise"]);
+        assert_eq!(
+            EventCategory::VARIANTS,
+            [
+                "service_desk",
+                "security",
+                "operations",
+                "finance",
+                "compliance",
+                "communications",
+                "onboarding",
+                "client_success",
+            ]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 
 pub use keys::{IntegrationKey, KeyStore, NewIntegrationKey, PRODUCT_ORG, ProductKey, ResolvedKey};
 
-pub const TIERS: [&str; 3] = ["starter", "pro", "enterprise"];
+pub use oa_domain::status::OrgTier;
 
 #[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct Org {
@@ -62,8 +62,12 @@ impl OrgStore {
                 "org id {id:?} must look like org_<letters, digits, _ or ->"
             )));
         }
-        if !TIERS.contains(&tier) {
-            return Err(TenancyError::Invalid(format!("tier must be one of {}", TIERS.join(", "))));
+        if tier.parse::<OrgTier>().is_err() {
+            use strum::VariantNames;
+            return Err(TenancyError::Invalid(format!(
+                "tier must be one of {}",
+                OrgTier::VARIANTS.join(", ")
+            )));
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {

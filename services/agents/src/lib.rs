@@ -14,7 +14,7 @@ pub mod validate;
 use std::collections::HashMap;
 
 use oa_domain::agent::{AgentDefinition, AgentStatus, AgentType, TemplateCategory};
-use oa_domain::catalog::EVENT_CATEGORIES;
+use oa_domain::catalog::EventCategory;
 use oa_domain::ids::{AgentId, OrgId};
 use oa_domain::settings::OrgSettings;
 use oa_domain::{ApiError, Caller, ErrorCode, Permission, ids};
@@ -379,7 +379,7 @@ impl AgentsService {
         let filter = request;
         one_of("status", &filter.status, AgentStatus::VARIANTS)?;
         one_of("type", &filter.r#type, AgentType::VARIANTS)?;
-        one_of("category", &filter.category, &EVENT_CATEGORIES)?;
+        one_of("category", &filter.category, EventCategory::VARIANTS)?;
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
         let list_filter = store::ListFilter {
             status: &filter.status,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use oa_domain::agent::{
     AgentDefinition, Channel, ConflictBehavior, ModelTier, Operator, StepType, parse_duration_seconds,
 };
-use oa_domain::catalog::{EVENT_CATEGORIES, EventType, FieldType, FilterableField};
+use oa_domain::catalog::{EventCategory, EventType, FieldType, FilterableField};
 use serde_json::{Map, Value, json};
 use strum::VariantNames;
 
@@ -126,8 +126,10 @@ pub fn validate_within(
         checker.problem("description", "description is a string of at most 2000 characters");
     }
     match object.get("category").and_then(Value::as_str) {
-        Some(category) if EVENT_CATEGORIES.contains(&category) => {}
-        _ => checker.problem("category", format!("category is one of {}", EVENT_CATEGORIES.join(", "))),
+        Some(category) if category.parse::<EventCategory>().is_ok() => {}
+        _ => {
+            checker.problem("category", format!("category is one of {}", EventCategory::VARIANTS.join(", ")))
+        }
     }
     let event_type = check_trigger(&mut checker, object.get("trigger"));
     check_conditions(&mut checker, object.get("conditions"), event_type.as_ref());

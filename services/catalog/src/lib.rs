@@ -8,7 +8,7 @@ mod error;
 mod seed;
 mod store;
 
-use oa_domain::catalog::{EVENT_CATEGORIES, EventType, FieldType, split_event_type_id};
+use oa_domain::catalog::{EventCategory, EventType, FieldType, split_event_type_id};
 use oa_domain::{ApiError, Caller, ErrorCode, Permission};
 use oa_proto::agents::FieldsInUseRequest;
 use oa_proto::agents::agents_client::AgentsClient;
@@ -16,6 +16,7 @@ use oa_proto::catalog as pb;
 use oa_proto::catalog::catalog_server::{Catalog, CatalogServer};
 use secrecy::SecretString;
 use sqlx::PgPool;
+use strum::VariantNames;
 use tonic::transport::Channel;
 
 pub use error::CatalogError;
@@ -83,7 +84,7 @@ pub fn validate_event_type(id: &str, body: &serde_json::Value) -> Result<EventTy
     if event_type.description.len() > 2000 {
         problem("description".into(), "description is at most 2000 characters");
     }
-    if !EVENT_CATEGORIES.contains(&event_type.category.as_str()) {
+    if event_type.category.parse::<EventCategory>().is_err() {
         problem(
             "category".into(),
             "category is one of service_desk, security, operations, finance, compliance, communications, onboarding, client_success",
@@ -128,10 +129,10 @@ impl CatalogService {
     ) -> Result<pb::ListEventTypesResponse> {
         caller.require(Permission::ReadCatalog)?;
         let filter = request;
-        if !filter.category.is_empty() && !EVENT_CATEGORIES.contains(&filter.category.as_str()) {
+        if !filter.category.is_empty() && filter.category.parse::<EventCategory>().is_err() {
             return Err(ApiError::bad_request(format!(
                 "category must be one of {}",
-                EVENT_CATEGORIES.join(", ")
+                EventCategory::VARIANTS.join(", ")
             ))
             .into());
         }

@@ -97,16 +97,24 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
     let release = format!("kp{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let gateway_port = free_port();
     let mut roles = serde_json::Map::new();
-    roles.insert("gateway".into(), json!({"httpPort": gateway_port, "grpcPort": free_port()}));
+    let mut metrics_ports = vec![("gateway", free_port())];
+    roles.insert(
+        "gateway".into(),
+        json!({"httpPort": gateway_port, "grpcPort": free_port(), "metricsPort": metrics_ports[0].1}),
+    );
     for role in ["agents", "catalog", "executions", "approvals", "credits", "worker"] {
-        roles.insert(role.into(), json!({"grpcPort": free_port()}));
+        let metrics_port = free_port();
+        metrics_ports.push((role, metrics_port));
+        roles.insert(role.into(), json!({"grpcPort": free_port(), "metricsPort": metrics_port}));
     }
+    let worker_b_metrics = free_port();
+    metrics_ports.push(("worker", worker_b_metrics));
     let base = format!("http://{}", sandbox.http_addr);
     let admin_url = db.app_url.replacen("one_agents_app@", "postgres@", 1);
     let values = json!({
         "image": {"repository": "localhost/one-agents", "tag": "test", "pullPolicy": "Never"},
         "roles": roles,
-        "additionalWorkers": [{"name": "worker-b", "grpcPort": free_port()}],
+        "additionalWorkers": [{"name": "worker-b", "grpcPort": free_port(), "metricsPort": worker_b_metrics}],
         "secrets": {
             "databaseUrl": db.app_url, "databaseAdminUrl": admin_url,
             "redisUrl": config.redis.url.expose_secret(),
@@ -184,10 +192,23 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
     }
     let ready_took = started.elapsed() - image_took;
 
+    // Every pod serves its role's metrics on the chart's metrics port.
+    let http = reqwest::Client::new();
+    for (role, port) in &metrics_ports {
+        let text =
+            http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("oneagents_build_info") && l.contains(&format!("role=\"{role}\""))),
+            "{role} on {port} serves its metrics: {}",
+            text.chars().take(400).collect::<String>()
+        );
+        assert!(text.contains("# HELP oneagents_"), "{role}: HELP lines");
+    }
+
     // 6. Events through the gateway pod; the worker pods match them and run the executions.
     let org = db.create_org("pro").await.unwrap();
     let (_, key) = db.create_key(&org, &[Scope::EventsPublish, Scope::ExecutionsRead]).await.unwrap();
-    let http = reqwest::Client::new();
     let gateway = format!("http://127.0.0.1:{gateway_port}");
     let events = 24;
     for n in 0..events {

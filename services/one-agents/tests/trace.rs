@@ -63,7 +63,10 @@ impl Split {
         let mut env = oa_testkit::process_env(&config);
         env.extend([
             ("ONE_AGENTS_AUTH__JWKS_FILE".to_owned(), jwks_path.display().to_string()),
-            ("ONE_AGENTS_TELEMETRY__LOG_FILTER".to_owned(), "info,sqlx=warn,async_nats=warn".to_owned()),
+            (
+                "ONE_AGENTS_TELEMETRY__LOG_FILTER".to_owned(),
+                "info,oa_worker=debug,sqlx=warn,async_nats=warn".to_owned(),
+            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{}", receiver.addr)),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), "grpc".to_owned()),
             ("OTEL_TRACES_SAMPLER".to_owned(), "parentbased_always_on".to_owned()),
@@ -172,6 +175,20 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
     .await
     .expect("Guardian's gate");
     let execution_id = gate["execution_id"].as_str().unwrap().to_owned();
+    // The gate's notification carries a signed decision link; opening it shows the gate.
+    let link_token = eventually(30, || async {
+        sandbox.records().iter().find_map(|record| {
+            let text = record.body.to_string();
+            let at = text.find("link?token=")? + "link?token=".len();
+            let token: String =
+                text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+            (!token.is_empty()).then_some(token)
+        })
+    })
+    .await
+    .expect("a decision link in the gate's notification");
+    let page = http.get(url(&format!("/approvals/{}/link?token={link_token}", gate["id"].as_str().unwrap())));
+    assert_eq!(page.send().await.unwrap().status(), 200, "the link page opens");
     let decision = http
         .post(url(&format!("/api/approvals/{}/decision", gate["id"].as_str().unwrap())))
         .bearer_auth(&token)
@@ -302,6 +319,15 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
     assert!(!in_trace.is_empty(), "lines logged inside the trace carry its id");
     assert!(in_trace.iter().all(|l| l["span_id"].is_string()));
     assert!(in_trace.iter().any(|l| l["span"]["org_id"] == json!(org)), "and the org they work for");
+    let step_lines: Vec<&&Value> =
+        in_trace.iter().filter(|l| l["fields"]["message"] == "step finished").collect();
+    assert!(step_lines.len() >= ran.len(), "a line per step: {step_lines:?}");
+    assert!(
+        step_lines
+            .iter()
+            .all(|l| l["span"]["execution_id"] == json!(execution_id) && l["span"]["org_id"] == json!(org)),
+        "a step's lines name the execution and the org: {step_lines:?}"
+    );
     // A request's lines carry the trace its caller sent.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let refused = http
@@ -317,7 +343,14 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
     let refusal: Value = serde_json::from_str(&refusal).unwrap();
     assert_eq!(refusal["trace_id"], json!(caller_trace), "{refusal}");
     let logs = plane.logs();
-    for secret in [key.as_str(), token.as_str(), PROVIDER_KEY, REFUSED_KEY, BODY_SECRET] {
+    for secret in [key.as_str(), token.as_str(), link_token.as_str(), PROVIDER_KEY, REFUSED_KEY, BODY_SECRET]
+    {
         assert!(!logs.contains(secret), "a secret in the logs");
     }
+    eprintln!(
+        "one trace: {} spans from {services:?}; steps {ran:?}; {} log lines, {} in the trace",
+        trace.len(),
+        lines.len(),
+        in_trace.len()
+    );
 }

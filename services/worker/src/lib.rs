@@ -40,6 +40,9 @@ use crate::engine::Engine;
 use crate::index::AgentIndex;
 
 const CATALOG_TTL: Duration = Duration::from_secs(30);
+/// After an org's dead letter is logged at warn, its next ones for this long are logged at debug:
+/// a flood of poison events must not flood the logs too (the metric counts every one).
+const DEAD_LETTER_LOG_QUIET: Duration = Duration::from_secs(10);
 
 struct Ingest {
     pool: PgPool,
@@ -52,6 +55,8 @@ struct Ingest {
     known_event_types: moka::future::Cache<String, ()>,
     nats: oa_bus::async_nats::Client,
     dead_letters: dead_letters::DeadLetters,
+    /// Orgs whose dead letter was logged at warn in the last [`DEAD_LETTER_LOG_QUIET`].
+    dead_letters_logged: moka::sync::Cache<String, ()>,
 }
 
 /// What handling one bus message came to.
@@ -85,7 +90,18 @@ impl Ingest {
         payload: &[u8],
         (kind, reason): (&'static str, String),
     ) -> anyhow::Result<Handled> {
-        tracing::warn!(org_id, subject, %reason, "event dead-lettered");
+        if self.dead_letters_logged.contains_key(org_id) {
+            tracing::debug!(org_id, subject, %reason, "event dead-lettered");
+        } else {
+            self.dead_letters_logged.insert(org_id.to_owned(), ());
+            tracing::warn!(
+                org_id,
+                subject,
+                %reason,
+                quiet_seconds = DEAD_LETTER_LOG_QUIET.as_secs(),
+                "event dead-lettered (this org's next dead letters for quiet_seconds are logged at debug; oneagents_events_dead_lettered_total counts all)"
+            );
+        }
         metrics::counter!(metrics::EVENTS_DEAD_LETTERED, "role" => "worker", "reason" => kind).increment(1);
         // Postgres text holds no NUL: the letter keeps everything else of what arrived.
         let storable = |text: &str| text.replace('\0', "\u{FFFD}");
@@ -347,6 +363,10 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             .build(),
         nats: worker.nats.clone(),
         dead_letters: dead_letters::DeadLetters::start(worker.pool.clone()),
+        dead_letters_logged: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(DEAD_LETTER_LOG_QUIET)
+            .build(),
     });
     let engine = Arc::new(Engine {
         pool: worker.pool.clone(),

@@ -222,6 +222,7 @@ impl Engine {
                 Err(_) => "failed",
             };
             observe::step(step.kind.type_name(), outcome, step_started.elapsed().as_secs_f64());
+            span.in_scope(|| tracing::debug!(outcome, duration_ms, "step finished"));
             match self.finish(&at, &run, result, duration_ms).await? {
                 Next::Go(Some(output)) => settle(step, output, &mut skip_until, &mut context),
                 Next::Go(None) => {}
