@@ -563,6 +563,8 @@ pub struct TelemetryConfig {
     /// `json` for machines, `pretty` for people, `auto` (the default): JSON unless stdout is a
     /// terminal. Pretty logs carry colour only on a terminal.
     pub log_format: String,
+    /// Which log lines are written, and also which spans exist for tracing: the plane's spans are
+    /// `info`, so a filter quieter than `info` exports no traces.
     pub log_filter: String,
     /// The `service.name` of exported spans: `<service_name>-<role>` for a process of one role,
     /// `<service_name>` for one that runs several.
