@@ -410,19 +410,12 @@ impl TestPlane {
         settled.context("the bus did not settle")
     }
 
-    pub async fn eventually<T, F, Fut>(&self, seconds: u64, mut check: F) -> Option<T>
+    pub async fn eventually<T, F, Fut>(&self, seconds: u64, check: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-        while std::time::Instant::now() < deadline {
-            if let Some(value) = check().await {
-                return Some(value);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        None
+        eventually(seconds, check).await
     }
 
     /// Publishes an envelope straight onto the plane's bus, as a product with NATS access does.
@@ -507,4 +500,20 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         env.push((format!("ONE_AGENTS_ACTIONS__ENDPOINTS__{}", product.to_uppercase()), endpoint.clone()));
     }
     env
+}
+
+/// Polls `check` every 50 ms until it gives a value, for at most `seconds`.
+pub async fn eventually<T, F, Fut>(seconds: u64, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use oa_testkit::otlp::{ReceivedSpan, Receiver};
-use oa_testkit::{HUB_TEST_KEY_PEM, HUB_TEST_KID, TempDir, TestDb};
+use oa_testkit::{HUB_TEST_KEY_PEM, HUB_TEST_KID, TempDir, TestDb, eventually};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -117,19 +117,9 @@ impl Split {
     }
 }
 
-async fn eventually<T, F, Fut>(seconds: u64, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    while std::time::Instant::now() < deadline {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    None
+/// The JSON a signed-in GET answers, if it answers.
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> Option<Value> {
+    http.get(url).bearer_auth(token).send().await.ok()?.json().await.ok()
 }
 
 fn trace_of(traceparent: &str) -> &str {
@@ -161,15 +151,7 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
 
     // Guardian stops at its gate; a human approves it.
     let gate = eventually(60, || async {
-        let list: Value = http
-            .get(url("/api/approvals?status=pending"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let list = get_json(&http, url("/api/approvals?status=pending"), &token).await?;
         list["approvals"].as_array()?.first().cloned()
     })
     .await
@@ -195,15 +177,7 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
         .json(&json!({"decision": "approved"}));
     assert_eq!(decision.send().await.unwrap().status(), 200);
     let execution = eventually(60, || async {
-        let execution: Value = http
-            .get(url(&format!("/api/executions/{execution_id}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let execution = get_json(&http, url(&format!("/api/executions/{execution_id}")), &token).await?;
         (execution["status"] == "completed").then_some(execution)
     })
     .await
