@@ -126,6 +126,37 @@ async fn wait_for_count(
     }
 }
 
+/// Stops a plane and drops its database, so that the server does not vacuum a finished run's
+/// rows during the next one.
+async fn drop_database(plane: TestPlane) -> anyhow::Result<()> {
+    let name = plane.db.name.clone();
+    drop(plane);
+    let root = oa_store::admin_pool(&oa_testkit::admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&root)
+        .await?;
+    root.close().await;
+    Ok(())
+}
+
+/// The CPU seconds used so far by the machine's live `postgres` and `nats-server` processes.
+fn servers_cpu_seconds() -> (f64, f64) {
+    let (mut postgres, mut nats) = (0.0, 0.0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let seconds = (ticks(11) + ticks(12)) / 100.0;
+        if head.ends_with("(postgres") {
+            postgres += seconds;
+        } else if head.ends_with("(nats-server") {
+            nats += seconds;
+        }
+    }
+    (postgres, nats)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -160,6 +191,10 @@ async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
     wait_for_count(&plane, None, warm, Duration::from_secs(120)).await?;
 
     let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 1_000_000 + n)).collect();
+    // Start the window with no checkpoint owed for earlier runs' writes.
+    sqlx::query("CHECKPOINT").execute(&plane.db.admin).await?;
+    let cpu_before = oa_telemetry::metrics::process_cpu_seconds().unwrap_or_default();
+    let servers_before = servers_cpu_seconds();
     let started = Instant::now();
     futures::stream::iter(batch.iter())
         .map(|e| oa_bus::publish_event(&js, &topology, e))
@@ -172,6 +207,8 @@ async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
     let expected = warm + (events * AGENTS_PER_ORG) as i64;
     let done = wait_for_count(&plane, None, expected, Duration::from_secs(600)).await?;
     let elapsed = done.duration_since(started).as_secs_f64();
+    let cpu = oa_telemetry::metrics::process_cpu_seconds().unwrap_or_default() - cpu_before;
+    let servers_after = servers_cpu_seconds();
 
     // Latency at a fixed offered rate.
     let total = LATENCY_RATE * LATENCY_SECONDS;
@@ -206,6 +243,7 @@ async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
         .map(|(id, created)| (*created - sent[id]).num_microseconds().unwrap_or(0) as f64 / 1000.0)
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
+    drop_database(plane).await?;
     Ok(json!({
         "orgs": ORGS,
         "agents_per_org": AGENTS_PER_ORG,
@@ -213,6 +251,9 @@ async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
         "executions_created": events * AGENTS_PER_ORG,
         "events_per_sec": events as f64 / elapsed,
         "executions_per_sec": (events * AGENTS_PER_ORG) as f64 / elapsed,
+        "process_cpu_ms_per_event": cpu * 1000.0 / events as f64,
+        "postgres_cpu_ms_per_event": (servers_after.0 - servers_before.0) * 1000.0 / events as f64,
+        "nats_cpu_ms_per_event": (servers_after.1 - servers_before.1) * 1000.0 / events as f64,
         "publish_seconds": published.as_secs_f64(),
         "latency_offered_rate_per_sec": LATENCY_RATE,
         "latency_events": latencies.len(),
@@ -419,7 +460,8 @@ fn machine() -> Value {
 /// installs the plane's telemetry (the `OTEL_*` variables its parent set: the exporter, 10%
 /// sampling) and serves metrics; with `off`, neither. It prints the run's JSON on its last line.
 async fn observability_child(on: bool, events: usize) -> anyhow::Result<()> {
-    let _telemetry = if on {
+    let only = std::env::var("OA_BENCH_OBSERVE").unwrap_or_default();
+    let _telemetry = if on && only != "metrics" {
         let mut telemetry = oa_config::Config::default().telemetry;
         // The default filter (info): it decides which spans exist, and writes few lines here.
         telemetry.log_format = "json".into();
@@ -427,13 +469,15 @@ async fn observability_child(on: bool, events: usize) -> anyhow::Result<()> {
     } else {
         None
     };
-    let result = ingest(events, on).await?;
+    let result = ingest(events, on && only != "traces").await?;
     println!("{result}");
     Ok(())
 }
 
 /// (d) Observability overhead: ingest with metrics and tracing on (spans exported to a real OTLP
-/// receiver, 10% sampled) against both off, each in a process of its own, alternating.
+/// receiver, 10% sampled) against both off, each in a process of its own. A first run warms the
+/// stack and is not counted; then the pairs alternate their order (off-on, on-off, ...) so that
+/// neither side always runs on a stack the other has just loaded.
 async fn observability(events: usize) -> anyhow::Result<Value> {
     let receiver = oa_testkit::otlp::Receiver::start().await?;
     let run = |on: bool| {
@@ -457,22 +501,36 @@ async fn observability(events: usize) -> anyhow::Result<Value> {
                 .find(|l| l.starts_with('{') && l.contains("events_per_sec"))
                 .context("the run's JSON")?;
             let result: Value = serde_json::from_str(last)?;
-            result["events_per_sec"].as_f64().context("events_per_sec")
+            let figure = |name: &str| result[name].as_f64().with_context(|| name.to_owned());
+            anyhow::Ok((figure("events_per_sec")?, figure("process_cpu_ms_per_event")?))
         }
     };
+    run(false).await?;
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        off.push(run(false).await?);
-        on.push(run(true).await?);
+    for pair in 0..env_number("OA_BENCH_ALTERNATIONS", 4) {
+        for side in if pair.is_multiple_of(2) { [false, true] } else { [true, false] } {
+            let figures = run(side).await?;
+            if side { on.push(figures) } else { off.push(figures) }
+        }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     anyhow::ensure!(!receiver.spans().is_empty(), "tracing was on but the receiver got no span");
+    let mean =
+        |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| v.iter().map(pick).sum::<f64>() / v.len() as f64;
+    let median = |v: &[(f64, f64)]| {
+        let mut rates: Vec<f64> = v.iter().map(|f| f.0).collect();
+        rates.sort_by(f64::total_cmp);
+        let middle = rates.len() / 2;
+        if rates.len().is_multiple_of(2) { (rates[middle - 1] + rates[middle]) / 2.0 } else { rates[middle] }
+    };
     Ok(json!({
         "events": events,
-        "events_per_sec_off": off,
-        "events_per_sec_on": on,
+        "events_per_sec_off": off.iter().map(|f| f.0).collect::<Vec<_>>(),
+        "events_per_sec_on": on.iter().map(|f| f.0).collect::<Vec<_>>(),
         "spans_received": receiver.spans().len(),
-        "ratio_on_to_off": mean(&on) / mean(&off),
+        "ratio_on_to_off": mean(&on, |f| f.0) / mean(&off, |f| f.0),
+        "ratio_on_to_off_by_median": median(&on) / median(&off),
+        "process_cpu_ms_per_event_off": mean(&off, |f| f.1),
+        "process_cpu_ms_per_event_on": mean(&on, |f| f.1),
         "target_ratio": 0.95,
     }))
 }
@@ -481,8 +539,16 @@ async fn observability(events: usize) -> anyhow::Result<Value> {
 async fn main() -> anyhow::Result<()> {
     let events = env_number("OA_BENCH_EVENTS", 5_000);
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("observability") {
-        return observability_child(args.get(2).map(String::as_str) == Some("on"), events).await;
+    match args.get(1).map(String::as_str) {
+        Some("observability") => {
+            return observability_child(args.get(2).map(String::as_str) == Some("on"), events).await;
+        }
+        // Section (d) alone, printed and not written to latest.json: for profiling and comparing.
+        Some("overhead") => {
+            println!("{:#}", observability(events).await?);
+            return Ok(());
+        }
+        _ => {}
     }
     println!("bench: raw limit ({events} events, 10 rows each)");
     let raw = raw_limit(events).await?;
@@ -505,7 +571,7 @@ async fn main() -> anyhow::Result<()> {
         "ratio_on_to_off": on / off,
     });
     println!(
-        "bench: observability overhead (ingest with metrics and 10%-sampled tracing on, then off, three times)"
+        "bench: observability overhead (ingest with metrics and 10%-sampled tracing on and off, a warm-up, then four pairs in alternating order)"
     );
     let observability = observability(events).await?;
     let ratio =

@@ -564,7 +564,9 @@ pub struct TelemetryConfig {
     /// terminal. Pretty logs carry colour only on a terminal.
     pub log_format: String,
     /// Which log lines are written, and also which spans exist for tracing: the plane's spans are
-    /// `info`, so a filter quieter than `info` exports no traces.
+    /// `info`, so a filter quieter than `info` exports no traces. `RUST_LOG` overrides it. Target
+    /// and level directives are decided once per callsite; span or field directives
+    /// (`[span{field=value}]`) are honoured too, at the cost of a lock on every span enter and exit.
     pub log_filter: String,
     /// The `service.name` of exported spans: `<service_name>-<role>` for a process of one role,
     /// `<service_name>` for one that runs several.

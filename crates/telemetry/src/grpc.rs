@@ -68,7 +68,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             org_id = tracing::field::Empty,
         );
-        if let Some(org_id) = caller_org(request.headers()) {
+        if let Some(org_id) = (!span.is_disabled()).then(|| caller_org(request.headers())).flatten() {
             span.record("org_id", org_id.as_str());
         }
         crate::adopt_remote_parent(&span, crate::extract_http(request.headers()));

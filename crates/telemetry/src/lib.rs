@@ -15,9 +15,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use opentelemetry::Context as TraceContext;
 
@@ -87,8 +88,7 @@ pub fn init(
     let tracer = provider.tracer("one-agents");
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(config.log_filter.clone()));
+    let filter = log_filter(&std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_filter.clone()));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let json = match config.log_format.as_str() {
         "json" => true,
@@ -102,10 +102,31 @@ pub fn init(
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            // No busy/idle timings, thread attributes or OpenTelemetry context activation on each
+            // enter and exit of a span (every poll of an instrumented future): nothing here reads
+            // `opentelemetry::Context::current()`, and they cost the ingest path per poll.
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_context_activation(false),
+        )
         .with(logs)
         .try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The level filter of `directives` (`RUST_LOG` syntax). Directives by target and level alone
+/// become a [`Targets`] filter, decided once per callsite; only span or field directives
+/// (`[span{field=value}]`) need an [`EnvFilter`], which takes a lock on every enter and exit.
+fn log_filter(directives: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
+    if !directives.contains('[')
+        && let Ok(targets) = directives.replace(' ', "").parse::<Targets>()
+    {
+        return targets.boxed();
+    }
+    EnvFilter::new(directives).boxed()
 }
 
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
@@ -236,6 +257,12 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// Whether the current span's trace is sampled, that is, exported.
+pub fn current_is_sampled() -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::Span::current().context().span().span_context().is_sampled()
+}
+
 /// The W3C trace id of the current span, for logs and error reports.
 pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
@@ -263,5 +290,39 @@ mod tests {
         let mut out = http::HeaderMap::new();
         TraceContextPropagator::new().inject_context(&back, &mut HeaderInjector(&mut out));
         assert_eq!(out.get("traceparent").unwrap(), traceparent);
+    }
+
+    /// Counts the events that reach it (after the filter below it).
+    #[derive(Clone, Default)]
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn passed(directives: &str, emit: impl FnOnce()) -> usize {
+        let count = Count::default();
+        let subscriber = tracing_subscriber::registry().with(log_filter(directives)).with(count.clone());
+        tracing::subscriber::with_default(subscriber, emit);
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn the_log_filter_reads_targets_levels_and_span_directives() {
+        let by_target = passed("info, noisy=warn", || {
+            tracing::info!(target: "noisy", "dropped");
+            tracing::warn!(target: "noisy", "kept");
+            tracing::info!(target: "calm", "kept");
+            tracing::debug!(target: "calm", "dropped");
+        });
+        assert_eq!(by_target, 2);
+        let by_span = passed("warn,[job]=debug", || {
+            tracing::debug!("dropped: outside the span");
+            tracing::info_span!("job").in_scope(|| tracing::debug!("kept: inside the span"));
+        });
+        assert_eq!(by_span, 1);
+        assert_eq!(passed("off", || tracing::error!("dropped")), 0);
     }
 }

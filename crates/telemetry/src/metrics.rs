@@ -293,15 +293,21 @@ fn record_process(role: &str) {
     {
         metrics::gauge!(PROCESS_RSS, "role" => role.clone()).set(pages * 4096.0);
     }
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-        // 13th, in clock ticks of 1/100 s (USER_HZ on Linux).
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let seconds = (ticks(11) + ticks(12)) / 100;
-        metrics::counter!(PROCESS_CPU, "role" => role).absolute(seconds);
+    if let Some(seconds) = process_cpu_seconds() {
+        metrics::counter!(PROCESS_CPU, "role" => role).absolute(seconds as u64);
     }
+}
+
+/// The user and system CPU time this process has used, in seconds to 1/100 s, from
+/// `/proc/self/stat` (Linux; elsewhere `None`).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@ impl Drop for Split {
 }
 
 impl Split {
-    async fn start(db: &TestDb, receiver: &Receiver) -> (Split, oa_sandbox::Recorder) {
+    /// Every role as its own process, exporting to `receiver` with the sampler `sampler`
+    /// (`OTEL_TRACES_SAMPLER` and its argument).
+    async fn start(db: &TestDb, receiver: &Receiver, sampler: [&str; 2]) -> (Split, oa_sandbox::Recorder) {
         let dir = TempDir::new().unwrap();
         let jwks_path = dir.0.join("jwks.json");
         let jwks = oa_auth::dev::jwks_for_private_pem(HUB_TEST_KEY_PEM, HUB_TEST_KID).unwrap();
@@ -69,7 +71,8 @@ impl Split {
             ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{}", receiver.addr)),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), "grpc".to_owned()),
-            ("OTEL_TRACES_SAMPLER".to_owned(), "parentbased_always_on".to_owned()),
+            ("OTEL_TRACES_SAMPLER".to_owned(), sampler[0].to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG".to_owned(), sampler[1].to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
         ]);
         for name in config.llm.providers.keys() {
@@ -130,7 +133,7 @@ fn trace_of(traceparent: &str) -> &str {
 async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_last_step() {
     let receiver = Receiver::start().await.unwrap();
     let db = TestDb::create().await.unwrap();
-    let (plane, sandbox) = Split::start(&db, &receiver).await;
+    let (plane, sandbox) = Split::start(&db, &receiver, ["parentbased_always_on", ""]).await;
     let org = db.create_org("pro").await.unwrap();
     let settings =
         json!({"contacts": {"on_call_sms": ["+15550100200"], "security_email": ["security@msp.example"]}});
@@ -327,4 +330,68 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
         lines.len(),
         in_trace.len()
     );
+}
+
+#[tokio::test]
+async fn an_unsampled_event_exports_no_span_stores_no_traceparent_and_keeps_its_trace_id_in_logs() {
+    let receiver = Receiver::start().await.unwrap();
+    let db = TestDb::create().await.unwrap();
+    let (plane, _sandbox) = Split::start(&db, &receiver, ["parentbased_traceidratio", "0"]).await;
+    let org = db.create_org("pro").await.unwrap();
+    let settings = json!({"contacts": {"on_call_sms": ["+15550100200"]}});
+    db.set_org_settings(&org, settings).await.unwrap();
+    let (_, key) = db.create_key(&org, &[oa_domain::Scope::EventsPublish]).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", plane.gateway);
+
+    // The publisher's trace, which its sampler dropped (flags 00).
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let body = json!({"source_product": "defend", "event_type": "ransomware.detected",
+        "payload": {"detection_id": "det_2", "confidence": 0.97, "severity": "critical", "encrypted_files": 12,
+                    "process": "svch0st.exe", "client_id": "cl_acme", "client_name": "Acme Corp",
+                    "device": {"id": "dev_2", "hostname": "WS-02", "role": "workstation"}}});
+    let published = http
+        .post(url("/api/events/publish"))
+        .header("x-integration-key", &key)
+        .header("traceparent", format!("00-{caller_trace}-b7ad6b7169203331-00"))
+        .json(&body);
+    assert_eq!(published.send().await.unwrap().status(), 202);
+
+    // Guardian runs up to its gate.
+    let execution_id = eventually(60, || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM executions.executions WHERE org_id = $1 AND status = 'waiting_approval'",
+        )
+        .bind(&org)
+        .fetch_optional(&db.admin)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await
+    .expect("Guardian waits at its gate");
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT traceparent FROM executions.executions WHERE id = $1")
+            .bind(&execution_id)
+            .fetch_one(&db.admin)
+            .await
+            .unwrap();
+    assert_eq!(stored, None, "an unsampled execution stores no traceparent");
+
+    // Its run's lines still carry the publisher's trace id, through the work item's header.
+    let step_line = eventually(30, || async {
+        plane.logs().lines().find_map(|line| {
+            let line: Value = serde_json::from_str(line).ok()?;
+            (line["fields"]["message"] == "step finished"
+                && line["span"]["execution_id"] == json!(execution_id))
+            .then_some(line)
+        })
+    })
+    .await
+    .expect("a step's line");
+    assert_eq!(step_line["trace_id"], json!(caller_trace), "{step_line}");
+
+    // Nothing is exported (batches would leave every 100 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert!(receiver.spans().is_empty(), "unsampled spans were exported: {:?}", receiver.spans());
 }

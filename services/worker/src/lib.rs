@@ -218,6 +218,11 @@ impl Ingest {
         let trigger_event = serde_json::to_value(&envelope)?;
         let execution_ids: Vec<String> =
             matched.iter().map(|_| ExecutionId::generate().into_string()).collect();
+        // A trace the sampler dropped gets no span per execution and stores no traceparent: its
+        // first runs still join the event's trace id through the work item's header, unsampled,
+        // and a run resumed by a decision joins the decision's trace. Nothing is written for a
+        // span nobody will see.
+        let sampled = oa_telemetry::current_is_sampled();
         let news: Vec<store::EventExecution> = matched
             .iter()
             .zip(&execution_ids)
@@ -227,7 +232,9 @@ impl Ingest {
                 agent_version: candidate.version,
                 definition: &candidate.definition,
                 definition_json: &candidate.definition_json,
-                traceparent: execution_span(org_id, &candidate.id, candidate.version, id),
+                traceparent: sampled
+                    .then(|| execution_span(org_id, &candidate.id, candidate.version, id))
+                    .flatten(),
             })
             .collect();
         let (org, event) = (OrgId::from(org_id), EventId::from(envelope.id.as_str()));
