@@ -144,13 +144,10 @@ fn servers_cpu_seconds() -> (f64, f64) {
     let (mut postgres, mut nats) = (0.0, 0.0);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let seconds = (ticks(11) + ticks(12)) / 100.0;
-        if head.ends_with("(postgres") {
+        let Some(seconds) = oa_telemetry::metrics::cpu_seconds_in_stat(&stat) else { continue };
+        if stat.contains("(postgres) ") {
             postgres += seconds;
-        } else if head.ends_with("(nats-server") {
+        } else if stat.contains("(nats-server) ") {
             nats += seconds;
         }
     }
@@ -460,8 +457,7 @@ fn machine() -> Value {
 /// installs the plane's telemetry (the `OTEL_*` variables its parent set: the exporter, 10%
 /// sampling) and serves metrics; with `off`, neither. It prints the run's JSON on its last line.
 async fn observability_child(on: bool, events: usize) -> anyhow::Result<()> {
-    let only = std::env::var("OA_BENCH_OBSERVE").unwrap_or_default();
-    let _telemetry = if on && only != "metrics" {
+    let _telemetry = if on {
         let mut telemetry = oa_config::Config::default().telemetry;
         // The default filter (info): it decides which spans exist, and writes few lines here.
         telemetry.log_format = "json".into();
@@ -469,7 +465,7 @@ async fn observability_child(on: bool, events: usize) -> anyhow::Result<()> {
     } else {
         None
     };
-    let result = ingest(events, on && only != "traces").await?;
+    let result = ingest(events, on).await?;
     println!("{result}");
     Ok(())
 }

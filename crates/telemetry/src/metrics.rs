@@ -301,7 +301,11 @@ fn record_process(role: &str) {
 /// The user and system CPU time this process has used, in seconds to 1/100 s, from
 /// `/proc/self/stat` (Linux; elsewhere `None`).
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_in_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// The user and system CPU time in a `/proc/<pid>/stat` line, in seconds to 1/100 s.
+pub fn cpu_seconds_in_stat(stat: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces): utime and stime are the 12th and
     // 13th, in clock ticks of 1/100 s (USER_HZ on Linux).
     let after_name = stat.rsplit_once(')')?.1;
