@@ -66,6 +66,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
     pub shutdown: ShutdownConfig,
+    pub dispatch: DispatchConfig,
 }
 
 /// Which provider and model answers each model tier.
@@ -318,6 +319,35 @@ impl ShutdownConfig {
     }
 }
 
+/// How workers take runnable executions from Postgres: per-org weighted round robin under leases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DispatchConfig {
+    /// How long a claim is a worker's without a heartbeat: a dead worker's executions are claimed
+    /// again after this. Heartbeats renew it every third of it.
+    pub lease_seconds: u64,
+    /// How often a worker with free slots looks for work when nothing woke it.
+    pub poll_ms: u64,
+    /// How long executions sharing a concurrency key wait after they are queued before the first
+    /// is taken: events ingested side by side land in their bus order first.
+    pub key_settle_ms: u64,
+    /// How many of an org's queued executions one claim looks at: keys blocked deeper than this
+    /// wait for the head to move, and never slow another org's claim.
+    pub claim_window: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig { lease_seconds: 30, poll_ms: 200, key_settle_ms: 100, claim_window: 1_000 }
+    }
+}
+
+impl DispatchConfig {
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_seconds.max(1))
+    }
+}
+
 /// The local sandbox that stands in for outside services. Development and tests only.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -547,6 +577,11 @@ pub struct TierConfig {
     pub max_recipients: u32,
     /// The shortest interval between two ticks of a schedule trigger.
     pub min_schedule_interval_seconds: u64,
+    /// The org's share of the workers against other orgs with work waiting (weighted round
+    /// robin); the operator CLI overrides it per org (`orgs dispatch`).
+    pub dispatch_weight: u32,
+    /// Executions of the org that may run at once across all workers; the CLI overrides it too.
+    pub max_running: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -601,6 +636,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
             shutdown: ShutdownConfig::default(),
+            dispatch: DispatchConfig::default(),
         }
     }
 }
@@ -716,6 +752,8 @@ impl Default for TiersConfig {
                 max_agents: 50,
                 max_recipients: 10,
                 min_schedule_interval_seconds: 300,
+                dispatch_weight: 1,
+                max_running: 16,
             },
             pro: TierConfig {
                 monthly_credits: 100_000,
@@ -723,6 +761,8 @@ impl Default for TiersConfig {
                 max_agents: 250,
                 max_recipients: 25,
                 min_schedule_interval_seconds: 60,
+                dispatch_weight: 2,
+                max_running: 64,
             },
             enterprise: TierConfig {
                 monthly_credits: 1_000_000,
@@ -730,6 +770,8 @@ impl Default for TiersConfig {
                 max_agents: 2_000,
                 max_recipients: 100,
                 min_schedule_interval_seconds: 60,
+                dispatch_weight: 4,
+                max_running: 256,
             },
         }
     }

@@ -215,6 +215,76 @@ pub struct AgentDefinition {
     #[serde(default)]
     pub conflict_behavior: ConflictBehavior,
     pub client_scope: ClientScope,
+    /// Its executions' priority within the org's share of the workers.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
+    /// At most `limit` executions per key run at once; the others wait in event order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// A burst of events for one key yields one execution, with the last event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Debounce>,
+    /// At most `limit` executions per key start within any `period`; the excess waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+}
+
+/// An agent's priority within its org: `high` work is taken before `normal`, `normal` before `low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, VariantNames, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    fn is_normal(&self) -> bool {
+        *self == Priority::Normal
+    }
+
+    /// The rank stored with runnable work: 0 is taken first.
+    pub fn rank(self) -> i16 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// `{key, limit}`: `key` is a template over the event (`{{event_payload.ticket_id}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Concurrency {
+    pub key: String,
+    pub limit: u32,
+}
+
+/// `{key, period}`: the execution waits `period` after its event; a later event for the same key
+/// within it replaces it (the earlier is recorded as superseded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Debounce {
+    pub key: String,
+    pub period: String,
+}
+
+/// `{key, limit, period}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub key: String,
+    pub limit: u32,
+    pub period: String,
+}
+
+/// Parses a duration such as `500ms`, `2s`, `30m`, `2h`, `1d` or a number of seconds, in
+/// milliseconds.
+pub fn parse_duration_millis(text: &str) -> Option<u64> {
+    match text.trim().strip_suffix("ms") {
+        Some(millis) => millis.parse().ok(),
+        None => parse_duration_seconds(text)?.checked_mul(1_000),
+    }
 }
 
 /// Parses a duration such as `30m`, `2h`, `1d`, `45s` or a number of seconds.
@@ -279,5 +349,8 @@ mod tests {
         assert_eq!(parse_duration_seconds("90"), Some(90));
         assert_eq!(parse_duration_seconds("2w"), None);
         assert_eq!(parse_duration_seconds(""), None);
+        assert_eq!(parse_duration_millis("250ms"), Some(250));
+        assert_eq!(parse_duration_millis("2s"), Some(2_000));
+        assert_eq!(parse_duration_millis("x ms"), None);
     }
 }

@@ -77,6 +77,8 @@ families! {
         "Messages given to the consumer and not yet acknowledged (JetStream num_ack_pending).";
     CONSUMER_REDELIVERED = Gauge "oneagents_bus_consumer_redelivered_messages" ["consumer"]
         "Messages the consumer has been given more than once and not yet acknowledged (JetStream num_redelivered).";
+    DISPATCH_BACKLOG = Gauge "oneagents_dispatch_backlog_executions" ["state"]
+        "Queued executions across orgs, by state: due (waiting for a worker, or behind a concurrency key), waiting (a debounce, throttle or retry delay) and running (leased).";
     // Executions and steps.
     EXECUTIONS_CREATED = Counter "oneagents_executions_created_total" []
         "Executions created from matched events and retries.";
@@ -223,6 +225,9 @@ pub fn prime(role: &'static str, providers: &[String]) {
             }
             for reason in DEAD_LETTER_REASONS {
                 metrics::counter!(EVENTS_DEAD_LETTERED, "role" => role, "reason" => *reason).increment(0);
+            }
+            for state in ["due", "waiting", "running"] {
+                metrics::gauge!(DISPATCH_BACKLOG, "role" => role, "state" => state).set(0.0);
             }
         }
         "credits" => {

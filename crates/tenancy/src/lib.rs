@@ -23,6 +23,10 @@ pub struct Org {
     pub name: String,
     pub tier: String,
     pub monthly_credits_override: Option<i64>,
+    /// The operator's override of the tier's dispatch weight.
+    pub dispatch_weight: Option<i32>,
+    /// The operator's override of the tier's cap on running executions.
+    pub max_running: Option<i32>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -92,6 +96,31 @@ impl OrgStore {
         }
         let mut conn = self.pool.acquire().await?;
         let org = store::set_credit_override(&mut conn, org_id, credits).await?;
+        org.ok_or_else(|| TenancyError::OrgNotFound(org_id.to_owned()))
+    }
+
+    /// Overrides (or, with `None`, clears) an org's share of the workers and its cap on running
+    /// executions; workers pick the change up within a few seconds.
+    pub async fn set_dispatch_override(
+        &self,
+        org_id: &str,
+        weight: Option<u32>,
+        max_running: Option<u32>,
+    ) -> Result<Org, TenancyError> {
+        if weight.is_some_and(|w| !(1..=1_000).contains(&w)) {
+            return Err(TenancyError::Invalid("a dispatch weight is from 1 to 1000".into()));
+        }
+        if max_running.is_some_and(|m| !(1..=100_000).contains(&m)) {
+            return Err(TenancyError::Invalid("max running is from 1 to 100000".into()));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let org = store::set_dispatch_override(
+            &mut conn,
+            org_id,
+            weight.map(|w| w as i32),
+            max_running.map(|m| m as i32),
+        )
+        .await?;
         org.ok_or_else(|| TenancyError::OrgNotFound(org_id.to_owned()))
     }
 }

@@ -8,7 +8,7 @@ use crate::{IntegrationKey, Org, ProductKey};
 
 macro_rules! org_columns {
     () => {
-        "id, name, tier, monthly_credits_override, created_at"
+        "id, name, tier, monthly_credits_override, dispatch_weight, max_running, created_at"
     };
 }
 macro_rules! key_columns {
@@ -56,6 +56,32 @@ pub async fn set_credit_override(
         org_columns!()
     );
     sqlx::query_as(sql).bind(id).bind(credits).fetch_optional(conn).await
+}
+
+/// Sets (or, with `None`, clears) an org's dispatch weight and cap on running executions.
+pub async fn set_dispatch_override(
+    conn: &mut PgConnection,
+    id: &str,
+    weight: Option<i32>,
+    max_running: Option<i32>,
+) -> Result<Option<Org>, sqlx::Error> {
+    let sql = concat!(
+        "UPDATE tenancy.orgs SET dispatch_weight = $2, max_running = $3 WHERE id = $1 RETURNING ",
+        org_columns!()
+    );
+    sqlx::query_as(sql).bind(id).bind(weight).bind(max_running).fetch_optional(conn).await
+}
+
+/// How the dispatcher treats each of `ids`: its tier and the operator's overrides. Reads across
+/// orgs, in a transaction that set `app.dispatcher`.
+pub async fn dispatch_settings(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Vec<(String, String, Option<i32>, Option<i32>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, tier, dispatch_weight, max_running FROM tenancy.orgs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// A key to store: its secret only as a hash.

@@ -404,7 +404,12 @@ impl TestPlane {
                         return None;
                     }
                 }
-                Some(())
+                // And no execution is queued or running.
+                let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM executions.runnable")
+                    .fetch_one(&self.db.admin)
+                    .await
+                    .ok()?;
+                (queued == 0).then_some(())
             })
             .await;
         settled.context("the bus did not settle")

@@ -4,13 +4,14 @@
 use std::collections::{HashMap, HashSet};
 
 use oa_domain::agent::{
-    AgentDefinition, Channel, ConflictBehavior, ModelTier, Operator, StepType, parse_duration_seconds,
+    AgentDefinition, Channel, ConflictBehavior, ModelTier, Operator, Priority, StepType,
+    parse_duration_millis, parse_duration_seconds,
 };
 use oa_domain::catalog::{EventCategory, EventType, FieldType, FilterableField};
 use serde_json::{Map, Value, json};
 use strum::VariantNames;
 
-const TOP_LEVEL_FIELDS: [&str; 8] = [
+const TOP_LEVEL_FIELDS: [&str; 12] = [
     "name",
     "description",
     "category",
@@ -19,7 +20,15 @@ const TOP_LEVEL_FIELDS: [&str; 8] = [
     "steps",
     "conflict_behavior",
     "client_scope",
+    "priority",
+    "concurrency",
+    "debounce",
+    "throttle",
 ];
+/// The most executions one concurrency key or throttle admits at once.
+const MAX_FLOW_LIMIT: u64 = 10_000;
+/// The longest debounce or throttle period.
+const MAX_FLOW_PERIOD_MS: u64 = 86_400_000;
 const MAX_STEPS: usize = 100;
 const MAX_APPROVAL_SECONDS: u64 = 30 * 86_400;
 
@@ -143,6 +152,7 @@ pub fn validate_within(
         );
     }
     check_client_scope(&mut checker, object.get("client_scope"));
+    check_flow_control(&mut checker, object);
 
     if !checker.problems.is_empty() {
         return Err(checker.problems);
@@ -152,6 +162,78 @@ pub fn validate_within(
     normalized.entry("client_scope").or_insert_with(|| json!("all"));
     serde_json::from_value(Value::Object(normalized))
         .map_err(|e| vec![Problem { path: String::new(), message: e.to_string() }])
+}
+
+/// `priority`, `concurrency {key, limit}`, `debounce {key, period}` and `throttle {key, limit,
+/// period}`. Keys are templates over the event alone: steps have not run when work is dispatched.
+fn check_flow_control(checker: &mut Checker, object: &Map<String, Value>) {
+    if let Some(priority) = object.get("priority")
+        && priority.as_str().is_none_or(|p| !Priority::VARIANTS.contains(&p))
+    {
+        checker.problem("priority", format!("priority is one of {}", Priority::VARIANTS.join(", ")));
+    }
+    let rules: [(&str, &[&str]); 3] = [
+        ("concurrency", &["key", "limit"]),
+        ("debounce", &["key", "period"]),
+        ("throttle", &["key", "limit", "period"]),
+    ];
+    for (name, fields) in rules {
+        let Some(rule) = object.get(name) else { continue };
+        let Some(rule) = rule.as_object() else {
+            checker.problem(name, format!("{name} is an object with {}", fields.join(", ")));
+            continue;
+        };
+        for key in rule.keys().filter(|k| !fields.contains(&k.as_str())) {
+            checker.problem(format!("{name}.{key}"), "unknown field");
+        }
+        let path = format!("{name}.key");
+        match rule.get("key").and_then(Value::as_str) {
+            Some(key) if !key.trim().is_empty() && key.len() <= 500 => {
+                match oa_template::template_references(key) {
+                    Ok(references) => {
+                        let root = |r: &String| r.split('.').next().unwrap_or_default().to_owned();
+                        if let Some(other) = references
+                            .iter()
+                            .find(|r| !["event", "event_payload"].contains(&root(r).as_str()))
+                        {
+                            checker.problem(
+                                path,
+                                format!("{other} is not available; a key reads event_payload and event"),
+                            );
+                        }
+                    }
+                    Err(error) => checker.problem(path, format!("the template does not parse: {error}")),
+                }
+            }
+            _ => checker.problem(
+                path,
+                "key is a template of 1 to 500 characters, such as {{event_payload.ticket_id}}",
+            ),
+        }
+        if fields.contains(&"limit")
+            && rule.get("limit").and_then(Value::as_u64).is_none_or(|l| !(1..=MAX_FLOW_LIMIT).contains(&l))
+        {
+            checker
+                .problem(format!("{name}.limit"), format!("limit is an integer from 1 to {MAX_FLOW_LIMIT}"));
+        }
+        if fields.contains(&"period")
+            && rule
+                .get("period")
+                .and_then(Value::as_str)
+                .and_then(parse_duration_millis)
+                .is_none_or(|ms| !(1..=MAX_FLOW_PERIOD_MS).contains(&ms))
+        {
+            checker.problem(
+                format!("{name}.period"),
+                "period is a duration such as 500ms, 10s, 5m or 1h, of at most 1d",
+            );
+        }
+    }
+    if object.contains_key("debounce")
+        && object.get("trigger").and_then(|t| t.get("type")).and_then(Value::as_str) == Some("schedule")
+    {
+        checker.problem("debounce", "a schedule trigger has no burst of events to debounce");
+    }
 }
 
 fn check_name(checker: &mut Checker, object: &Map<String, Value>) {

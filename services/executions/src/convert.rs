@@ -1,14 +1,23 @@
 //! Executions, traces and dead letters as the API shows them.
 
+use oa_domain::status::ExecutionStatus;
 use serde_json::{Value, json};
 
 use crate::store::{DeadLetter, ExecutionRow, StepRow};
+
+/// Why a pending execution waits: its own flow control, or `queued` for a worker.
+fn pending_reason(execution: &ExecutionRow) -> Option<&str> {
+    (execution.status == ExecutionStatus::Pending)
+        .then(|| execution.pending_reason.as_deref().unwrap_or("queued"))
+}
 
 pub fn summary_json(execution: &ExecutionRow) -> Value {
     json!({
         "id": execution.id,
         "agent_id": execution.agent_id,
         "status": execution.status,
+        "pending_reason": pending_reason(execution),
+        "superseded_by": execution.superseded_by,
         "credits_used": execution.credits_used,
         "created_at": execution.created_at,
         "completed_at": execution.completed_at,
@@ -44,6 +53,8 @@ pub fn detail_json(execution: &ExecutionRow, steps: &[StepRow]) -> Value {
             "payload": event["payload"],
         },
         "status": execution.status,
+        "pending_reason": pending_reason(execution),
+        "superseded_by": execution.superseded_by,
         "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
         "credits_used": execution.credits_used,
         "error": execution.error,

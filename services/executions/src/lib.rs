@@ -108,6 +108,8 @@ impl ExecutionsService {
             metrics::counter!(metrics::EXECUTIONS_FINISHED, "role" => "executions", "status" => "cancelled")
                 .increment(1);
         }
+        // Queued work of a cancelled execution goes (a running one's ends with its run).
+        store::dispatch::forget(tx, ids).await?;
         self.deny_gates(caller, ids).await
     }
 

@@ -12,6 +12,8 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
+pub mod dispatch;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExecutionRow {
     #[sqlx(try_from = "String")]
@@ -38,6 +40,11 @@ pub struct ExecutionRow {
     pub completed_at: Option<DateTime<Utc>>,
     /// The execution span's W3C traceparent (see [`EventExecution::traceparent`]).
     pub traceparent: Option<String>,
+    /// The later execution a debounce replaced this one with.
+    pub superseded_by: Option<String>,
+    /// Why a pending execution waits, read with its queued work where a query joins it.
+    #[sqlx(default)]
+    pub pending_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -169,11 +176,15 @@ pub async fn get(
     org_id: &OrgId,
     id: &ExecutionId,
 ) -> Result<Option<ExecutionRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM executions.executions WHERE id = $1 AND org_id = $2")
-        .bind(id.as_str())
-        .bind(org_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
+    sqlx::query_as(
+        "SELECT e.*, r.pending_reason FROM executions.executions e
+         LEFT JOIN executions.runnable r ON r.execution_id = e.id
+         WHERE e.id = $1 AND e.org_id = $2",
+    )
+    .bind(id.as_str())
+    .bind(org_id.as_str())
+    .fetch_optional(&mut *tx)
+    .await
 }
 
 /// Locks an execution for a state change.
@@ -421,11 +432,12 @@ pub async fn list(
     filter: &ListFilter<'_>,
 ) -> Result<(Vec<ExecutionRow>, i64), sqlx::Error> {
     let rows: Vec<ExecutionRow> = sqlx::query_as(
-        "SELECT * FROM executions.executions
-         WHERE org_id = $1 AND ($2 = '' OR agent_id = $2) AND ($3::text IS NULL OR status = $3)
-           AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
-           AND ($6 = '' OR id < $6)
-         ORDER BY id DESC LIMIT $7",
+        "SELECT e.*, r.pending_reason FROM executions.executions e
+         LEFT JOIN executions.runnable r ON r.execution_id = e.id
+         WHERE e.org_id = $1 AND ($2 = '' OR e.agent_id = $2) AND ($3::text IS NULL OR e.status = $3)
+           AND ($4::timestamptz IS NULL OR e.created_at >= $4) AND ($5::timestamptz IS NULL OR e.created_at < $5)
+           AND ($6 = '' OR e.id < $6)
+         ORDER BY e.id DESC LIMIT $7",
     )
     .bind(org_id.as_str())
     .bind(filter.agent_id)

@@ -125,6 +125,17 @@ enum OrgsCommand {
         #[arg(long)]
         credits: Option<i64>,
     },
+    /// Overrides an org's share of the workers (`--weight`, against other orgs with work waiting)
+    /// and its cap on executions running at once (`--max-running`); an option left out goes back
+    /// to the tier's value.
+    Dispatch {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        max_running: Option<u32>,
+    },
 }
 
 /// Whose key: an org's (`--org`), or a product's (`--product`), which writes that product's event
@@ -364,6 +375,10 @@ async fn orgs(config: Config, command: OrgsCommand) -> anyhow::Result<()> {
         OrgsCommand::SetCredits { org, credits } => {
             let org = store.set_credit_override(&org, credits).await?;
             sync_plan(&pool, &config, &org).await?;
+            println!("{}", serde_json::to_string_pretty(&org)?);
+        }
+        OrgsCommand::Dispatch { org, weight, max_running } => {
+            let org = store.set_dispatch_override(&org, weight, max_running).await?;
             println!("{}", serde_json::to_string_pretty(&org)?);
         }
     }

@@ -245,8 +245,8 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
     assert!(!detail["steps"].as_array().unwrap().is_empty(), "a trace: {detail}");
     assert_eq!(detail["steps"][0]["status"], "completed", "{detail}");
 
-    // 7. Both worker pods ran a share of the executions; no event was matched twice and no work
-    // item ran twice.
+    // 7. Both worker pods ran a share of the executions; no event was matched twice and no
+    // execution was run twice.
     let workers: Vec<&str> = containers
         .iter()
         .map(|c| c["name"].as_str().unwrap())
@@ -271,13 +271,13 @@ async fn the_chart_runs_as_pods_and_two_workers_split_the_work_without_duplicate
         "each event matched once: {matched:?}\n{}",
         workers.iter().map(tail).collect::<Vec<_>>().join("\n---\n")
     );
-    let ran: Vec<usize> = workers.iter().map(|w| logs(w).matches("work item settled").count()).collect();
+    let ran: Vec<usize> = workers.iter().map(|w| logs(w).matches("run settled").count()).collect();
     assert!(
         ran.iter().all(|r| *r > 0),
         "both workers ran executions: {ran:?} (events matched {matched:?})\n{}",
         workers.iter().map(tail).collect::<Vec<_>>().join("\n---\n")
     );
-    assert_eq!(ran.iter().sum::<usize>(), events, "each execution's work ran once: {ran:?}");
+    assert_eq!(ran.iter().sum::<usize>(), events, "each execution ran once: {ran:?}");
 
     // 8. Nothing is left behind.
     release.down();

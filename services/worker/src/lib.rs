@@ -8,6 +8,7 @@
 
 mod dead_letters;
 mod delivery;
+pub mod dispatch;
 pub mod egress;
 pub mod engine;
 pub mod index;
@@ -46,7 +47,6 @@ const DEAD_LETTER_LOG_QUIET: Duration = Duration::from_secs(10);
 
 struct Ingest {
     pool: PgPool,
-    jetstream: jetstream::Context,
     topology: Topology,
     index: Arc<AgentIndex>,
     catalog: CatalogClient<Channel>,
@@ -57,6 +57,10 @@ struct Ingest {
     dead_letters: dead_letters::DeadLetters,
     /// Orgs whose dead letter was logged at warn in the last [`DEAD_LETTER_LOG_QUIET`].
     dead_letters_logged: moka::sync::Cache<String, ()>,
+    /// Renders flow-control keys.
+    templates: Arc<engine::Templates>,
+    /// Wakes the dispatcher when work was queued.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// What handling one bus message came to.
@@ -252,19 +256,79 @@ impl Ingest {
         if !fresh {
             metrics::counter!(metrics::EVENTS_DUPLICATE, "role" => "worker").increment(1);
         }
-        let unfinished: Vec<String> = if fresh {
-            inserted
+        // The runs continue the event's trace (sampled or not: logs carry its trace id).
+        let traceparent = oa_telemetry::current_traceparent();
+        if fresh {
+            let mut runnable = Vec::with_capacity(inserted.len());
+            for (candidate, id) in matched.iter().zip(&execution_ids) {
+                let mut work = self.runnable(candidate, id, sequence, &trigger_event).await;
+                work.traceparent = traceparent.clone();
+                // A debounced execution superseded at once (a later event of its key came first)
+                // is recorded as such and not queued.
+                if let Some((key, _)) = &work.debounce
+                    && store::dispatch::debounce(&mut tx, org_id, &work, key).await?.is_some()
+                {
+                    continue;
+                }
+                runnable.push(work);
+            }
+            store::dispatch::enqueue(&mut tx, org_id, &runnable).await?;
         } else {
             let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
-            store::unfinished_for_event(&mut tx, &org, &event, &agent_ids).await?
-        };
-        tx.commit().await?;
-        // One work item for the event's executions, confirmed by JetStream before the event is acked.
-        if !unfinished.is_empty() {
-            let item = WorkItem { org_id: org_id.to_owned(), execution_ids: unfinished };
-            oa_bus::publish_work(&self.jetstream, &self.topology, &envelope.dedup_id(), &item).await?;
+            let unfinished = store::unfinished_for_event(&mut tx, &org, &event, &agent_ids).await?;
+            store::dispatch::enqueue_existing(&mut tx, org_id, &unfinished, traceparent.as_deref()).await?;
         }
+        tx.commit().await?;
+        self.wake.notify_one();
         Ok(Handled::Executions(matched.len()))
+    }
+}
+
+impl Ingest {
+    /// The work of a new execution: its agent's priority, and its flow-control keys rendered from
+    /// the event (a key that cannot be rendered is empty: such executions share one key).
+    async fn runnable(
+        &self,
+        candidate: &matching::Candidate,
+        id: &str,
+        sequence: u64,
+        trigger_event: &serde_json::Value,
+    ) -> store::dispatch::Runnable {
+        let definition = &candidate.definition;
+        let flow = definition.concurrency.is_some()
+            || definition.debounce.is_some()
+            || definition.throttle.is_some();
+        let context = if flow { engine::base_context(trigger_event) } else { serde_json::Value::Null };
+        let period = |text: &str| oa_domain::agent::parse_duration_millis(text).unwrap_or(1_000) as i64;
+        let mut work = store::dispatch::Runnable {
+            execution_id: id.to_owned(),
+            agent_id: candidate.id.clone(),
+            priority: definition.priority.rank(),
+            event_seq: i64::try_from(sequence).ok(),
+            ..Default::default()
+        };
+        if let Some(rule) = &definition.concurrency {
+            work.concurrency =
+                Some((self.flow_key(&rule.key, &context).await, rule.limit.clamp(1, i32::MAX as u32) as i32));
+        }
+        if let Some(rule) = &definition.debounce {
+            work.debounce = Some((self.flow_key(&rule.key, &context).await, period(&rule.period)));
+        }
+        if let Some(rule) = &definition.throttle {
+            work.throttle = Some((
+                self.flow_key(&rule.key, &context).await,
+                rule.limit.clamp(1, i32::MAX as u32) as i32,
+                period(&rule.period),
+            ));
+        }
+        work
+    }
+
+    async fn flow_key(&self, template: &str, context: &serde_json::Value) -> String {
+        self.templates.render(template, context).await.unwrap_or_else(|error| {
+            tracing::debug!(?error, template, "a flow-control key did not render; it is empty");
+            String::new()
+        })
     }
 }
 
@@ -357,9 +421,16 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     oa_bus::ensure_streams(&jetstream, &topology).await?;
     let agents = AgentsClient::new(channel(config, "agents")?);
     let index = Arc::new(AgentIndex::new(agents.clone(), config.grpc.service_token.clone()));
+    let templates = Arc::new(engine::Templates::new(
+        oa_template::isolated::IsolatedRenderer::new(
+            config.limits.template_memory_bytes,
+            config.limits.template_renderers,
+        ),
+        config.limits.max_rendered_bytes,
+    ));
+    let wake = Arc::new(tokio::sync::Notify::new());
     let ingest = Arc::new(Ingest {
         pool: worker.pool.clone(),
-        jetstream: jetstream.clone(),
         topology: topology.clone(),
         index: index.clone(),
         catalog: CatalogClient::new(channel(config, "catalog")?),
@@ -374,6 +445,8 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             .max_capacity(10_000)
             .time_to_live(DEAD_LETTER_LOG_QUIET)
             .build(),
+        templates: templates.clone(),
+        wake: wake.clone(),
     });
     let engine = Arc::new(Engine {
         pool: worker.pool.clone(),
@@ -386,13 +459,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         token: config.grpc.service_token.clone(),
         limits: config.limits.clone(),
         index,
-        templates: engine::Templates::new(
-            oa_template::isolated::IsolatedRenderer::new(
-                config.limits.template_memory_bytes,
-                config.limits.template_renderers,
-            ),
-            config.limits.max_rendered_bytes,
-        ),
+        templates,
     });
 
     // Agents changes drop the affected org's index.
@@ -485,7 +552,6 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     });
 
     let event_concurrency = config.nats.event_concurrency.max(1);
-    let work_concurrency = config.nats.work_concurrency;
     // Each pull asks for what the worker can soon run, not the client's default 200: messages a
     // replica holds but has not started are stuck there until the ack wait if it goes away, and
     // out of reach of the other replicas meanwhile. Events are quick to ingest and come in floods,
@@ -528,25 +594,23 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         },
     );
 
-    let ack_wait = topology.ack_wait;
+    // Decisions, retries and schedules queue their executions through the work stream (their
+    // services own no part of the dispatch queue): each item is queued in Postgres, then acked.
     let work_messages = work
         .stream()
-        .max_messages_per_batch(work_concurrency.max(1).saturating_mul(2).clamp(2, 256))
+        .max_messages_per_batch(64)
         .heartbeat(Duration::from_secs(15))
         .messages()
         .await
         .context("consuming work")?;
-    let work_stop = if work_concurrency == 0 { CancellationToken::new() } else { shutdown.clone() };
-    if work_concurrency == 0 {
-        work_stop.cancel();
-    }
-    let (work_settle_stop, work_topology) = (shutdown.clone(), topology.clone());
-    let work_loop = work_messages.take_until(work_stop.cancelled_owned()).for_each_concurrent(
-        work_concurrency.max(1),
-        |message| {
-            let engine = engine.clone();
-            let (stop, topology) = (work_settle_stop.clone(), work_topology.clone());
-            let hand_back = hand_back.clone();
+    let (relay_stop, relay_topology) = (shutdown.clone(), topology.clone());
+    let relay_pool = worker.pool.clone();
+    let relay_engine = engine.clone();
+    let relay_wake = wake.clone();
+    let work_loop =
+        work_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(16, |message| {
+            let (stop, topology) = (relay_stop.clone(), relay_topology.clone());
+            let (pool, engine, wake) = (relay_pool.clone(), relay_engine.clone(), relay_wake.clone());
             async move {
                 let Ok(message) = message else { return };
                 let Ok(item) = serde_json::from_slice::<WorkItem>(&message.payload) else {
@@ -554,40 +618,32 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                     let _ = message.ack_with(AckKind::Term).await;
                     return;
                 };
-                let progress = || async {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                };
-                // While this worker lives, the message stays its own, however long a step takes; only
-                // a dead worker's work is redelivered.
-                let heartbeat = async {
-                    loop {
-                        tokio::time::sleep(ack_wait / 3).await;
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                };
-                let span =
-                    tracing::info_span!("work", executions = item.execution_ids.len(), org_id = %item.org_id);
+                // The runs continue the trace of what queued them (a decision, a retry).
+                let span = tracing::info_span!("work", org_id = %item.org_id);
                 if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
                     oa_telemetry::adopt_remote_parent(&span, context);
                 }
-                let handle = || engine.run_all(&item, &progress);
+                let traceparent = span.in_scope(oa_telemetry::current_traceparent);
+                let queue = || async {
+                    let mut tx = begin_org(&pool, &item.org_id).await?;
+                    let ids = &item.execution_ids;
+                    store::dispatch::enqueue_existing(&mut tx, &item.org_id, ids, traceparent.as_deref())
+                        .await?;
+                    tx.commit().await?;
+                    wake.notify_one();
+                    Ok(())
+                };
                 let give_up = |reason: String| engine.give_up(&item, reason);
-                let settled = delivery::settle(&message, &topology, &stop, handle, give_up);
-                tokio::select! {
-                    () = settled.instrument(span) => {
-                        tracing::debug!(executions = item.execution_ids.len(), "work item settled");
-                    }
-                    () = heartbeat => unreachable!("the heartbeat never ends"),
-                    () = hand_back.cancelled() => delivery::hand_back(&message).await,
-                }
+                delivery::settle(&message, &topology, &stop, queue, give_up).instrument(span).await;
             }
-        },
-    );
+        });
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(worker.pool.clone(), config, wake.clone()));
+    let dispatching = dispatcher.run(engine.clone(), shutdown.clone(), hand_back.clone());
     worker.ready.send_replace(true);
-    tracing::info!("worker consuming the bus and work streams");
+    tracing::info!("worker consuming the bus and work streams and dispatching executions");
     let lag =
         tokio::spawn(observe_consumers([("bus", events_watch), ("work", work_watch)], shutdown.clone()));
-    tokio::join!(event_loop, work_loop);
+    tokio::join!(event_loop, work_loop, dispatching);
     invalidations.abort();
     lag.abort();
     // The scheduler and sweeper stop at `shutdown` between rounds; a round in progress gets a

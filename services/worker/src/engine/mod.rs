@@ -51,11 +51,11 @@ pub struct Engine {
     pub limits: oa_config::LimitsConfig,
     /// Each org's agents and settings (contacts, its own webhooks).
     pub index: std::sync::Arc<crate::index::AgentIndex>,
-    pub templates: Templates,
+    pub templates: std::sync::Arc<Templates>,
 }
 
 /// The template context of a step: the event, its payload, and earlier steps' outputs.
-fn base_context(trigger_event: &Value) -> Value {
+pub(crate) fn base_context(trigger_event: &Value) -> Value {
     json!({
         "event_payload": trigger_event["payload"],
         "event": {
