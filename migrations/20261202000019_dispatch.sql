@@ -80,6 +80,7 @@ GRANT SELECT, INSERT, DELETE ON executions.throttle_starts TO one_agents_app;
 
 -- A debounced event's execution is cancelled in favour of the later one that replaced it.
 ALTER TABLE executions.executions ADD COLUMN superseded_by text;
+CREATE INDEX executions_superseded_by ON executions.executions (superseded_by) WHERE superseded_by IS NOT NULL;
 
 -- The dispatcher reads every org's tier and the operator's overrides of its weight and cap.
 ALTER TABLE tenancy.orgs ADD COLUMN dispatch_weight integer CHECK (dispatch_weight BETWEEN 1 AND 1000);

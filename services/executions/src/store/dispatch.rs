@@ -164,20 +164,29 @@ pub async fn debounce(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        supersede(tx, id, &latest).await?;
+        supersede(tx, org_id, id, &latest).await?;
     }
     if latest == new.execution_id {
         return Ok(None);
     }
-    supersede(tx, &new.execution_id, &latest).await?;
+    supersede(tx, org_id, &new.execution_id, &latest).await?;
     Ok(Some(latest))
 }
 
-/// Cancels a pending execution as superseded by `by`.
-async fn supersede(tx: &mut PgConnection, id: &str, by: &str) -> Result<(), sqlx::Error> {
+/// Cancels a pending execution as superseded by `by`; those it superseded now name `by` too, the
+/// execution that runs for them all.
+async fn supersede(tx: &mut PgConnection, org_id: &str, id: &str, by: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions.executions SET superseded_by = $3 WHERE org_id = $1 AND superseded_by = $2",
+    )
+    .bind(org_id)
+    .bind(id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
     let error = serde_json::json!({
         "code": "superseded",
-        "message": format!("debounced: a later event for the same key started {by}, which replaced this execution"),
+        "message": "debounced: a later event for the same key replaced this execution (superseded_by names the one that runs)",
     });
     sqlx::query(
         "UPDATE executions.executions
