@@ -238,11 +238,23 @@ fn the_worker_scales_on_cpu_or_keda_and_every_deployment_has_a_disruption_budget
     let scaled = named(&keda, "ScaledObject", "one-agents-worker").expect("a ScaledObject");
     assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
     assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], "one-agents-worker");
+    // Ingest scales on the bus consumer's lag; running work on the dispatch queue's backlog.
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "nats-jetstream");
     for field in ["natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"] {
         assert!(trigger["metadata"][field].is_string(), "{field} is a string: {trigger}");
     }
+    assert_eq!(
+        (trigger["metadata"]["stream"].as_str(), trigger["metadata"]["consumer"].as_str()),
+        (Some("BUS"), Some("workers_bus"))
+    );
+    let backlog = &scaled["spec"]["triggers"][1];
+    assert_eq!(backlog["type"], "prometheus");
+    for field in ["serverAddress", "query", "threshold"] {
+        assert!(backlog["metadata"][field].is_string(), "{field} is a string: {backlog}");
+    }
+    let query = backlog["metadata"]["query"].as_str().unwrap();
+    assert!(query.contains(oa_telemetry::metrics::DISPATCH_BACKLOG), "{query}");
 }
 
 #[test]
