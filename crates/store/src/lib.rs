@@ -139,6 +139,13 @@ pub async fn begin_org<'p>(pool: &'p PgPool, org_id: &str) -> Result<Transaction
     Ok(tx)
 }
 
+/// Moves an open transaction to `org_id`'s scope: a batch writes several orgs' rows in one
+/// transaction, each under row-level security for its own org.
+pub async fn switch_org(tx: &mut sqlx::PgConnection, org_id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(org_id).execute(&mut *tx).await?;
+    Ok(())
+}
+
 /// Whether the database answers a trivial query within the pool's acquire timeout.
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").execute(pool).await?;

@@ -69,6 +69,35 @@ enum Handled {
     DeadLettered,
 }
 
+/// A bus message checked and matched: what is left is to write it, alone or in a batch.
+enum Prepared {
+    Handled(Handled),
+    Write(EventWrite),
+}
+
+/// An event's executions and their work, ready to be written in the event's org.
+struct EventWrite {
+    org_id: String,
+    event_id: String,
+    trigger_event: serde_json::Value,
+    candidates: Arc<Vec<matching::Candidate>>,
+    /// Indexes into `candidates` of the agents that matched.
+    matched: Vec<usize>,
+    execution_ids: Vec<String>,
+    /// Each execution's span, when the trace is sampled.
+    execution_traceparents: Vec<Option<String>>,
+    /// Each new execution's work (a redelivered event's executions are queued as they are).
+    work: Vec<store::dispatch::Runnable>,
+    /// The event's trace context: the runs continue it.
+    traceparent: Option<String>,
+}
+
+/// What writing an event did.
+struct Written {
+    inserted: usize,
+    fresh: bool,
+}
+
 impl Ingest {
     async fn event_type_known(&self, org_id: &str, id: &str) -> anyhow::Result<bool> {
         if self.known_event_types.contains_key(id) {
@@ -133,13 +162,27 @@ impl Ingest {
         Ok(Handled::DeadLettered)
     }
 
+    /// Handles one bus message in a transaction of its own.
     async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Handled> {
+        let write = match self.prepare(message).await? {
+            Prepared::Handled(handled) => return Ok(handled),
+            Prepared::Write(write) => write,
+        };
+        let mut tx = begin_org(&self.pool, &write.org_id).await?;
+        let written = self.write(&mut tx, &write).await?;
+        tx.commit().await?;
+        self.written(&written);
+        Ok(Handled::Executions(write.matched.len()))
+    }
+
+    /// Checks a bus message, dead-letters it when it cannot run, and matches it.
+    async fn prepare(&self, message: &jetstream::Message) -> anyhow::Result<Prepared> {
         metrics::counter!(metrics::EVENTS_RECEIVED, "role" => "worker").increment(1);
         let subject = message.subject.as_str();
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
         let Some(org_id) = self.topology.org_of_subject(subject).filter(|o| ids::is_valid_org_id(o)) else {
             tracing::warn!(subject, "an event on a subject with no org; dropped");
-            return Ok(Handled::DeadLettered);
+            return Ok(Prepared::Handled(Handled::DeadLettered));
         };
         if let Some(org) = metrics::org_label(org_id) {
             metrics::counter!(metrics::ORG_EVENTS_RECEIVED, "role" => "worker", "org_id" => org).increment(1);
@@ -156,7 +199,8 @@ impl Ingest {
                         &message.payload,
                         ("malformed_envelope", format!("not a valid event envelope: {error}")),
                     )
-                    .await;
+                    .await
+                    .map(Prepared::Handled);
             }
         };
         let expected =
@@ -172,7 +216,8 @@ impl Ingest {
                     &message.payload,
                     ("subject_mismatch", reason.into()),
                 )
-                .await;
+                .await
+                .map(Prepared::Handled);
         }
         if let Some(reason) = unstorable(&envelope) {
             return self
@@ -184,7 +229,8 @@ impl Ingest {
                     &message.payload,
                     ("unstorable", reason),
                 )
-                .await;
+                .await
+                .map(Prepared::Handled);
         }
         if !self.event_type_known(org_id, &envelope.event_type_id()).await? {
             let reason = format!("event type {} is not in the event catalog", envelope.event_type_id());
@@ -197,7 +243,8 @@ impl Ingest {
                     &message.payload,
                     ("unknown_event_type", reason),
                 )
-                .await;
+                .await
+                .map(Prepared::Handled);
         }
         let candidates =
             self.index.candidates(org_id).await.map_err(|e| delivery::Unavailable::new("agents", e))?;
@@ -213,76 +260,221 @@ impl Ingest {
                         &message.payload,
                         ("unmatchable", unmatchable.0),
                     )
-                    .await;
+                    .await
+                    .map(Prepared::Handled);
             }
         };
         if matched.is_empty() {
-            return Ok(Handled::Executions(0));
+            return Ok(Prepared::Handled(Handled::Executions(0)));
         }
         let trigger_event = serde_json::to_value(&envelope)?;
         let execution_ids: Vec<String> =
             matched.iter().map(|_| ExecutionId::generate().into_string()).collect();
-        // A trace the sampler dropped gets no span per execution and stores no traceparent: its
-        // first runs still join the event's trace id through the work item's header, unsampled,
-        // and a run resumed by a decision joins the decision's trace. Nothing is written for a
-        // span nobody will see.
+        // A trace the sampler dropped gets no span per execution and stores no traceparent; the
+        // runs still carry the event's trace id in their logs.
         let sampled = oa_telemetry::current_is_sampled();
-        let news: Vec<store::EventExecution> = matched
+        let execution_traceparents = matched
             .iter()
             .zip(&execution_ids)
-            .map(|(candidate, id)| store::EventExecution {
-                id,
-                agent_id: &candidate.id,
-                agent_version: candidate.version,
-                definition: &candidate.definition,
-                definition_json: &candidate.definition_json,
-                traceparent: sampled
-                    .then(|| execution_span(org_id, &candidate.id, candidate.version, id))
-                    .flatten(),
+            .map(|(candidate, id)| {
+                sampled.then(|| execution_span(org_id, &candidate.id, candidate.version, id)).flatten()
             })
             .collect();
-        let (org, event) = (OrgId::from(org_id), EventId::from(envelope.id.as_str()));
-        let mut tx = begin_org(&self.pool, org_id).await?;
-        let inserted = store::insert_for_event(&mut tx, &org, &event, &trigger_event, &news).await?;
-        // On a first delivery every execution is new. On a redelivery some or all exist already:
-        // every one still unfinished gets its work published again (JetStream drops duplicates).
-        let fresh = inserted.len() == news.len();
-        if !inserted.is_empty() {
-            metrics::counter!(metrics::EVENTS_MATCHED, "role" => "worker").increment(1);
-            metrics::counter!(metrics::EXECUTIONS_CREATED, "role" => "worker")
-                .increment(inserted.len() as u64);
-            metrics::histogram!(metrics::INGEST_BATCH, "role" => "worker").record(inserted.len() as f64);
-        }
-        if !fresh {
-            metrics::counter!(metrics::EVENTS_DUPLICATE, "role" => "worker").increment(1);
-        }
-        // The runs continue the event's trace (sampled or not: logs carry its trace id).
         let traceparent = oa_telemetry::current_traceparent();
+        let mut work = Vec::with_capacity(matched.len());
+        for (candidate, id) in matched.iter().zip(&execution_ids) {
+            let mut runnable = self.runnable(candidate, id, sequence, &trigger_event).await;
+            runnable.traceparent = traceparent.clone();
+            work.push(runnable);
+        }
+        let matched = matched
+            .iter()
+            .map(|m| candidates.iter().position(|c| std::ptr::eq(c, *m)).unwrap_or_default())
+            .collect();
+        Ok(Prepared::Write(EventWrite {
+            org_id: org_id.to_owned(),
+            event_id: envelope.id,
+            trigger_event,
+            candidates,
+            matched,
+            execution_ids,
+            execution_traceparents,
+            work,
+            traceparent,
+        }))
+    }
+
+    /// Writes an event's executions and queues their work, in `tx` (scoped to the event's org).
+    async fn write(&self, tx: &mut sqlx::PgConnection, write: &EventWrite) -> anyhow::Result<Written> {
+        let org_id = write.org_id.as_str();
+        let news: Vec<store::EventExecution> = write
+            .matched
+            .iter()
+            .zip(&write.execution_ids)
+            .zip(&write.execution_traceparents)
+            .map(|((index, id), traceparent)| {
+                let candidate = &write.candidates[*index];
+                store::EventExecution {
+                    id,
+                    agent_id: &candidate.id,
+                    agent_version: candidate.version,
+                    definition: &candidate.definition,
+                    definition_json: &candidate.definition_json,
+                    traceparent: traceparent.clone(),
+                }
+            })
+            .collect();
+        let (org, event) = (OrgId::from(org_id), EventId::from(write.event_id.as_str()));
+        let inserted = store::insert_for_event(tx, &org, &event, &write.trigger_event, &news).await?;
+        // On a first delivery every execution is new. On a redelivery some or all exist already:
+        // every one still unfinished is queued again (a queued one stays as it is).
+        let fresh = inserted.len() == news.len();
         if fresh {
-            let mut runnable = Vec::with_capacity(inserted.len());
-            for (candidate, id) in matched.iter().zip(&execution_ids) {
-                let mut work = self.runnable(candidate, id, sequence, &trigger_event).await;
-                work.traceparent = traceparent.clone();
+            let mut runnable = Vec::with_capacity(write.work.len());
+            for work in &write.work {
                 // A debounced execution superseded at once (a later event of its key came first)
                 // is recorded as such and not queued.
                 if let Some((key, _)) = &work.debounce
-                    && store::dispatch::debounce(&mut tx, org_id, &work, key).await?.is_some()
+                    && store::dispatch::debounce(tx, org_id, work, key).await?.is_some()
                 {
                     continue;
                 }
-                runnable.push(work);
+                runnable.push(work.clone());
             }
-            store::dispatch::enqueue(&mut tx, org_id, &runnable).await?;
+            store::dispatch::enqueue(tx, org_id, &runnable).await?;
         } else {
-            let agent_ids: Vec<&str> = matched.iter().map(|c| c.id.as_str()).collect();
-            let unfinished = store::unfinished_for_event(&mut tx, &org, &event, &agent_ids).await?;
-            store::dispatch::enqueue_existing(&mut tx, org_id, &unfinished, traceparent.as_deref()).await?;
+            let agent_ids: Vec<&str> =
+                write.matched.iter().map(|i| write.candidates[*i].id.as_str()).collect();
+            let unfinished = store::unfinished_for_event(tx, &org, &event, &agent_ids).await?;
+            store::dispatch::enqueue_existing(tx, org_id, &unfinished, write.traceparent.as_deref()).await?;
+        }
+        Ok(Written { inserted: inserted.len(), fresh })
+    }
+
+    /// Counts what a committed write did and wakes the dispatcher.
+    fn written(&self, written: &Written) {
+        if written.inserted > 0 {
+            metrics::counter!(metrics::EVENTS_MATCHED, "role" => "worker").increment(1);
+            metrics::counter!(metrics::EXECUTIONS_CREATED, "role" => "worker")
+                .increment(written.inserted as u64);
+            metrics::histogram!(metrics::INGEST_BATCH, "role" => "worker").record(written.inserted as f64);
+        }
+        if !written.fresh {
+            metrics::counter!(metrics::EVENTS_DUPLICATE, "role" => "worker").increment(1);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Handles messages that arrived together: each is checked and matched side by side, and the
+    /// events to write are written in one transaction, then acked. A message that failed before
+    /// (a redelivery), or that fails here, or whose batch fails, is settled on its own the usual
+    /// way (`delivery::settle`).
+    async fn handle_batch(
+        &self,
+        messages: Vec<jetstream::Message>,
+        topology: &Topology,
+        stop: &CancellationToken,
+        hand_back: &CancellationToken,
+    ) {
+        let spans: Vec<tracing::Span> = messages.iter().map(bus_event_span).collect();
+        let first_delivery = |m: &jetstream::Message| m.info().map(|i| i.delivered <= 1).unwrap_or(true);
+        let prepared =
+            futures::future::join_all(messages.iter().zip(&spans).map(|(message, span)| async move {
+                if !first_delivery(message) {
+                    return None;
+                }
+                self.prepare(message).instrument(span.clone()).await.ok()
+            }))
+            .await;
+        let mut settled = vec![false; messages.len()];
+        let mut writes = Vec::new();
+        for (index, prepared) in prepared.into_iter().enumerate() {
+            match prepared {
+                Some(Prepared::Handled(handled)) => {
+                    if let Handled::Executions(count) = handled {
+                        spans[index].in_scope(|| tracing::debug!(count, "event matched"));
+                    }
+                    settled[index] = true;
+                }
+                Some(Prepared::Write(write)) => writes.push((index, write)),
+                None => {}
+            }
+        }
+        if !writes.is_empty() {
+            match self.write_all(&writes).await {
+                Ok(written) => {
+                    for ((index, write), written) in writes.iter().zip(written) {
+                        settled[*index] = true;
+                        self.written(&written);
+                        spans[*index]
+                            .in_scope(|| tracing::debug!(count = write.matched.len(), "event matched"));
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(error = %format!("{error:#}"), events = writes.len(), "a batch failed; its events are written one by one")
+                }
+            }
+        }
+        let acks =
+            messages.iter().zip(&settled).filter(|(_, settled)| **settled).map(|(m, _)| m.double_ack());
+        futures::future::join_all(acks).await;
+        let rest = messages
+            .iter()
+            .zip(spans)
+            .zip(&settled)
+            .filter(|(_, settled)| !**settled)
+            .map(|((message, span), _)| self.settle_one(message, topology, stop, hand_back, span));
+        futures::future::join_all(rest).await;
+    }
+
+    /// Writes events of several orgs in one transaction, each under its own org's scope.
+    async fn write_all(&self, writes: &[(usize, EventWrite)]) -> anyhow::Result<Vec<Written>> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = Vec::with_capacity(writes.len());
+        for (_, write) in writes {
+            oa_store::switch_org(&mut tx, &write.org_id).await?;
+            written.push(self.write(&mut tx, write).await?);
         }
         tx.commit().await?;
-        self.wake.notify_one();
-        Ok(Handled::Executions(matched.len()))
+        Ok(written)
+    }
+
+    /// Handles one message in a transaction of its own, retried and given up by the delivery
+    /// rules; handed back at the end of a drain's grace.
+    async fn settle_one(
+        &self,
+        message: &jetstream::Message,
+        topology: &Topology,
+        stop: &CancellationToken,
+        hand_back: &CancellationToken,
+        span: tracing::Span,
+    ) {
+        let handle = || async {
+            if let Handled::Executions(count) = self.handle(message).await? {
+                tracing::debug!(count, "event matched");
+            }
+            Ok(())
+        };
+        let give_up = |reason: String| self.give_up(message, reason);
+        let settled = delivery::settle(message, topology, stop, handle, give_up);
+        tokio::select! {
+            () = settled.instrument(span) => {}
+            () = hand_back.cancelled() => delivery::hand_back(message).await,
+        }
     }
 }
+
+/// The span of one bus event, a child of the publisher's when the message carries its context.
+fn bus_event_span(message: &jetstream::Message) -> tracing::Span {
+    let span = tracing::info_span!("bus_event", subject = %message.subject);
+    if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
+        oa_telemetry::adopt_remote_parent(&span, context);
+    }
+    span
+}
+
+/// Ingest batches written side by side.
+const INGEST_PIPELINES: usize = 4;
 
 impl Ingest {
     /// The work of a new execution: its agent's priority, and its flow-control keys rendered from
@@ -565,34 +757,18 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("consuming the bus")?;
     let event_stop = shutdown.clone();
     let event_topology = topology.clone();
-    let event_loop = event_messages.take_until(shutdown.clone().cancelled_owned()).for_each_concurrent(
-        event_concurrency,
-        |message| {
+    // Messages that arrived together are written in one transaction: one commit for many events,
+    // each under its own org's scope. A few such batches run side by side.
+    let event_loop = event_messages
+        .take_until(shutdown.clone().cancelled_owned())
+        .filter_map(|message| async move { message.ok() })
+        .ready_chunks(event_concurrency.clamp(1, 256))
+        .for_each_concurrent(INGEST_PIPELINES, |messages| {
             let ingest = ingest.clone();
             let (stop, topology) = (event_stop.clone(), event_topology.clone());
             let hand_back = hand_back.clone();
-            async move {
-                let Ok(message) = message else { return };
-                let span = tracing::info_span!("bus_event", subject = %message.subject);
-                if let Some(context) = oa_bus::trace_context_of(message.headers.as_ref()) {
-                    oa_telemetry::adopt_remote_parent(&span, context);
-                }
-                let handle = || async {
-                    let handled = ingest.handle(&message).await?;
-                    if let Handled::Executions(count) = handled {
-                        tracing::debug!(count, subject = %message.subject, "event matched");
-                    }
-                    Ok(())
-                };
-                let give_up = |reason: String| ingest.give_up(&message, reason);
-                let settled = delivery::settle(&message, &topology, &stop, handle, give_up);
-                tokio::select! {
-                    () = settled.instrument(span) => {}
-                    () = hand_back.cancelled() => delivery::hand_back(&message).await,
-                }
-            }
-        },
-    );
+            async move { ingest.handle_batch(messages, &topology, &stop, &hand_back).await }
+        });
 
     // Decisions, retries and schedules queue their executions through the work stream (their
     // services own no part of the dispatch queue): each item is queued in Postgres, then acked.
