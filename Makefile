@@ -30,7 +30,7 @@ test: stack
 ## bench: release build, then ingest throughput/latency, the raw limit and engine overhead
 ## (results in bench/results/latest.json; OA_BENCH_EVENTS sets the event count, default 5000)
 bench: stack
-	cargo build --release -p oa-bench
+	cargo build --release -p oa-bench -p one-agents
 	$(ENV) target/release/oa-bench
 
 ## image: the container image (deploy/Dockerfile's runtime stage) with podman, offline, on a local

@@ -428,6 +428,221 @@ async fn engine() -> anyhow::Result<Value> {
     )
 }
 
+/// An org of `tier` with one active transform agent and the system agents left out.
+async fn org_with_agent(plane: &TestPlane, tier: &str) -> anyhow::Result<String> {
+    let org = plane.db.create_org(tier).await?;
+    let pause = plane.as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin");
+    send(pause.json(&json!({"status": "paused"})), 200).await?;
+    let created =
+        send(plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&agent(0)), 201).await?;
+    let id = created["id"].as_str().context("an agent id")?.to_owned();
+    let activate = plane.as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin");
+    send(activate.json(&json!({"status": "active"})), 200).await?;
+    Ok(org)
+}
+
+/// Completed executions of `org`.
+async fn completed_of(plane: &TestPlane, org: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM executions.executions WHERE org_id = $1 AND status = 'completed'",
+    )
+    .bind(org)
+    .fetch_one(&plane.db.admin)
+    .await?)
+}
+
+/// Sends `rate` events a second for `org` until `stop`; returns their ids with when each was sent.
+async fn trickle(
+    plane: &TestPlane,
+    org: &str,
+    rate: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+    let client = oa_bus::connect(&plane.config.nats).await?;
+    let js = jetstream::new(client);
+    let topology = oa_bus::Topology::new(&plane.config.nats);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1_000 / rate.max(1)));
+    let mut sent = Vec::new();
+    let mut n = 5_000_000;
+    while !stop.is_cancelled() {
+        ticker.tick().await;
+        let event = event(org, n);
+        n += 1;
+        oa_bus::publish_event(&js, &topology, &event).await?;
+        sent.push((event.id.clone(), event.occurred_at));
+    }
+    Ok(sent)
+}
+
+/// Event → execution completed, in ms, of each event `sent` (waits until they all completed).
+async fn completion_latencies(
+    plane: &TestPlane,
+    org: &str,
+    sent: &[(String, chrono::DateTime<chrono::Utc>)],
+) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while completed_of(plane, org).await? < sent.len() as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "{org}'s trickle did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<&str> = sent.iter().map(|(id, _)| id.as_str()).collect();
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT event_id, completed_at FROM executions.executions WHERE org_id = $1 AND event_id = ANY($2)",
+    )
+    .bind(org)
+    .bind(&ids)
+    .fetch_all(&plane.db.admin)
+    .await?;
+    let at: HashMap<&str, chrono::DateTime<chrono::Utc>> =
+        sent.iter().map(|(id, t)| (id.as_str(), *t)).collect();
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .map(|(id, done)| (*done - at[id.as_str()]).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok(latencies)
+}
+
+/// Publishes `events` for `org` at once and returns executions completed per second.
+async fn flood(plane: &TestPlane, org: &str, events: usize) -> anyhow::Result<f64> {
+    let client = oa_bus::connect(&plane.config.nats).await?;
+    let js = jetstream::new(client);
+    let topology = oa_bus::Topology::new(&plane.config.nats);
+    let batch: Vec<Envelope> = (0..events).map(|n| event(org, 7_000_000 + n)).collect();
+    let started = Instant::now();
+    futures::stream::iter(batch.iter())
+        .map(|e| oa_bus::publish_event(&js, &topology, e))
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = started + Duration::from_secs(900);
+    while completed_of(plane, org).await? < events as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "the flood did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (e) Noisy neighbour: org B sends 10 events a second, alone and while org A floods `events`;
+/// A's flood alone and beside B. Each scenario on a fresh plane.
+async fn noisy_neighbour(events: usize, trickle_seconds: u64) -> anyhow::Result<Value> {
+    let config = |c: &mut oa_config::Config| {
+        c.gateway.rate_limit.enabled = false;
+        c.database.max_connections = 40;
+        c.telemetry.metrics_addr = None;
+    };
+    // Alone: B's trickle, then A's flood.
+    let plane = TestPlane::start_with(config).await?;
+    let (a, b) = (org_with_agent(&plane, "enterprise").await?, org_with_agent(&plane, "starter").await?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(trickle_seconds)).await;
+        stopping.cancel();
+    });
+    let sent = trickle(&plane, &b, 10, stop).await?;
+    let alone = completion_latencies(&plane, &b, &sent).await?;
+    let flood_alone = flood(&plane, &a, events).await?;
+    drop_database(plane).await?;
+
+    // Together: B's trickle runs for as long as A's flood.
+    let plane = TestPlane::start_with(config).await?;
+    let (a, b) = (org_with_agent(&plane, "enterprise").await?, org_with_agent(&plane, "starter").await?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sending = {
+        let (plane, b, stop) = (&plane, b.clone(), stop.clone());
+        async move { trickle(plane, &b, 10, stop).await }
+    };
+    let flooding = async {
+        let throughput = flood(&plane, &a, events).await;
+        stop.cancel();
+        throughput
+    };
+    let (sent, flood_beside) = tokio::join!(sending, flooding);
+    let (sent, flood_beside) = (sent?, flood_beside?);
+    let during = completion_latencies(&plane, &b, &sent).await?;
+    drop_database(plane).await?;
+    let p99 = |l: &[f64]| percentile(l, 99.0);
+    Ok(json!({
+        "flood_events": events,
+        "trickle_per_sec": 10,
+        "b_alone_events": alone.len(),
+        "b_alone_p50_ms": percentile(&alone, 50.0),
+        "b_alone_p99_ms": p99(&alone),
+        "b_during_flood_events": during.len(),
+        "b_during_flood_p50_ms": percentile(&during, 50.0),
+        "b_during_flood_p99_ms": p99(&during),
+        "p99_ratio": p99(&during) / p99(&alone).max(f64::MIN_POSITIVE),
+        "flood_alone_executions_per_sec": flood_alone,
+        "flood_beside_b_executions_per_sec": flood_beside,
+        "flood_throughput_ratio": flood_beside / flood_alone,
+    }))
+}
+
+/// A process's resident memory now and at its peak, in MiB (`/proc/<pid>/status`).
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// (f) Memory of `one-agents serve --services all` (the release binary beside this one): resident
+/// memory idle after start, and at its peak after ingesting and running `events` events for the
+/// bench's orgs.
+async fn memory(events: usize) -> anyhow::Result<Value> {
+    let roles = ["gateway", "agents", "catalog", "executions", "approvals", "credits"];
+    let plane = TestPlane::start_roles(&roles, |c| {
+        c.gateway.rate_limit.enabled = false;
+        c.database.max_connections = 40;
+    })
+    .await?;
+    let orgs = setup_orgs(&plane).await?;
+    let binary = std::env::current_exe()?.with_file_name("one-agents");
+    let mut child = tokio::process::Command::new(&binary)
+        .args(["serve", "--services", "all"])
+        .envs(oa_testkit::process_env(&plane.config))
+        .env("ONE_AGENTS_DATABASE__MAX_CONNECTIONS", "40")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("{} (build it with cargo build --release -p one-agents)", binary.display())
+        })?;
+    let pid = child.id().context("the child's pid")?;
+    plane.publish_on_bus(&event(&orgs[0], 0)).await?;
+    wait_for_count(&plane, Some("completed"), AGENTS_PER_ORG as i64, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (idle, _) = rss_mib(pid);
+    let client = oa_bus::connect(&plane.config.nats).await?;
+    let js = jetstream::new(client);
+    let topology = oa_bus::Topology::new(&plane.config.nats);
+    let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 9_000_000 + n)).collect();
+    futures::stream::iter(batch.iter())
+        .map(|e| oa_bus::publish_event(&js, &topology, e))
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let expected = ((events + 1) * AGENTS_PER_ORG) as i64;
+    wait_for_count(&plane, Some("completed"), expected, Duration::from_secs(900)).await?;
+    let (_, peak) = rss_mib(pid);
+    child.kill().await?;
+    drop_database(plane).await?;
+    Ok(
+        json!({ "events": events, "executions": events * AGENTS_PER_ORG, "rss_idle_mib": idle, "rss_peak_mib": peak }),
+    )
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -544,6 +759,15 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#}", observability(events).await?);
             return Ok(());
         }
+        // Sections (e) and (f) alone, printed.
+        Some("noisy") => {
+            println!("{:#}", noisy_neighbour(env_number("OA_BENCH_FLOOD_EVENTS", 20_000), 10).await?);
+            return Ok(());
+        }
+        Some("memory") => {
+            println!("{:#}", memory(events).await?);
+            return Ok(());
+        }
         _ => {}
     }
     println!("bench: raw limit ({events} events, 10 rows each)");
@@ -570,6 +794,13 @@ async fn main() -> anyhow::Result<()> {
         "bench: observability overhead (ingest with metrics and 10%-sampled tracing on and off, a warm-up, then four pairs in alternating order)"
     );
     let observability = observability(events).await?;
+    let flood_events = env_number("OA_BENCH_FLOOD_EVENTS", 20_000);
+    println!(
+        "bench: noisy neighbour (org B at 10 events/s, alone and while org A floods {flood_events} events)"
+    );
+    let noisy = noisy_neighbour(flood_events, 10).await?;
+    println!("bench: memory (serve --services all, idle and ingesting {events} events)");
+    let memory = memory(events).await?;
     let ratio =
         ingest["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
     let results = json!({
@@ -580,7 +811,17 @@ async fn main() -> anyhow::Result<()> {
         "engine": engine,
         "credits_metering": metering,
         "observability": observability,
-        "targets": {"events_per_sec": 5000, "ratio_to_raw": 0.5, "p99_ms": 25, "ms_per_step": 2},
+        "noisy_neighbour": noisy,
+        "memory": memory,
+        "targets": {
+            "ingest_to_raw_ratio": 0.8,
+            "credits_metering_ratio_on_to_off": 0.9,
+            "engine_ms_per_step": 1.0,
+            "gateway_ratio_to_raw": 0.8,
+            "gateway_p99_ms_at_1000": 10,
+            "noisy_neighbour_p99_ratio": 2.0,
+            "noisy_neighbour_flood_throughput_ratio": 0.9,
+        },
     });
     let text = serde_json::to_string_pretty(&results)?;
     std::fs::create_dir_all("bench/results")?;

@@ -160,16 +160,29 @@ impl Engine {
                 step_type: step.kind.step_type(),
             };
             let at = At { execution, step, slot, started };
-            let (attempt, recorded) = match self.start(&at, &mut skip_until, &context).await? {
-                Start::Run { attempt, recorded } => (attempt, recorded),
-                Start::Settled(Some(output)) => {
-                    settle(step, output, &mut skip_until, &mut context);
-                    continue;
+            // A transform reaches nothing outside and is the same when run again: a fresh one
+            // (no `when`, no jump under way) is run first and recorded started and finished in
+            // one transaction, not two. A crash in between only runs it again.
+            let pure = matches!(step.kind, StepKind::Transform { .. })
+                && row.is_none()
+                && skip_until.is_none()
+                && step.when.is_none();
+            let (attempt, recorded) = if pure {
+                (1, std::collections::HashMap::new())
+            } else {
+                match self.start(&at, &mut skip_until, &context).await? {
+                    Start::Run { attempt, recorded } => (attempt, recorded),
+                    Start::Settled(Some(output)) => {
+                        settle(step, output, &mut skip_until, &mut context);
+                        continue;
+                    }
+                    Start::Settled(None) => continue,
+                    Start::Stop => return Ok(()),
                 }
-                Start::Settled(None) => continue,
-                Start::Stop => return Ok(()),
             };
-            progress().await;
+            if !pure {
+                progress().await;
+            }
 
             let run = StepRun {
                 org_id,
