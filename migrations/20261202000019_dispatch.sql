@@ -40,8 +40,8 @@ CREATE TABLE executions.runnable (
 );
 -- What a claim scans: an org's unleased work by priority and order.
 CREATE INDEX runnable_claim ON executions.runnable (org_id, priority, seq) WHERE lease_owner IS NULL;
--- Which orgs have unleased work (a loose index scan), and which keys hold running work.
-CREATE INDEX runnable_orgs ON executions.runnable (org_id) WHERE lease_owner IS NULL;
+-- (runnable_claim also finds which orgs have unleased work, by a loose index scan.)
+-- Which keys hold running work.
 CREATE INDEX runnable_keys ON executions.runnable (org_id, agent_id, concurrency_key, event_seq, seq)
     WHERE concurrency_key IS NOT NULL;
 CREATE INDEX runnable_debounce ON executions.runnable (org_id, agent_id, debounce_key)
@@ -80,6 +80,12 @@ GRANT SELECT, INSERT, DELETE ON executions.throttle_starts TO one_agents_app;
 
 -- A debounced event's execution is cancelled in favour of the later one that replaced it.
 ALTER TABLE executions.executions ADD COLUMN superseded_by text;
+-- The live gauges count pending and running executions from the queue; only executions waiting
+-- for a human are counted from this table, so ingest no longer writes this index.
+DROP INDEX executions.executions_live_status;
+CREATE INDEX executions_waiting ON executions.executions (org_id) WHERE status = 'waiting_approval';
+CREATE POLICY runnable_sweeper ON executions.runnable FOR SELECT
+    USING (current_setting('app.sweeper', true) = 'on');
 CREATE INDEX executions_superseded_by ON executions.executions (superseded_by) WHERE superseded_by IS NOT NULL;
 
 -- The dispatcher reads every org's tier and the operator's overrides of its weight and cap.

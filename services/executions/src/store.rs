@@ -572,13 +572,17 @@ pub async fn mark_replayed(tx: &mut PgConnection, id: &str) -> Result<(), sqlx::
 }
 
 /// Live executions across orgs, by status (`pending`, `running`, `waiting_approval`), for the
-/// gauges. Reads every org under the sweeper policy, so it opens its own transaction.
+/// gauges: pending and running from the dispatch queue (a queued execution is pending until a
+/// worker leases it), waiting from the executions. Reads every org under the sweeper policy, so it
+/// opens its own transaction.
 pub async fn count_live(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT set_config('app.sweeper', 'on', true)").execute(&mut *tx).await?;
     let counts = sqlx::query_as(
-        "SELECT status, count(*) FROM executions.executions
-         WHERE status IN ('pending', 'running', 'waiting_approval') GROUP BY status",
+        "SELECT CASE WHEN lease_owner IS NULL THEN 'pending' ELSE 'running' END, count(*)
+         FROM executions.runnable GROUP BY 1
+         UNION ALL
+         SELECT 'waiting_approval', count(*) FROM executions.executions WHERE status = 'waiting_approval'",
     )
     .fetch_all(&mut *tx)
     .await?;

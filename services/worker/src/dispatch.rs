@@ -37,6 +37,12 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// How long an org's weight and cap are cached.
 const LIMITS_TTL: Duration = Duration::from_secs(5);
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// How long a busy dispatcher lets slots free before its next round.
+const COALESCE: Duration = Duration::from_millis(2);
+/// How often leases are checked for expiry.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The most finished runs one flush removes.
+const FLUSH_BATCH: usize = 256;
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 /// An org's share of the workers and its cap on running executions.
@@ -60,11 +66,20 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     held: Mutex<HashSet<String>>,
     limits: moka::sync::Cache<String, OrgLimits>,
+    /// Runs that stopped, whose work the flusher removes in batches.
+    finished: tokio::sync::mpsc::UnboundedSender<String>,
+    finished_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// When leases were last checked for expiry.
+    expiry_checked: Mutex<Option<std::time::Instant>>,
 }
 
 impl Dispatcher {
     pub fn new(pool: PgPool, config: &oa_config::Config, wake: Arc<Notify>) -> Dispatcher {
+        let (finished, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         Dispatcher {
+            finished,
+            finished_rx: Mutex::new(Some(finished_rx)),
+            expiry_checked: Mutex::new(None),
             pool,
             owner: format!(
                 "{}-{}",
@@ -100,6 +115,12 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(self.slots));
         let ended = CancellationToken::new();
         let renewing = tokio::spawn(self.clone().renew_leases(ended.clone()));
+        let flushing = self
+            .finished_rx
+            .lock()
+            .expect("finished runs")
+            .take()
+            .map(|rx| tokio::spawn(self.clone().flush_finished(rx, ended.clone())));
         let observing = tokio::spawn(self.clone().observe_backlog(ended.clone()));
         let mut passes: HashMap<String, f64> = HashMap::new();
         let mut runs = JoinSet::new();
@@ -146,10 +167,19 @@ impl Dispatcher {
                     () = tokio::time::sleep(Duration::from_millis(self.config.poll_ms.max(10))) => {}
                 }
             }
+            // Busy: let a few more slots free before the next round, so that one round claims
+            // several executions rather than one.
+            if slots.available_permits() < self.slots.div_ceil(2) {
+                tokio::time::sleep(COALESCE).await;
+            }
         }
         while runs.join_next().await.is_some() {}
         ended.cancel();
         let _ = renewing.await;
+        // The flusher ends once it has flushed what the runs sent.
+        if let Some(flushing) = flushing {
+            let _ = tokio::time::timeout(Duration::from_secs(2), flushing).await;
+        }
         observing.abort();
     }
 
@@ -157,9 +187,19 @@ impl Dispatcher {
     /// waiting and claims them, in one transaction.
     async fn round(&self, passes: &mut HashMap<String, f64>, free: usize) -> anyhow::Result<Vec<Claimed>> {
         let mut tx = dispatch::begin(&self.pool).await?;
-        let expired = dispatch::expire_leases(&mut tx).await?;
-        if expired > 0 {
-            tracing::warn!(expired, "leases expired: their workers stopped; the executions run again");
+        let check_expiry = {
+            let mut checked = self.expiry_checked.lock().expect("expiry check");
+            let due = checked.is_none_or(|at| at.elapsed() >= EXPIRY_INTERVAL);
+            if due {
+                *checked = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if check_expiry {
+            let expired = dispatch::expire_leases(&mut tx).await?;
+            if expired > 0 {
+                tracing::warn!(expired, "leases expired: their workers stopped; the executions run again");
+            }
         }
         let orgs = dispatch::orgs_waiting(&mut tx).await?;
         if orgs.is_empty() {
@@ -170,33 +210,30 @@ impl Dispatcher {
         let running: HashMap<String, i64> = dispatch::running_by_org(&mut tx).await?.into_iter().collect();
         let limits = self.limits_of(&mut tx, &orgs).await?;
         passes.retain(|org, _| orgs.contains(org));
-        let plan = plan(passes, &orgs, &limits, &running, free);
-        let mut claimed = Vec::new();
-        for (org, count) in plan {
-            if !dispatch::try_lock_org(&mut tx, &org).await? {
-                continue;
+        let plan: Vec<(String, i64)> = plan(passes, &orgs, &limits, &running, free)
+            .into_iter()
+            .map(|(org, count)| (org, i64::from(count)))
+            .collect();
+        let got = dispatch::claim(
+            &mut tx,
+            &plan,
+            &self.owner,
+            self.lease_ms(),
+            self.config.key_settle_ms as i64,
+            i64::from(self.config.claim_window.max(1)),
+        )
+        .await?;
+        let mut claimed = Vec::with_capacity(got.len());
+        for claim in got {
+            if dispatch::admit_throttled(&mut tx, &claim).await? {
+                claimed.push(claim);
             }
-            let got = dispatch::claim(
-                &mut tx,
-                &org,
-                count as i64,
-                &self.owner,
-                self.lease_ms(),
-                self.config.key_settle_ms as i64,
-                i64::from(self.config.claim_window.max(1)),
-            )
-            .await?;
-            let mut taken = 0;
-            for claim in got {
-                if dispatch::admit_throttled(&mut tx, &claim).await? {
-                    taken += 1;
-                    claimed.push(claim);
-                }
-            }
-            let weight = limits.get(&org).map_or(1.0, |l| l.weight);
-            *passes.entry(org).or_default() += f64::from(taken) / weight;
         }
         tx.commit().await?;
+        for claim in &claimed {
+            let weight = limits.get(&claim.org_id).map_or(1.0, |l| l.weight);
+            *passes.entry(claim.org_id.clone()).or_default() += 1.0 / weight;
+        }
         self.held.lock().expect("held leases").extend(claimed.iter().map(|c| c.execution_id.clone()));
         Ok(claimed)
     }
@@ -297,14 +334,52 @@ impl Dispatcher {
         self.held.lock().expect("held leases").remove(&id);
     }
 
-    /// Removes the work of a run that stopped; retried until it lands (a lease left to expire would
-    /// only run the ended execution again, to no effect).
+    /// Hands a stopped run's work to the flusher, which removes it with others.
     async fn finish(&self, id: &str) {
-        let mut pause = FIRST_PAUSE;
-        while let Err(error) = dispatch::done(&self.pool, &self.owner, id).await {
-            tracing::warn!(%error, execution_id = id, "cannot settle the execution's work; retrying");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(LONGEST_PAUSE);
+        if self.finished.send(id.to_owned()).is_err() {
+            // No flusher (the dispatcher is ending): remove it now.
+            let mut pause = FIRST_PAUSE;
+            while let Err(error) = dispatch::done(&self.pool, &self.owner, &[id.to_owned()]).await {
+                tracing::warn!(%error, execution_id = id, "cannot settle the execution's work; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+        }
+    }
+
+    /// Removes finished runs' work in batches, retried until it lands (a lease left to expire
+    /// would only run the ended executions again, to no effect), and wakes the dispatcher: their
+    /// keys and their orgs' places are free, and work queued again meanwhile is back.
+    async fn flush_finished(
+        self: Arc<Self>,
+        mut finished: tokio::sync::mpsc::UnboundedReceiver<String>,
+        ended: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(FLUSH_BATCH);
+        loop {
+            let last = tokio::select! {
+                biased;
+                received = finished.recv_many(&mut batch, FLUSH_BATCH) => received == 0,
+                () = ended.cancelled() => {
+                    while let Ok(id) = finished.try_recv() {
+                        batch.push(id);
+                    }
+                    true
+                }
+            };
+            let mut pause = FIRST_PAUSE;
+            while !batch.is_empty()
+                && let Err(error) = dispatch::done(&self.pool, &self.owner, &batch).await
+            {
+                tracing::warn!(%error, runs = batch.len(), "cannot settle finished runs' work; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+            batch.clear();
+            self.wake.notify_one();
+            if last {
+                return;
+            }
         }
     }
 

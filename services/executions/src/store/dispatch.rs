@@ -203,9 +203,8 @@ async fn supersede(tx: &mut PgConnection, org_id: &str, id: &str, by: &str) -> R
 
 /// Opens a transaction that works across orgs on runnable work.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.dispatcher', 'on', true)").execute(&mut *tx).await?;
-    Ok(tx)
+    // One round trip: BEGIN and the setting in one simple query.
+    pool.begin_with("BEGIN; SELECT set_config('app.dispatcher', 'on', true)").await
 }
 
 /// Frees the leases of workers that stopped renewing them; each counts as a failed delivery, so
@@ -248,15 +247,6 @@ pub async fn running_by_org(tx: &mut PgConnection) -> Result<Vec<(String, i64)>,
     .await
 }
 
-/// Tries to take the org's claim lock for this transaction: two workers claiming for one org at
-/// once could overrun its cap. `false` when another worker holds it (it is serving the org now).
-pub async fn try_lock_org(tx: &mut PgConnection, org_id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('dispatch/' || $1, 19))")
-        .bind(org_id)
-        .fetch_one(&mut *tx)
-        .await
-}
-
 /// A claimed execution.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -271,37 +261,45 @@ pub struct Claimed {
     pub traceparent: Option<String>,
 }
 
-/// Leases up to `limit` of an org's executions to `owner`: by priority and queue order, those past
-/// their `not_before`, and of executions sharing a concurrency key only as many as the key has
-/// free places, the earliest events first (and only once they have settled `settle_ms`, so events
-/// ingested side by side are all queued). Looks at no more than `window` of the org's queue.
+/// Leases executions to `owner`, up to the count `plan` gives each org: by priority and queue
+/// order, those past their `not_before`, and of executions sharing a concurrency key only as many
+/// as the key has free places, the earliest events first (and only once they have settled
+/// `settle_ms`, so events ingested side by side are all queued). Looks at no more than `window` of
+/// each org's queue. An org another worker is claiming for at this moment is skipped (its claim
+/// lock keeps two claims from overrunning the org's cap).
 pub async fn claim(
     tx: &mut PgConnection,
-    org_id: &str,
-    limit: i64,
+    plan: &[(String, i64)],
     owner: &str,
     lease_ms: i64,
     settle_ms: i64,
     window: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let orgs: Vec<&str> = plan.iter().map(|(org, _)| org.as_str()).collect();
+    let counts: Vec<i64> = plan.iter().map(|(_, count)| *count).collect();
     sqlx::query_as(
-        "WITH head AS (
-             SELECT * FROM executions.runnable
-             WHERE org_id = $1 AND lease_owner IS NULL AND not_before <= now()
-             ORDER BY priority, seq LIMIT $6
+        "WITH plan AS MATERIALIZED (
+             SELECT o AS org_id, n FROM unnest($1::text[], $2::bigint[]) AS p(o, n)
+             WHERE pg_try_advisory_xact_lock(hashtextextended('dispatch/' || o, 19))
          ),
          ready AS (
-             SELECT h.execution_id FROM head h
-             WHERE h.concurrency_key IS NULL
-                OR (h.enqueued_at <= now() - $5 * interval '1 millisecond'
-                    AND (SELECT count(*) FROM (
-                            SELECT 1 FROM executions.runnable k
-                            WHERE k.org_id = h.org_id AND k.agent_id = h.agent_id
-                              AND k.concurrency_key = h.concurrency_key
-                              AND (k.lease_owner IS NOT NULL
-                                   OR (COALESCE(k.event_seq, 0), k.seq) < (COALESCE(h.event_seq, 0), h.seq))
-                            LIMIT h.concurrency_limit) ahead) < h.concurrency_limit)
-             ORDER BY h.priority, h.seq LIMIT $2
+             SELECT c.execution_id FROM plan p CROSS JOIN LATERAL (
+                 SELECT h.execution_id FROM (
+                     SELECT * FROM executions.runnable
+                     WHERE org_id = p.org_id AND lease_owner IS NULL AND not_before <= now()
+                     ORDER BY priority, seq LIMIT $6
+                 ) h
+                 WHERE h.concurrency_key IS NULL
+                    OR (h.enqueued_at <= now() - $5 * interval '1 millisecond'
+                        AND (SELECT count(*) FROM (
+                                SELECT 1 FROM executions.runnable k
+                                WHERE k.org_id = h.org_id AND k.agent_id = h.agent_id
+                                  AND k.concurrency_key = h.concurrency_key
+                                  AND (k.lease_owner IS NOT NULL
+                                       OR (COALESCE(k.event_seq, 0), k.seq) < (COALESCE(h.event_seq, 0), h.seq))
+                                LIMIT h.concurrency_limit) ahead) < h.concurrency_limit)
+                 ORDER BY h.priority, h.seq LIMIT p.n
+             ) c
          ),
          locked AS (
              SELECT r.execution_id FROM executions.runnable r JOIN ready USING (execution_id)
@@ -315,8 +313,8 @@ pub async fn claim(
          RETURNING r.execution_id, r.org_id, r.agent_id, r.failures, r.last_error,
                    r.throttle_key, r.throttle_limit, r.throttle_period_ms, r.traceparent",
     )
-    .bind(org_id)
-    .bind(limit)
+    .bind(&orgs)
+    .bind(&counts)
     .bind(owner)
     .bind(lease_ms)
     .bind(settle_ms)
@@ -394,18 +392,18 @@ pub async fn renew(pool: &PgPool, owner: &str, ids: &[String], lease_ms: i64) ->
     tx.commit().await
 }
 
-/// Removes a run's work once the run stopped (the execution ended or waits for a human), while
+/// Removes the work of runs that stopped (the execution ended or waits for a human), while
 /// `owner` still holds it; work queued again meanwhile is handed back to run once more.
-pub async fn done(pool: &PgPool, owner: &str, id: &str) -> Result<(), sqlx::Error> {
+pub async fn done(pool: &PgPool, owner: &str, ids: &[String]) -> Result<(), sqlx::Error> {
     let mut tx = begin(pool).await?;
     sqlx::query(
         "WITH gone AS (
-             DELETE FROM executions.runnable WHERE execution_id = $1 AND lease_owner = $2 AND NOT rerun
+             DELETE FROM executions.runnable WHERE execution_id = ANY($1) AND lease_owner = $2 AND NOT rerun
          )
          UPDATE executions.runnable SET lease_owner = NULL, lease_until = NULL, rerun = false
-         WHERE execution_id = $1 AND lease_owner = $2 AND rerun",
+         WHERE execution_id = ANY($1) AND lease_owner = $2 AND rerun",
     )
-    .bind(id)
+    .bind(ids)
     .bind(owner)
     .execute(&mut *tx)
     .await?;
