@@ -334,11 +334,20 @@ pub struct DispatchConfig {
     /// How many of an org's queued executions one claim looks at: keys blocked deeper than this
     /// wait for the head to move, and never slow another org's claim.
     pub claim_window: u32,
+    /// Executions one worker runs at once (most of a run is waiting on a model, a product or
+    /// the database). `nats.work_concurrency = 0` turns running off (an ingest-only worker).
+    pub runs_per_worker: usize,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        DispatchConfig { lease_seconds: 30, poll_ms: 200, key_settle_ms: 100, claim_window: 1_000 }
+        DispatchConfig {
+            lease_seconds: 30,
+            poll_ms: 200,
+            key_settle_ms: 100,
+            claim_window: 1_000,
+            runs_per_worker: 32,
+        }
     }
 }
 

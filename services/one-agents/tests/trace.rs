@@ -202,10 +202,17 @@ async fn an_approved_ransomware_detection_is_one_trace_from_the_gateway_to_the_l
             .filter(|s| s.name == "step" && s.attributes.get("execution_id") == Some(&json!(execution_id)))
             .filter_map(|s| s.attributes.get("step_id").and_then(Value::as_str).map(str::to_owned))
             .collect();
-        ran.is_subset(&steps).then_some(spans)
+        // A run's span closes after its last step's: wait for both runs too.
+        let runs = spans
+            .iter()
+            .filter(|s| {
+                s.name == "execution.run" && s.attributes.get("execution_id") == Some(&json!(execution_id))
+            })
+            .count();
+        (ran.is_subset(&steps) && runs >= 2).then_some(spans)
     })
     .await
-    .unwrap_or_else(|| panic!("a span for each step that ran: {:?}", receiver.spans()));
+    .unwrap_or_else(|| panic!("a span for each step that ran, and both runs: {:?}", receiver.spans()));
 
     let root = spans
         .iter()

@@ -90,7 +90,7 @@ impl Dispatcher {
             tiers: config.tiers.clone(),
             max_deliveries: config.nats.max_deliveries,
             redelivery_delay: Duration::from_millis(config.nats.redelivery_delay_ms),
-            slots: config.nats.work_concurrency,
+            slots: if config.nats.work_concurrency == 0 { 0 } else { config.dispatch.runs_per_worker.max(1) },
             wake,
             held: Mutex::new(HashSet::new()),
             limits: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(LIMITS_TTL).build(),
