@@ -396,11 +396,18 @@ pub async fn renew(pool: &PgPool, owner: &str, ids: &[String], lease_ms: i64) ->
 /// `owner` still holds it; work queued again meanwhile is handed back to run once more.
 pub async fn done(pool: &PgPool, owner: &str, ids: &[String]) -> Result<(), sqlx::Error> {
     let mut tx = begin(pool).await?;
+    // Two statements, the delete first: a decision queueing the work again at this moment holds
+    // the row; the delete then re-checks it, sees `rerun` and leaves it, and the update (a fresh
+    // snapshot) hands it back. One statement would see neither.
     sqlx::query(
-        "WITH gone AS (
-             DELETE FROM executions.runnable WHERE execution_id = ANY($1) AND lease_owner = $2 AND NOT rerun
-         )
-         UPDATE executions.runnable SET lease_owner = NULL, lease_until = NULL, rerun = false
+        "DELETE FROM executions.runnable WHERE execution_id = ANY($1) AND lease_owner = $2 AND NOT rerun",
+    )
+    .bind(ids)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE executions.runnable SET lease_owner = NULL, lease_until = NULL, rerun = false
          WHERE execution_id = ANY($1) AND lease_owner = $2 AND rerun",
     )
     .bind(ids)
