@@ -68,6 +68,18 @@ async fn finished(plane: &TestPlane, org: &str, count: usize, seconds: u64) -> V
     details
 }
 
+/// Whether, within `seconds`, one of the org's pending executions shows `reason`.
+async fn waits_as(plane: &TestPlane, org: &str, reason: &str, seconds: u64) -> bool {
+    plane
+        .eventually(seconds, || async {
+            let list = executions(plane, org, "status=pending&limit=200").await;
+            let items = list["executions"].as_array().cloned().unwrap_or_default();
+            items.iter().any(|e| e["pending_reason"] == reason).then_some(())
+        })
+        .await
+        .is_some()
+}
+
 fn time(value: &Value) -> DateTime<Utc> {
     value.as_str().unwrap_or_else(|| panic!("a timestamp, got {value}")).parse().unwrap()
 }
@@ -168,14 +180,10 @@ async fn a_concurrency_key_runs_one_at_a_time_in_event_order() {
     publish_in_order(&plane, &events).await;
 
     // While they wait, the others say why.
-    let waiting = plane
-        .eventually(10, || async {
-            let list = executions(&plane, &org, "status=pending&limit=200").await;
-            let items = list["executions"].as_array().cloned().unwrap_or_default();
-            items.iter().any(|e| e["pending_reason"] == "concurrency").then_some(())
-        })
-        .await;
-    assert!(waiting.is_some(), "waiting executions show pending_reason concurrency");
+    assert!(
+        waits_as(&plane, &org, "concurrency", 10).await,
+        "waiting executions show pending_reason concurrency"
+    );
 
     let runs = finished(&plane, &org, 8, 60).await;
     let mut spans: Vec<(usize, DateTime<Utc>, DateTime<Utc>)> = runs
@@ -211,14 +219,10 @@ async fn a_burst_for_one_key_is_debounced_to_its_last_event() {
     publish_in_order(&plane, &events).await;
     plane.publish_on_bus(&other).await.unwrap();
 
-    let waiting = plane
-        .eventually(2, || async {
-            let list = executions(&plane, &org, "status=pending&limit=200").await;
-            let items = list["executions"].as_array().cloned().unwrap_or_default();
-            items.iter().any(|e| e["pending_reason"] == "debounce").then_some(())
-        })
-        .await;
-    assert!(waiting.is_some(), "the execution waits out its period as pending_reason debounce");
+    assert!(
+        waits_as(&plane, &org, "debounce", 2).await,
+        "the execution waits out its period as pending_reason debounce"
+    );
 
     let runs = finished(&plane, &org, 6, 30).await;
     let ran: Vec<&Value> = runs.iter().filter(|r| r["status"] == "completed").collect();
@@ -249,14 +253,7 @@ async fn a_throttle_starts_no_more_than_its_limit_per_period() {
         (1..=10).map(|n| ticket_event(&org, "ticket.escalated", &format!("tkt_{n}"), n)).collect();
     plane.publish_many_on_bus(&events).await.unwrap();
 
-    let throttled = plane
-        .eventually(5, || async {
-            let list = executions(&plane, &org, "status=pending&limit=200").await;
-            let items = list["executions"].as_array().cloned().unwrap_or_default();
-            items.iter().any(|e| e["pending_reason"] == "throttle").then_some(())
-        })
-        .await;
-    assert!(throttled.is_some(), "the excess waits as pending_reason throttle");
+    assert!(waits_as(&plane, &org, "throttle", 5).await, "the excess waits as pending_reason throttle");
 
     let runs = finished(&plane, &org, 10, 30).await;
     assert!(runs.iter().all(|r| r["status"] == "completed"), "nothing is dropped");

@@ -61,6 +61,22 @@ fn event(org: &str, n: usize) -> Envelope {
     )
 }
 
+/// Publishes `batch` on the bus, 512 in flight, every one confirmed.
+async fn publish_all(
+    js: &jetstream::Context,
+    topology: &oa_bus::Topology,
+    batch: &[Envelope],
+) -> anyhow::Result<()> {
+    futures::stream::iter(batch)
+        .map(|e| oa_bus::publish_event(js, topology, e))
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}
+
 async fn send(request: reqwest::RequestBuilder, expected: u16) -> anyhow::Result<Value> {
     let response = request.send().await?;
     let status = response.status().as_u16();
@@ -193,13 +209,7 @@ async fn ingest(events: usize, metrics: bool) -> anyhow::Result<Value> {
     let cpu_before = oa_telemetry::metrics::process_cpu_seconds().unwrap_or_default();
     let servers_before = servers_cpu_seconds();
     let started = Instant::now();
-    futures::stream::iter(batch.iter())
-        .map(|e| oa_bus::publish_event(&js, &topology, e))
-        .buffer_unordered(512)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    publish_all(&js, &topology, &batch).await?;
     let published = started.elapsed();
     let expected = warm + (events * AGENTS_PER_ORG) as i64;
     let done = wait_for_count(&plane, None, expected, Duration::from_secs(600)).await?;
@@ -368,13 +378,7 @@ async fn metered_throughput(events: usize, metering: bool) -> anyhow::Result<f64
     let topology = oa_bus::Topology::new(&plane.config.nats);
     let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 3_000_000 + n)).collect();
     let started = Instant::now();
-    futures::stream::iter(batch.iter())
-        .map(|e| oa_bus::publish_event(&js, &topology, e))
-        .buffer_unordered(512)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    publish_all(&js, &topology, &batch).await?;
     let expected = (events * AGENTS_PER_ORG) as i64;
     let done = wait_for_count(&plane, Some("completed"), expected, Duration::from_secs(900)).await?;
     Ok(expected as f64 / done.duration_since(started).as_secs_f64())
@@ -510,13 +514,7 @@ async fn flood(plane: &TestPlane, org: &str, events: usize) -> anyhow::Result<f6
     let topology = oa_bus::Topology::new(&plane.config.nats);
     let batch: Vec<Envelope> = (0..events).map(|n| event(org, 7_000_000 + n)).collect();
     let started = Instant::now();
-    futures::stream::iter(batch.iter())
-        .map(|e| oa_bus::publish_event(&js, &topology, e))
-        .buffer_unordered(512)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    publish_all(&js, &topology, &batch).await?;
     let deadline = started + Duration::from_secs(900);
     while completed_of(plane, org).await? < events as i64 {
         anyhow::ensure!(Instant::now() < deadline, "the flood did not complete");
@@ -626,13 +624,7 @@ async fn memory(events: usize) -> anyhow::Result<Value> {
     let js = jetstream::new(client);
     let topology = oa_bus::Topology::new(&plane.config.nats);
     let batch: Vec<Envelope> = (0..events).map(|n| event(&orgs[n % orgs.len()], 9_000_000 + n)).collect();
-    futures::stream::iter(batch.iter())
-        .map(|e| oa_bus::publish_event(&js, &topology, e))
-        .buffer_unordered(512)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    publish_all(&js, &topology, &batch).await?;
     let expected = ((events + 1) * AGENTS_PER_ORG) as i64;
     wait_for_count(&plane, Some("completed"), expected, Duration::from_secs(900)).await?;
     let (_, peak) = rss_mib(pid);
