@@ -27,9 +27,12 @@ test: stack
 	@bash deploy/local/drop-test-databases.sh
 	$(ENV) cargo nextest run --workspace --profile $${NEXTEST_PROFILE:-default}
 
-## bench: release build, then ingest throughput/latency, the raw limit and engine overhead
-## (results in bench/results/latest.json; OA_BENCH_EVENTS sets the event count, default 5000)
+## bench: release build, then ingest throughput/latency, the raw limit, engine overhead, metering,
+## observability, the noisy neighbour, memory and the gateway's reads (results in
+## bench/results/latest.json; OA_BENCH_EVENTS sets the event count, default 5000). The gateway
+## section loads with oha, installed here from crates.io on first use.
 bench: stack
+	@command -v oha >/dev/null || { echo "install: oha 1.16 (crates.io, the bench's HTTP load generator)"; cargo install -q oha@1.16.0 --locked; }
 	cargo build --release -p oa-bench -p one-agents
 	$(ENV) target/release/oa-bench
 

@@ -4,7 +4,10 @@
 //! (b) the machine's raw limit: a minimal consume → insert → ack loop doing the same writes;
 //! (c) engine overhead: one execution of 40 `transform` steps, time per step;
 //! (d) observability overhead: ingest with metrics and sampled tracing on, against both off.
+//! (e) noisy neighbour, (f) memory, (g) the gateway's reads against a raw read of the same rows.
 //! Results go to `bench/results/latest.json` with the machine and commit they were measured on.
+
+mod gateway;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -434,14 +437,21 @@ async fn engine() -> anyhow::Result<Value> {
 
 /// An org of `tier` with one active transform agent and the system agents left out.
 async fn org_with_agent(plane: &TestPlane, tier: &str) -> anyhow::Result<String> {
+    org_with_agents(plane, tier, 1).await
+}
+
+/// An org of `tier` with `count` active transform agents and the system agents left out.
+async fn org_with_agents(plane: &TestPlane, tier: &str, count: usize) -> anyhow::Result<String> {
     let org = plane.db.create_org(tier).await?;
     let pause = plane.as_user(Method::PUT, "/api/agents/agent_system_dispatch", &org, "admin");
     send(pause.json(&json!({"status": "paused"})), 200).await?;
-    let created =
-        send(plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&agent(0)), 201).await?;
-    let id = created["id"].as_str().context("an agent id")?.to_owned();
-    let activate = plane.as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin");
-    send(activate.json(&json!({"status": "active"})), 200).await?;
+    for i in 0..count {
+        let created =
+            send(plane.as_user(Method::POST, "/api/agents", &org, "admin").json(&agent(i)), 201).await?;
+        let id = created["id"].as_str().context("an agent id")?.to_owned();
+        let activate = plane.as_user(Method::PUT, &format!("/api/agents/{id}"), &org, "admin");
+        send(activate.json(&json!({"status": "active"})), 200).await?;
+    }
     Ok(org)
 }
 
@@ -760,6 +770,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#}", memory(events).await?);
             return Ok(());
         }
+        Some("gateway") => {
+            println!("{:#}", gateway::gateway().await?);
+            return Ok(());
+        }
         _ => {}
     }
     println!("bench: raw limit ({events} events, 10 rows each)");
@@ -793,6 +807,10 @@ async fn main() -> anyhow::Result<()> {
     let noisy = noisy_neighbour(flood_events, 10).await?;
     println!("bench: memory (serve --services all, idle and ingesting {events} events)");
     let memory = memory(events).await?;
+    println!(
+        "bench: gateway reads (GET /api/agents and /api/executions?limit=50 against a raw axum -> tonic -> Postgres read, with oha)"
+    );
+    let gateway = gateway::gateway().await?;
     let ratio =
         ingest["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
     let results = json!({
@@ -805,6 +823,7 @@ async fn main() -> anyhow::Result<()> {
         "observability": observability,
         "noisy_neighbour": noisy,
         "memory": memory,
+        "gateway": gateway,
         "targets": {
             "ingest_to_raw_ratio": 0.8,
             "credits_metering_ratio_on_to_off": 0.9,

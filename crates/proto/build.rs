@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "executions.proto",
         "approvals.proto",
         "credits.proto",
+        "bench_raw.proto",
     ]
     .iter()
     .map(|name| proto_dir.join(name))

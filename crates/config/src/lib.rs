@@ -493,6 +493,11 @@ pub struct NatsConfig {
     pub ack_wait_seconds: u64,
     /// Bus events one worker handles at once.
     pub event_concurrency: usize,
+    /// Bus events one worker pulls ahead of ingest and queues per org, so that one org's flood
+    /// does not hold back the others' events (see the worker's intake).
+    pub intake_events: usize,
+    /// The most bytes of bus events one worker pulls ahead.
+    pub intake_bytes: usize,
     /// Executions one worker runs at once; 0 runs no executions (an ingest-only worker).
     pub work_concurrency: usize,
     /// Deliveries of one message before it is given up: an event goes to the dead letters and a
@@ -677,6 +682,8 @@ impl Default for NatsConfig {
             consumer: "workers".into(),
             ack_wait_seconds: 30,
             event_concurrency: 64,
+            intake_events: 20_000,
+            intake_bytes: 64 << 20,
             work_concurrency: 32,
             max_deliveries: 5,
             redelivery_delay_ms: 1_000,

@@ -38,10 +38,17 @@ pub mod oneagents {
             tonic::include_proto!("oneagents.credits.v1");
         }
     }
+    /// The bench's raw read, the baseline of the gateway's reads; no service serves it.
+    pub mod bench {
+        pub mod v1 {
+            tonic::include_proto!("oneagents.bench.v1");
+        }
+    }
 }
 
 pub use oneagents::agents::v1 as agents;
 pub use oneagents::approvals::v1 as approvals;
+pub use oneagents::bench::v1 as bench;
 pub use oneagents::catalog::v1 as catalog;
 pub use oneagents::common::v1 as common;
 pub use oneagents::credits::v1 as credits;

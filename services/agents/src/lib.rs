@@ -634,16 +634,17 @@ impl AgentsService {
             return Err(ApiError::forbidden("Only the plane's engine records runs").into());
         }
         let run = request;
-        let duration_ms = i64::try_from(run.duration_ms).unwrap_or(i64::MAX);
+        let (runs, succeeded) = match run.runs {
+            0 => (1, u64::from(run.succeeded)),
+            runs => (runs, run.succeeded_runs.min(runs)),
+        };
+        let tally = store::RunTally {
+            runs: i64::try_from(runs).unwrap_or(i64::MAX),
+            succeeded: i64::try_from(succeeded).unwrap_or(i64::MAX),
+            duration_ms: i64::try_from(run.duration_ms).unwrap_or(i64::MAX),
+        };
         let mut tx = begin_org(&self.pool, &caller.org_id).await?;
-        store::record_run(
-            &mut tx,
-            &caller.org(),
-            &AgentId::from(run.agent_id.as_str()),
-            run.succeeded,
-            duration_ms,
-        )
-        .await?;
+        store::record_run(&mut tx, &caller.org(), &AgentId::from(run.agent_id.as_str()), &tally).await?;
         tx.commit().await?;
         Ok(pb::RecordRunResponse {})
     }

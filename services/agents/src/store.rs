@@ -475,26 +475,33 @@ pub async fn install_system_agent(
 }
 
 /// Counts one finished run in the org's stats of an agent.
+/// Runs of one agent to add to its counters: how many, how many succeeded, their total duration.
+pub struct RunTally {
+    pub runs: i64,
+    pub succeeded: i64,
+    pub duration_ms: i64,
+}
+
 pub async fn record_run(
     tx: &mut PgConnection,
     org_id: &OrgId,
     agent_id: &AgentId,
-    succeeded: bool,
-    duration_ms: i64,
+    tally: &RunTally,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO agents.agent_stats (org_id, agent_id, total_runs, succeeded_runs, total_duration_ms, last_run_at)
-         VALUES ($1, $2, 1, $3, $4, now())
+         VALUES ($1, $2, $5, $3, $4, now())
          ON CONFLICT (org_id, agent_id) DO UPDATE SET
-             total_runs = agents.agent_stats.total_runs + 1,
+             total_runs = agents.agent_stats.total_runs + EXCLUDED.total_runs,
              succeeded_runs = agents.agent_stats.succeeded_runs + EXCLUDED.succeeded_runs,
              total_duration_ms = agents.agent_stats.total_duration_ms + EXCLUDED.total_duration_ms,
              last_run_at = now()",
     )
     .bind(org_id.as_str())
     .bind(agent_id.as_str())
-    .bind(i64::from(succeeded))
-    .bind(duration_ms)
+    .bind(tally.succeeded)
+    .bind(tally.duration_ms)
+    .bind(tally.runs)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -345,6 +345,63 @@ pub async fn finish_step(
     Ok(())
 }
 
+/// A step that ran and completed without a row of its own yet: a pure transform, recorded with
+/// the steps after it (`record_completed_steps`).
+pub struct CompletedStep {
+    pub position: i32,
+    pub step_id: String,
+    pub step_type: StepType,
+    pub output: Value,
+    pub credits_used: i64,
+    pub duration_ms: i64,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+}
+
+/// Records completed steps of one execution in one statement, with the times they ran.
+pub async fn record_completed_steps(
+    tx: &mut PgConnection,
+    org_id: &OrgId,
+    execution_id: &ExecutionId,
+    steps: &[CompletedStep],
+) -> Result<(), sqlx::Error> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let positions: Vec<i32> = steps.iter().map(|s| s.position).collect();
+    let step_ids: Vec<&str> = steps.iter().map(|s| s.step_id.as_str()).collect();
+    let types: Vec<&str> = steps.iter().map(|s| s.step_type.as_str()).collect();
+    let outputs: Vec<Json<&Value>> = steps.iter().map(|s| Json(&s.output)).collect();
+    let credits: Vec<i64> = steps.iter().map(|s| s.credits_used).collect();
+    let durations: Vec<i64> = steps.iter().map(|s| s.duration_ms).collect();
+    let started: Vec<DateTime<Utc>> = steps.iter().map(|s| s.started_at).collect();
+    let completed: Vec<DateTime<Utc>> = steps.iter().map(|s| s.completed_at).collect();
+    sqlx::query(
+        "INSERT INTO executions.steps (execution_id, position, org_id, step_id, step_type, status, output,
+                                       credits_used, duration_ms, started_at, completed_at)
+         SELECT $1, p, $2, i, t, 'completed', o, k, d, s, c
+         FROM unnest($3::int[], $4::text[], $5::text[], $6::jsonb[], $7::bigint[], $8::bigint[],
+                     $9::timestamptz[], $10::timestamptz[]) AS u(p, i, t, o, k, d, s, c)
+         ON CONFLICT (execution_id, position) DO UPDATE
+            SET status = 'completed', output = EXCLUDED.output, error = NULL, credits_used = EXCLUDED.credits_used,
+                duration_ms = EXCLUDED.duration_ms, completed_at = EXCLUDED.completed_at,
+                started_at = COALESCE(steps.started_at, EXCLUDED.started_at)",
+    )
+    .bind(execution_id.as_str())
+    .bind(org_id.as_str())
+    .bind(&positions)
+    .bind(&step_ids)
+    .bind(&types)
+    .bind(&outputs)
+    .bind(&credits)
+    .bind(&durations)
+    .bind(&started)
+    .bind(&completed)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Records what a step that is still open is waiting on (an approval gate's state).
 pub async fn set_waiting_output(
     tx: &mut PgConnection,

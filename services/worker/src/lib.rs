@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod egress;
 pub mod engine;
 pub mod index;
+mod intake;
 pub mod matching;
 pub mod providers;
 pub mod scheduler;
@@ -652,7 +653,17 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         limits: config.limits.clone(),
         index,
         templates,
+        run_stats: Arc::new(engine::run_stats::RunStats::default()),
     });
+    let stats_stop = CancellationToken::new();
+    let sending_stats = {
+        let (stats, agents, token) =
+            (engine.run_stats.clone(), engine.agents.clone(), config.grpc.service_token.clone());
+        tokio::spawn({
+            let stop = stats_stop.clone();
+            async move { stats.run(agents, token, stop).await }
+        })
+    };
 
     // Agents changes drop the affected org's index.
     let mut changes = worker.nats.subscribe(topology.agents_changed_wildcard()).await?;
@@ -691,11 +702,16 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     };
     let mut sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
 
-    let consumer_config = |stream: &str, subject: String| pull::Config {
+    let event_concurrency = config.nats.event_concurrency.max(1);
+    let chunk = event_concurrency.clamp(1, 256);
+    let bounds = intake::Bounds { messages: config.nats.intake_events, bytes: config.nats.intake_bytes };
+    // The bus consumer lets a worker hold its intake and the batches in hand, unacknowledged.
+    let bus_pending = bounds.messages.saturating_add(chunk * INGEST_PIPELINES).max(10_000);
+    let consumer_config = |stream: &str, subject: String, max_ack_pending: usize| pull::Config {
         durable_name: Some(format!("{}_{stream}", topology.consumer)),
         filter_subject: subject,
         ack_wait: topology.ack_wait,
-        max_ack_pending: 10_000,
+        max_ack_pending: i64::try_from(max_ack_pending).unwrap_or(i64::MAX),
         // The last guard: the worker gives a message up after `max_deliveries` itself (it must
         // record the dead letter first); the server stops a little later, whatever happens.
         max_deliver: i64::try_from(topology.max_deliveries + 2).unwrap_or(i64::MAX),
@@ -707,7 +723,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("the bus stream")?
         .get_or_create_consumer(
             &format!("{}_bus", topology.consumer),
-            consumer_config("bus", topology.bus_wildcard()),
+            consumer_config("bus", topology.bus_wildcard(), bus_pending),
         )
         .await
         .context("the bus consumer")?;
@@ -717,7 +733,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("the work stream")?
         .get_or_create_consumer(
             &format!("{}_work", topology.consumer),
-            consumer_config("work", topology.work_subject()),
+            consumer_config("work", topology.work_subject(), 10_000),
         )
         .await
         .context("the work consumer")?;
@@ -743,32 +759,62 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         handing_back.cancel();
     });
 
-    let event_concurrency = config.nats.event_concurrency.max(1);
-    // Each pull asks for what the worker can soon run, not the client's default 200: messages a
-    // replica holds but has not started are stuck there until the ack wait if it goes away, and
-    // out of reach of the other replicas meanwhile. Events are quick to ingest and come in floods,
-    // so their pulls are larger; work items can take minutes, so theirs are small.
+    // Events are pulled ahead into the intake, queued per org, and taken in turn by a few
+    // ingest pipelines; each takes a batch and writes it in one transaction (one commit for many
+    // events, each under its own org's scope).
     let event_messages = events
         .stream()
-        .max_messages_per_batch(event_concurrency.saturating_mul(4).clamp(8, 512))
+        .max_messages_per_batch(512)
         .heartbeat(Duration::from_secs(15))
         .messages()
         .await
         .context("consuming the bus")?;
-    let event_stop = shutdown.clone();
-    let event_topology = topology.clone();
-    // Messages that arrived together are written in one transaction: one commit for many events,
-    // each under its own org's scope. A few such batches run side by side.
-    let event_loop = event_messages
-        .take_until(shutdown.clone().cancelled_owned())
-        .filter_map(|message| async move { message.ok() })
-        .ready_chunks(event_concurrency.clamp(1, 256))
-        .for_each_concurrent(INGEST_PIPELINES, |messages| {
-            let ingest = ingest.clone();
-            let (stop, topology) = (event_stop.clone(), event_topology.clone());
-            let hand_back = hand_back.clone();
-            async move { ingest.handle_batch(messages, &topology, &stop, &hand_back).await }
-        });
+    let intake = Arc::new(intake::Intake::new(bounds));
+    let pulling = {
+        let (intake, topology, stop) = (intake.clone(), topology.clone(), shutdown.clone());
+        async move {
+            let mut messages = std::pin::pin!(event_messages.take_until(stop.clone().cancelled_owned()));
+            loop {
+                tokio::select! {
+                    () = intake.room() => {}
+                    () = stop.cancelled() => break,
+                }
+                match messages.next().await {
+                    Some(Ok(message)) => {
+                        let org = topology.org_of_subject(&message.subject).unwrap_or_default().to_owned();
+                        intake.push(&org, message);
+                    }
+                    Some(Err(error)) => tracing::debug!(%error, "a pull from the bus failed"),
+                    None => break,
+                }
+            }
+            intake.close().await;
+        }
+    };
+    let keeping_alive = {
+        let (intake, stop) = (intake.clone(), shutdown.clone());
+        let every = (topology.ack_wait / 3).max(Duration::from_secs(1));
+        async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => intake.keep_alive(every).await,
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    let ingesting = futures::future::join_all((0..INGEST_PIPELINES).map(|_| {
+        let (ingest, intake) = (ingest.clone(), intake.clone());
+        let (stop, topology, hand_back) = (shutdown.clone(), topology.clone(), hand_back.clone());
+        async move {
+            while let Some(messages) = intake.take(chunk).await {
+                ingest.handle_batch(messages, &topology, &stop, &hand_back).await;
+            }
+        }
+    }));
+    let event_loop = async move {
+        tokio::join!(pulling, keeping_alive, ingesting);
+    };
 
     // Decisions, retries and schedules queue their executions through the work stream (their
     // services own no part of the dispatch queue): each item is queued in Postgres, then acked.
@@ -820,6 +866,9 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let lag =
         tokio::spawn(observe_consumers([("bus", events_watch), ("work", work_watch)], shutdown.clone()));
     tokio::join!(event_loop, work_loop, dispatching);
+    // The runs' tallies go out once more now that no run is left.
+    stats_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sending_stats).await;
     invalidations.abort();
     lag.abort();
     // The scheduler and sweeper stop at `shutdown` between rounds; a round in progress gets a

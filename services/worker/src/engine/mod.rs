@@ -10,6 +10,7 @@ mod effects;
 mod kinds;
 mod observe;
 mod output;
+pub mod run_stats;
 mod templates;
 mod transitions;
 
@@ -17,12 +18,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use oa_bus::WorkItem;
-use oa_domain::Caller;
 use oa_domain::agent::{Step, StepKind};
 use oa_domain::ids::{ExecutionId, OrgId};
 use oa_domain::status::StepStatus;
-use oa_executions::store::{ExecutionRow, StepRow, StepSlot};
-use oa_proto::agents::RecordRunRequest;
+use oa_executions::store::{CompletedStep, ExecutionRow, StepRow, StepSlot};
 use oa_proto::agents::agents_client::AgentsClient;
 use oa_proto::approvals::approvals_client::ApprovalsClient;
 use oa_proto::credits::credits_client::CreditsClient;
@@ -52,6 +51,8 @@ pub struct Engine {
     /// Each org's agents and settings (contacts, its own webhooks).
     pub index: std::sync::Arc<crate::index::AgentIndex>,
     pub templates: std::sync::Arc<Templates>,
+    /// Agents' run counters, sent to the agents service in tallies.
+    pub run_stats: std::sync::Arc<run_stats::RunStats>,
 }
 
 /// The template context of a step: the event, its payload, and earlier steps' outputs.
@@ -140,6 +141,9 @@ impl Engine {
         context["org"] = json!({ "contacts": settings.contacts, "webhooks": settings.webhooks });
         // Set while a denied gate's `on_deny` jumps ahead: steps before it are skipped.
         let mut skip_until: Option<&str> = None;
+        // Pure steps that ran and are not recorded yet: they are recorded together, in the
+        // transaction of the next step that is not pure, or of the completion.
+        let mut done: Vec<CompletedStep> = Vec::new();
         for (position, step) in execution.definition.steps.iter().enumerate() {
             let row = rows.iter().find(|r| r.position == position as i32);
             match row.map(|r| r.status) {
@@ -161,8 +165,8 @@ impl Engine {
             };
             let at = At { execution, step, slot, started };
             // A transform reaches nothing outside and is the same when run again: a fresh one
-            // (no `when`, no jump under way) is run first and recorded started and finished in
-            // one transaction, not two. A crash in between only runs it again.
+            // (no `when`, no jump under way) is run first and recorded finished with the steps
+            // after it, in one transaction. A crash in between only runs it again.
             let pure = matches!(step.kind, StepKind::Transform { .. })
                 && row.is_none()
                 && skip_until.is_none()
@@ -170,6 +174,9 @@ impl Engine {
             let (attempt, recorded) = if pure {
                 (1, std::collections::HashMap::new())
             } else {
+                if !self.record_pure(execution, &mut done).await? {
+                    return Ok(());
+                }
                 match self.start(&at, &mut skip_until, &context).await? {
                     Start::Run { attempt, recorded } => (attempt, recorded),
                     Start::Settled(Some(output)) => {
@@ -195,6 +202,7 @@ impl Engine {
                 effects: Effects::new(recorded),
             };
             let step_started = Instant::now();
+            let step_started_at = chrono::Utc::now();
             let model_tier = match &step.kind {
                 StepKind::AiReason { model_tier, .. } => Some(model_tier.as_str()),
                 _ => None,
@@ -236,26 +244,37 @@ impl Engine {
             };
             observe::step(step.kind.type_name(), outcome, step_started.elapsed().as_secs_f64());
             span.in_scope(|| tracing::debug!(outcome, duration_ms, "step finished"));
+            let result = match (pure, result) {
+                (true, Ok(StepResult::Done { output, credits })) => {
+                    done.push(CompletedStep {
+                        position: position as i32,
+                        step_id: step.id.clone(),
+                        step_type: step.kind.step_type(),
+                        output: output.clone(),
+                        credits_used: credits,
+                        duration_ms,
+                        started_at: step_started_at,
+                        completed_at: chrono::Utc::now(),
+                    });
+                    settle(step, output, &mut skip_until, &mut context);
+                    continue;
+                }
+                (_, result) => result,
+            };
+            if !self.record_pure(execution, &mut done).await? {
+                return Ok(());
+            }
             match self.finish(&at, &run, result, duration_ms).await? {
                 Next::Go(Some(output)) => settle(step, output, &mut skip_until, &mut context),
                 Next::Go(None) => {}
                 Next::Stop => return Ok(()),
             }
         }
-        self.complete(execution, started).await
+        self.complete(execution, started, &done).await
     }
 
-    async fn record_run(&self, org_id: &str, agent_id: &str, succeeded: bool, started: Instant) {
-        let caller = Caller::service("worker", org_id);
-        let request = RecordRunRequest {
-            agent_id: agent_id.to_owned(),
-            succeeded,
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
-        if let Err(status) =
-            self.agents.clone().record_run(oa_auth::service::outgoing(request, &caller, &self.token)).await
-        {
-            tracing::warn!(%status, agent_id, "could not record the run in the agent's stats");
-        }
+    fn record_run(&self, org_id: &str, agent_id: &str, succeeded: bool, started: Instant) {
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.run_stats.record(org_id, agent_id, succeeded, duration_ms);
     }
 }

@@ -9,7 +9,7 @@ use oa_bus::WorkItem;
 use oa_domain::agent::Step;
 use oa_domain::ids::{ExecutionId, OrgId};
 use oa_domain::status::{ExecutionStatus, StepStatus};
-use oa_executions::store::{self, ExecutionRow, StepOutcome, StepRow, StepSlot};
+use oa_executions::store::{self, CompletedStep, ExecutionRow, StepOutcome, StepRow, StepSlot};
 use oa_store::begin_org;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
@@ -206,13 +206,46 @@ impl Engine {
             ExecutionStatus::Failed,
             at.execution.created_at,
         );
-        self.record_run(at.slot.org_id.as_str(), at.execution.agent_id.as_str(), false, at.started).await;
+        self.record_run(at.slot.org_id.as_str(), at.execution.agent_id.as_str(), false, at.started);
         Ok(())
     }
 
     /// Completes the execution after its last step.
-    pub(super) async fn complete(&self, execution: &ExecutionRow, started: Instant) -> anyhow::Result<()> {
+    /// Records the pure steps run since the last transaction, if the execution is still going;
+    /// `false` when it ended meanwhile (a cancel): the run stops there.
+    pub(super) async fn record_pure(
+        &self,
+        execution: &ExecutionRow,
+        done: &mut Vec<CompletedStep>,
+    ) -> anyhow::Result<bool> {
+        if done.is_empty() {
+            return Ok(true);
+        }
         let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
+        let going = store::lock(&mut tx, &execution.org_id, &execution.id)
+            .await?
+            .is_some_and(|current| current.status.is_active());
+        if going {
+            store::record_completed_steps(&mut tx, &execution.org_id, &execution.id, done).await?;
+            tx.commit().await?;
+        }
+        done.clear();
+        Ok(going)
+    }
+
+    /// Completes the execution, with the pure steps that ran last, unless it ended meanwhile.
+    pub(super) async fn complete(
+        &self,
+        execution: &ExecutionRow,
+        started: Instant,
+        done: &[CompletedStep],
+    ) -> anyhow::Result<()> {
+        let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
+        let current = store::lock(&mut tx, &execution.org_id, &execution.id).await?;
+        if !current.is_some_and(|current| current.status.is_active()) {
+            return Ok(());
+        }
+        store::record_completed_steps(&mut tx, &execution.org_id, &execution.id, done).await?;
         store::set_status(&mut tx, &execution.id, ExecutionStatus::Completed, None).await?;
         tx.commit().await?;
         super::observe::execution_finished(
@@ -220,7 +253,7 @@ impl Engine {
             ExecutionStatus::Completed,
             execution.created_at,
         );
-        self.record_run(execution.org_id.as_str(), execution.agent_id.as_str(), true, started).await;
+        self.record_run(execution.org_id.as_str(), execution.agent_id.as_str(), true, started);
         Ok(())
     }
 
@@ -263,7 +296,7 @@ impl Engine {
             tx.commit().await?;
             super::observe::execution_finished(&item.org_id, ExecutionStatus::Failed, execution.created_at);
             tracing::warn!(execution_id = %id, %error, "execution given up");
-            self.record_run(&item.org_id, execution.agent_id.as_str(), false, started).await;
+            self.record_run(&item.org_id, execution.agent_id.as_str(), false, started);
         }
         Ok(())
     }
