@@ -76,23 +76,6 @@ pub async fn allocation(
     Ok(monthly_override.unwrap_or_else(|| tiers.get(&tier).unwrap_or(&tiers.starter).monthly_credits))
 }
 
-async fn ensure_month(
-    tx: &mut PgConnection,
-    org_id: &str,
-    month: &str,
-    allocation: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO credits.balances (org_id, month, allocation) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(org_id)
-    .bind(month)
-    .bind(allocation)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 pub struct ReserveRequest<'a> {
     pub org_id: &'a str,
     pub idempotency_key: &'a str,
@@ -150,74 +133,60 @@ pub async fn reserve(
         return Ok(Reserved::Existing(found));
     }
     let month = current_month();
-    ensure_month(tx, request.org_id, &month, allocation).await?;
-    let remaining: Option<i64> = sqlx::query_scalar(
-        "UPDATE credits.balances SET reserved = reserved + $3, updated_at = now()
-         WHERE org_id = $1 AND month = $2 AND used + reserved + $3 <= allocation
-         RETURNING allocation - used - reserved",
-    )
-    .bind(request.org_id)
-    .bind(&month)
-    .bind(request.amount)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(remaining) = remaining else {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT allocation - used - reserved FROM credits.balances WHERE org_id = $1 AND month = $2",
-        )
-        .bind(request.org_id)
-        .bind(&month)
-        .fetch_one(&mut *tx)
-        .await?;
-        return Ok(Reserved::Insufficient { remaining: left });
-    };
     let id = ids::new_id("rsv");
-    let inserted = sqlx::query(
-        "INSERT INTO credits.reservations
-             (id, org_id, month, idempotency_key, amount, status, execution_id, step_id, agent_id, model_tier)
-         VALUES ($1, $2, $3, $4, $5, 'reserved', $6, $7, $8, $9)
-         ON CONFLICT (org_id, idempotency_key) DO NOTHING",
+    // One statement takes the amount from the month's balance (opening the month if need be),
+    // records the reservation and books it in the ledger; nothing when too little is left.
+    let (remaining, inserted): (Option<i64>, i64) = sqlx::query_as(
+        "WITH balance AS (
+             INSERT INTO credits.balances AS b (org_id, month, allocation, reserved)
+             SELECT $1, $2, $3, $4 WHERE $4 <= $3
+             ON CONFLICT (org_id, month) DO UPDATE SET reserved = b.reserved + EXCLUDED.reserved, updated_at = now()
+                 WHERE b.used + b.reserved + EXCLUDED.reserved <= b.allocation
+             RETURNING b.allocation - b.used - b.reserved AS remaining
+         ), reservation AS (
+             INSERT INTO credits.reservations
+                 (id, org_id, month, idempotency_key, amount, status, execution_id, step_id, agent_id, model_tier)
+             SELECT $5, $1, $2, $6, $4, 'reserved', $7, $8, $9, $10 FROM balance
+             ON CONFLICT (org_id, idempotency_key) DO NOTHING
+             RETURNING id, org_id, month, amount, execution_id, step_id, agent_id, model_tier
+         ), booked AS (
+             INSERT INTO credits.ledger (org_id, month, kind, amount, reservation_id, execution_id, step_id, agent_id, model_tier)
+             SELECT org_id, month, 'reserve', amount, id, execution_id, step_id, agent_id, model_tier FROM reservation
+         )
+         SELECT (SELECT remaining FROM balance), (SELECT count(*) FROM reservation)",
     )
-    .bind(&id)
     .bind(request.org_id)
     .bind(&month)
-    .bind(request.idempotency_key)
+    .bind(allocation)
     .bind(request.amount)
+    .bind(&id)
+    .bind(request.idempotency_key)
     .bind(request.execution_id)
     .bind(request.step_id)
     .bind(request.agent_id)
     .bind(request.model_tier)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(remaining) = remaining else {
+        let left: Option<i64> = sqlx::query_scalar(
+            "SELECT allocation - used - reserved FROM credits.balances WHERE org_id = $1 AND month = $2",
+        )
+        .bind(request.org_id)
+        .bind(&month)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Ok(Reserved::Insufficient { remaining: left.unwrap_or(allocation) });
+    };
+    // Another reservation of this key won the race: the caller's transaction rolls back.
     if inserted == 0 {
         return Ok(Reserved::Raced);
     }
-    ledger(tx, &id, "reserve", request.amount).await?;
     Ok(Reserved::New(Reservation {
         id,
         amount: request.amount,
         status: ReservationStatus::Reserved,
         remaining,
     }))
-}
-
-async fn ledger(
-    tx: &mut PgConnection,
-    reservation_id: &str,
-    kind: &str,
-    amount: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO credits.ledger (org_id, month, kind, amount, reservation_id, execution_id, step_id, agent_id, model_tier)
-         SELECT org_id, month, $2, $3, id, execution_id, step_id, agent_id, model_tier FROM credits.reservations WHERE id = $1",
-    )
-    .bind(reservation_id)
-    .bind(kind)
-    .bind(amount)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Settles a reservation: `Some(amount)` commits that much (at most what was reserved), `None`
@@ -229,56 +198,54 @@ pub async fn settle(
     reservation_id: &str,
     commit: Option<i64>,
 ) -> Result<Result<(), String>, sqlx::Error> {
-    let row = sqlx::query("SELECT month, amount, status, agent_id, model_tier FROM credits.reservations WHERE id = $1 AND org_id = $2 FOR UPDATE")
-        .bind(reservation_id)
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(row) = row else { return Ok(Err(format!("reservation {reservation_id} not found"))) };
-    let (month, amount, status): (String, i64, String) =
-        (row.try_get("month")?, row.try_get("amount")?, row.try_get("status")?);
-    if status != "reserved" {
-        return Ok(Ok(()));
-    }
-    let spent = commit.unwrap_or(0);
-    if spent < 0 || spent > amount {
-        return Ok(Err(format!("a commit is between 0 and the {amount} credits reserved")));
-    }
-    sqlx::query(
-        "UPDATE credits.reservations SET status = $2, committed_amount = $3, settled_at = now() WHERE id = $1",
+    // One statement settles an open reservation: its row, the month's balance, the usage by agent
+    // and model, and the ledger. A concurrent settle waits on the reservation's row, then finds
+    // it settled and changes nothing.
+    let settled: i64 = sqlx::query_scalar(
+        "WITH r AS (
+             UPDATE credits.reservations
+             SET status = CASE WHEN $3::bigint IS NULL THEN 'released' ELSE 'committed' END,
+                 committed_amount = $3, settled_at = now()
+             WHERE id = $1 AND org_id = $2 AND status = 'reserved' AND ($3::bigint IS NULL OR $3 BETWEEN 0 AND amount)
+             RETURNING id, org_id, month, amount, execution_id, step_id, agent_id, model_tier
+         ), spent AS (
+             UPDATE credits.balances b SET reserved = b.reserved - r.amount, used = b.used + COALESCE($3, 0),
+                                           updated_at = now()
+             FROM r WHERE b.org_id = r.org_id AND b.month = r.month
+         ), by_agent AS (
+             INSERT INTO credits.usage (org_id, month, agent_id, model_tier, amount)
+             SELECT org_id, month, agent_id, model_tier, $3 FROM r WHERE $3::bigint IS NOT NULL
+             ON CONFLICT (org_id, month, agent_id, model_tier) DO UPDATE SET amount = credits.usage.amount + EXCLUDED.amount
+         ), booked AS (
+             INSERT INTO credits.ledger (org_id, month, kind, amount, reservation_id, execution_id, step_id, agent_id, model_tier)
+             SELECT org_id, month, CASE WHEN $3::bigint IS NULL THEN 'release' ELSE 'commit' END, COALESCE($3, amount),
+                    id, execution_id, step_id, agent_id, model_tier
+             FROM r
+         )
+         SELECT count(*) FROM r",
     )
     .bind(reservation_id)
-    .bind(if commit.is_some() { "committed" } else { "released" })
-    .bind(commit)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE credits.balances SET reserved = reserved - $3, used = used + $4, updated_at = now()
-         WHERE org_id = $1 AND month = $2",
-    )
     .bind(org_id)
-    .bind(&month)
-    .bind(amount)
-    .bind(spent)
-    .execute(&mut *tx)
+    .bind(commit)
+    .fetch_one(&mut *tx)
     .await?;
-    if let Some(spent) = commit {
-        sqlx::query(
-            "INSERT INTO credits.usage (org_id, month, agent_id, model_tier, amount) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (org_id, month, agent_id, model_tier) DO UPDATE SET amount = credits.usage.amount + EXCLUDED.amount",
-        )
-        .bind(org_id)
-        .bind(&month)
-        .bind(row.try_get::<String, _>("agent_id")?)
-        .bind(row.try_get::<String, _>("model_tier")?)
-        .bind(spent)
-        .execute(&mut *tx)
-        .await?;
-        ledger(tx, reservation_id, "commit", spent).await?;
-    } else {
-        ledger(tx, reservation_id, "release", amount).await?;
+    if settled == 1 {
+        return Ok(Ok(()));
     }
-    Ok(Ok(()))
+    // Nothing settled: say why (settling a settled reservation again is no error).
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT amount, status FROM credits.reservations WHERE id = $1 AND org_id = $2")
+            .bind(reservation_id)
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(match row {
+        None => Err(format!("reservation {reservation_id} not found")),
+        Some((amount, status)) if status == "reserved" => {
+            Err(format!("a commit is between 0 and the {amount} credits reserved"))
+        }
+        Some(_) => Ok(()),
+    })
 }
 
 #[derive(sqlx::FromRow)]
