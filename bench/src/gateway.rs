@@ -112,7 +112,8 @@ async fn oha(
 ) -> anyhow::Result<Load> {
     let mut command = tokio::process::Command::new("oha");
     command
-        .args(["--no-tui", "--output-format", "json", "-z", &format!("{seconds}s")])
+        .args(["--no-tui", "--output-format", "json", "--wait-ongoing-requests-after-deadline"])
+        .args(["-z", &format!("{seconds}s")])
         .args(["-c", &connections.to_string()]);
     if let Some(rate) = rate {
         // Latency counted from when each request was due, not when it was sent.
@@ -134,6 +135,8 @@ async fn oha(
         codes.keys().all(|code| code == "200") && !codes.is_empty(),
         "{url} answered other than 200: {codes:?}"
     );
+    let errors = report["errorDistribution"].as_object().map_or(0, serde_json::Map::len);
+    anyhow::ensure!(errors == 0, "{url}: requests failed: {}", report["errorDistribution"]);
     let seconds_to_ms = |value: &Value| value.as_f64().unwrap_or(f64::NAN) * 1000.0;
     Ok(Load {
         requests_per_sec: report["summary"]["requestsPerSec"]

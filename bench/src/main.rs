@@ -761,13 +761,24 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#}", observability(events).await?);
             return Ok(());
         }
-        // Sections (e) and (f) alone, printed.
+        // Single sections, printed and not written to latest.json.
         Some("noisy") => {
             println!("{:#}", noisy_neighbour(env_number("OA_BENCH_FLOOD_EVENTS", 20_000), 10).await?);
             return Ok(());
         }
         Some("memory") => {
             println!("{:#}", memory(events).await?);
+            return Ok(());
+        }
+        Some("engine") => {
+            println!("{:#}", engine().await?);
+            return Ok(());
+        }
+        Some("metered") => {
+            let metered_events = env_number("OA_BENCH_METERED_EVENTS", 1_000);
+            let off = metered_throughput(metered_events, false).await?;
+            let on = metered_throughput(metered_events, true).await?;
+            println!("metering off {off:.1}/s, on {on:.1}/s: ratio {:.3}", on / off);
             return Ok(());
         }
         Some("gateway") => {

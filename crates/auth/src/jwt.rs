@@ -69,7 +69,14 @@ pub struct HubVerifier {
     cache: RwLock<KeyCache>,
     last_forced_refresh: Mutex<Option<Instant>>,
     http: reqwest::Client,
+    /// Tokens verified lately, with their callers and expiry: a signature is checked once per
+    /// token and [`VERIFIED_TTL`], not on every request (an RSA check costs more than the rest of
+    /// a read). Cleared whenever the keys change.
+    verified: moka::sync::Cache<String, (Caller, i64)>,
 }
+
+/// How long a verified token is taken on trust before its signature is checked again.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 /// The one algorithm a JWKS key may verify, or `None` for keys the plane will not use.
 fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
@@ -144,6 +151,7 @@ impl HubVerifier {
             cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
             last_forced_refresh: Mutex::new(None),
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_TTL).build(),
         }
     }
 
@@ -180,6 +188,7 @@ impl HubVerifier {
         let mut cache = self.cache.write().await;
         cache.keys = keys;
         cache.fetched_at = Some(Instant::now());
+        self.verified.invalidate_all();
         Ok(())
     }
 
@@ -216,6 +225,18 @@ impl HubVerifier {
 
     /// Verifies a Hub token and resolves its caller.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        if let Some((caller, exp)) = self.verified.get(token) {
+            let leeway = i64::try_from(self.leeway_seconds).unwrap_or(0);
+            if chrono::Utc::now().timestamp() <= exp.saturating_add(leeway) {
+                return Ok(caller);
+            }
+            self.verified.invalidate(token);
+        }
+        self.verify_signed(token).await
+    }
+
+    /// Verifies a Hub token's signature and claims, and remembers it as verified.
+    async fn verify_signed(&self, token: &str) -> Result<Caller, AuthError> {
         let refused = |m: String| AuthError::Refused(m);
         let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("header: {e}")))?;
         let kid = match header.kid {
@@ -250,10 +271,12 @@ impl HubVerifier {
             return Err(refused("malformed sub".into()));
         }
         // The tier is the plane's to know, not the Hub's: the gateway fills it in.
-        Ok(Caller {
+        let caller = Caller {
             org_id: claims.org_id,
             tier: String::new(),
             principal: Principal::User { sub: claims.sub, role },
-        })
+        };
+        self.verified.insert(token.to_owned(), (caller.clone(), claims.exp));
+        Ok(caller)
     }
 }

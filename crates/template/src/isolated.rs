@@ -79,6 +79,11 @@ impl IsolatedRenderer {
 
     /// Renders `source` against `context`, writing at most `limit` bytes.
     pub async fn render(&self, source: &str, context: &Value, limit: usize) -> Result<String, TemplateError> {
+        // Substituting values builds nothing larger than what is in memory already: it needs no
+        // helper, and skips the round trip to one.
+        if crate::is_plain_substitution(source) {
+            return crate::render_limited(source, context, limit);
+        }
         let request = json!({"op": "render", "source": source, "context": context, "limit": limit});
         match self.call(&request).await? {
             Value::String(text) => Ok(text),

@@ -85,6 +85,47 @@ impl std::io::Write for Capped {
     }
 }
 
+/// Whether a template only substitutes values: text and `{{ path }}` expressions where a path is
+/// a name followed by `.name` or `[index]` parts, with no filter, operator, call, statement or
+/// comment. Such a template cannot build anything larger than the values it reads, which are in
+/// memory already, so it may be rendered without a memory-capped helper process.
+pub fn is_plain_substitution(source: &str) -> bool {
+    let mut rest = source;
+    loop {
+        let Some(open) = rest.find('{') else { return true };
+        let after = &rest[open + 1..];
+        match after.as_bytes().first() {
+            Some(b'%' | b'#') => return false,
+            Some(b'{') => {
+                let Some(close) = after[1..].find("}}") else { return false };
+                if !is_path(after[1..1 + close].trim_matches(' ')) {
+                    return false;
+                }
+                rest = &after[1 + close + 2..];
+            }
+            _ => rest = after,
+        }
+    }
+}
+
+/// `name(.name|[digits])*`, names of ASCII letters, digits and `_` not starting with a digit.
+fn is_path(expression: &str) -> bool {
+    let name = |part: &str| {
+        part.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let mut parts = expression.split('.');
+    let valid_part = |part: &str| {
+        let (head, indexes) = part.split_once('[').map_or((part, ""), |(h, i)| (h, i));
+        name(head)
+            && (indexes.is_empty()
+                || indexes.strip_suffix(']').is_some_and(|inner| {
+                    inner.split("][").all(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                }))
+    };
+    parts.all(valid_part) && !expression.is_empty()
+}
+
 /// Renders a text template against a JSON context, writing at most [`MAX_OUTPUT_BYTES`].
 pub fn render(source: &str, context: &serde_json::Value) -> Result<String, TemplateError> {
     render_limited(source, context, MAX_OUTPUT_BYTES)
@@ -129,6 +170,36 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn plain_substitutions_are_told_from_templates_that_compute() {
+        for plain in [
+            "",
+            "no template at all, {not one}",
+            "{{ event_payload.ticket_id }}",
+            "{{event.event_type}} on {{ steps.s0.output.v }}",
+            "{{ event_payload.items[0].name }} and {{ steps.triage.output }}",
+            "}} stray closers {",
+        ] {
+            assert!(is_plain_substitution(plain), "{plain:?} is plain");
+        }
+        for computing in [
+            "{{ event_payload.host | upper }}",
+            "{{ a ~ a }}",
+            "{% for x in steps %}{{ x }}{% endfor %}",
+            "{# a comment #}",
+            "{{ range(10) }}",
+            "{{ a[b] }}",
+            "{{ a[0 }}",
+            "{{- a -}}",
+            "{{ }}",
+            "{{ a.0 }}",
+            "{{ event_payload.host",
+            "{{ a }} {{ b * 2 }}",
+        ] {
+            assert!(!is_plain_substitution(computing), "{computing:?} computes");
+        }
+    }
 
     #[test]
     fn references_name_the_full_dotted_path() {

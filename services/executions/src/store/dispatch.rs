@@ -301,15 +301,17 @@ pub async fn claim(
                  ORDER BY h.priority, h.seq LIMIT p.n
              ) c
          ),
+         -- Rows are found again by their key (`= ANY` of an array), never by a join the planner
+         -- may run as a scan of the whole queue: a flood's queue is long.
          locked AS (
-             SELECT r.execution_id FROM executions.runnable r JOIN ready USING (execution_id)
-             WHERE r.lease_owner IS NULL
+             SELECT r.execution_id FROM executions.runnable r
+             WHERE r.execution_id = ANY (ARRAY(SELECT execution_id FROM ready)) AND r.lease_owner IS NULL
              FOR UPDATE OF r SKIP LOCKED
          )
          UPDATE executions.runnable r
          SET lease_owner = $3, lease_until = now() + $4 * interval '1 millisecond', pending_reason = NULL,
              rerun = false
-         FROM locked WHERE r.execution_id = locked.execution_id
+         WHERE r.execution_id = ANY (ARRAY(SELECT execution_id FROM locked))
          RETURNING r.execution_id, r.org_id, r.agent_id, r.failures, r.last_error,
                    r.throttle_key, r.throttle_limit, r.throttle_period_ms, r.traceparent",
     )
