@@ -770,6 +770,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#}", memory(events).await?);
             return Ok(());
         }
+        Some("ingest") => {
+            let raw = raw_limit(events).await?;
+            let ingest = ingest(events, true).await?;
+            let ratio = ingest["events_per_sec"].as_f64().unwrap_or(0.0)
+                / raw["events_per_sec"].as_f64().unwrap_or(1.0);
+            println!("{:#}", json!({"raw_limit": raw, "ingest": ingest, "ingest_to_raw_ratio": ratio}));
+            return Ok(());
+        }
         Some("engine") => {
             println!("{:#}", engine().await?);
             return Ok(());
