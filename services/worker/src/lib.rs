@@ -702,8 +702,7 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     };
     let mut sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
 
-    let event_concurrency = config.nats.event_concurrency.max(1);
-    let chunk = event_concurrency.clamp(1, 256);
+    let chunk = config.nats.event_concurrency.clamp(1, 256);
     let bounds = intake::Bounds { messages: config.nats.intake_events, bytes: config.nats.intake_bytes };
     // The bus consumer lets a worker hold its intake and the batches in hand, unacknowledged.
     let bus_pending = bounds.messages.saturating_add(chunk * INGEST_PIPELINES).max(10_000);
@@ -773,13 +772,17 @@ async fn consume(worker: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let pulling = {
         let (intake, topology, stop) = (intake.clone(), topology.clone(), shutdown.clone());
         async move {
-            let mut messages = std::pin::pin!(event_messages.take_until(stop.clone().cancelled_owned()));
+            let mut messages = event_messages;
             loop {
                 tokio::select! {
                     () = intake.room() => {}
                     () = stop.cancelled() => break,
                 }
-                match messages.next().await {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    () = stop.cancelled() => break,
+                };
+                match next {
                     Some(Ok(message)) => {
                         let org = topology.org_of_subject(&message.subject).unwrap_or_default().to_owned();
                         intake.push(&org, message);

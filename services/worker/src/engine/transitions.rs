@@ -221,16 +221,24 @@ impl Engine {
         if done.is_empty() {
             return Ok(true);
         }
-        let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
-        let going = store::lock(&mut tx, &execution.org_id, &execution.id)
-            .await?
-            .is_some_and(|current| current.status.is_active());
-        if going {
-            store::record_completed_steps(&mut tx, &execution.org_id, &execution.id, done).await?;
-            tx.commit().await?;
-        }
+        let Some(mut tx) = self.lock_going(execution).await? else {
+            done.clear();
+            return Ok(false);
+        };
+        store::record_completed_steps(&mut tx, &execution.org_id, &execution.id, done).await?;
+        tx.commit().await?;
         done.clear();
-        Ok(going)
+        Ok(true)
+    }
+
+    /// A transaction holding the execution's lock, or `None` when it ended meanwhile (a cancel).
+    async fn lock_going(
+        &self,
+        execution: &ExecutionRow,
+    ) -> anyhow::Result<Option<Transaction<'_, Postgres>>> {
+        let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
+        let current = store::lock(&mut tx, &execution.org_id, &execution.id).await?;
+        Ok(current.is_some_and(|current| current.status.is_active()).then_some(tx))
     }
 
     /// Completes the execution, with the pure steps that ran last, unless it ended meanwhile.
@@ -240,11 +248,7 @@ impl Engine {
         started: Instant,
         done: &[CompletedStep],
     ) -> anyhow::Result<()> {
-        let mut tx = begin_org(&self.pool, execution.org_id.as_str()).await?;
-        let current = store::lock(&mut tx, &execution.org_id, &execution.id).await?;
-        if !current.is_some_and(|current| current.status.is_active()) {
-            return Ok(());
-        }
+        let Some(mut tx) = self.lock_going(execution).await? else { return Ok(()) };
         store::record_completed_steps(&mut tx, &execution.org_id, &execution.id, done).await?;
         store::set_status(&mut tx, &execution.id, ExecutionStatus::Completed, None).await?;
         tx.commit().await?;
